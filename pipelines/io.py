@@ -1,0 +1,84 @@
+"""Small I/O helpers every stage uses: atomic writes, JSON summaries, rejected records."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+REJECTED_COLUMNS = ("source", "path", "reason", "detail")
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
+
+    A reader never sees a half-written file: a crash leaves the old file (or none).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically, keys sorted, for stable diffs and DVC metrics."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
+    """Write a DataFrame to Parquet atomically (``df.attrs`` are kept by pandas >= 2.1)."""
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One input that was not accepted, and why.
+
+    Attributes:
+        source: the reader that saw it (``dicom``, ``nih`` ...).
+        path: the file or row, relative to the input root (row numbers as ``file.csv:17``).
+        reason: a stable machine-readable code (``not_dicom``, ``missing_column`` ...).
+        detail: a human sentence; must not contain PHI (no header values of identifying tags).
+    """
+
+    source: str
+    path: str
+    reason: str
+    detail: str
+
+
+def rejected_frame(rejections: list[Rejection]) -> pd.DataFrame:
+    """Rejections as a DataFrame with the standard columns (empty but typed when none)."""
+    return pd.DataFrame([r.__dict__ for r in rejections], columns=list(REJECTED_COLUMNS))
+
+
+def write_rejected(rejections: list[Rejection] | pd.DataFrame, path: str | Path) -> None:
+    """Write the rejected-records CSV atomically (always written, header only when empty)."""
+    df = rejections if isinstance(rejections, pd.DataFrame) else rejected_frame(rejections)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)

@@ -1,0 +1,52 @@
+"""Pseudonymous keys: salted hashes of patient / study / image identifiers.
+
+The salt never enters an output. It comes from the ``CXR_SALT`` environment variable, else from
+the file named by ``CXR_SALT_FILE`` (default ``.cxr/salt``, git-ignored), which is created with a
+random secret on first use. Set ``CXR_SALT`` (or share the salt file out of band) when several
+machines must produce the same keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+SALT_ENV = "CXR_SALT"
+SALT_FILE_ENV = "CXR_SALT_FILE"
+DEFAULT_SALT_FILE = Path(".cxr/salt")
+KEY_CHARS = 16
+
+
+def get_salt() -> bytes:
+    """Return the secret salt, creating the salt file on first use."""
+    env = os.environ.get(SALT_ENV)
+    if env:
+        return env.encode()
+    path = Path(os.environ.get(SALT_FILE_ENV, DEFAULT_SALT_FILE))
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+def make_key(kind: str, value: str, salt: bytes | None = None) -> str:
+    """HMAC-SHA256 of ``kind:value`` under the salt, shortened to 16 hex characters."""
+    salt = get_salt() if salt is None else salt
+    return hmac.new(salt, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()[:KEY_CHARS]
+
+
+def make_keys(kind: str, values: Iterable[str] | pd.Series, salt: bytes | None = None) -> list[str]:
+    """Vectorised :func:`make_key` over many values (each distinct value is hashed once)."""
+    salt = get_salt() if salt is None else salt
+    series = pd.Series(list(values) if not isinstance(values, pd.Series) else values, dtype=str)
+    uniques = series.unique()
+    table = {v: make_key(kind, v, salt) for v in uniques}
+    return series.map(table).tolist()

@@ -1,0 +1,71 @@
+"""One reader per input layout, each turning raw inputs into manifest rows.
+
+A reader is a function ``read(input, options) -> SourceResult``. It never raises for one bad
+file or row: it records a :class:`~pipelines.io.Rejection` and goes on, so that
+``result.n_inputs == len(result.manifest) + len(result.rejected)`` always holds. It raises
+:class:`SourceError` only when the input as a whole cannot be read (a CSV missing a required
+column, a folder that does not exist), naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.io import Rejection
+from pipelines.labels import UncertainPolicy
+
+SOURCES: tuple[str, ...] = ("dicom", "nih", "chexpert", "mimic", "padchest", "openi", "csv")
+
+
+class SourceError(ValueError):
+    """The input as a whole cannot be read (names the file and the reason)."""
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """What every reader may use.
+
+    Attributes:
+        images: image root when ``input`` is a metadata file (default: the file's folder).
+        labels: a label file (MIMIC chexpert/negbio CSV; DICOM folder: CSV keyed by study_uid).
+        verify_files: open each image (header only) to check it exists and read its size.
+        uncertain: policy for -1 (uncertain) labels.
+        workers: processes for per-file work (0 = all cores).
+        salt: the secret used for keys (:func:`pipelines.keys.get_salt`).
+    """
+
+    images: Path | None = None
+    labels: Path | None = None
+    verify_files: bool = True
+    uncertain: UncertainPolicy = "ignore"
+    workers: int = 0
+    salt: bytes = b""
+
+
+@dataclass
+class SourceResult:
+    """Accepted manifest rows, rejected inputs, and the count of inputs seen."""
+
+    manifest: pd.DataFrame
+    rejected: list[Rejection] = field(default_factory=list)
+    n_inputs: int = 0
+    data_root: str = "."
+
+
+Reader = Callable[[Path, ReadOptions], SourceResult]
+
+
+def get_reader(source: str) -> Reader:
+    """Return ``pipelines.sources.<source>.read``.
+
+    Raises:
+        SourceError: unknown source name.
+    """
+    if source not in SOURCES:
+        raise SourceError(f"unknown source '{source}'; choose one of {', '.join(SOURCES)}")
+    return importlib.import_module(f"pipelines.sources.{source}").read
