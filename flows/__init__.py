@@ -1,0 +1,1 @@
+"""Prefect flows that sequence the DVC stages of ``dvc.yaml``."""

@@ -1,0 +1,89 @@
+"""The ``cxr`` command: the stages for ad-hoc use outside DVC, on the same code path.
+
+``cxr ingest`` and ``cxr pair`` call the same functions as the DVC stages; ``cxr report``
+re-renders the evaluation report from saved predictions; ``cxr predict`` runs an exported model
+on a study; ``cxr run`` / ``cxr serve`` start the Prefect flow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipelines.stage import run_stage
+
+app = typer.Typer(
+    name="cxr",
+    help="cxr-dag: chest X-ray pipeline stages, reports and inference.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _echo_summary(summary: dict) -> None:
+    typer.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
+
+
+@app.command()
+def ingest(
+    source: Annotated[str, typer.Option(help="dicom, nih, chexpert, mimic, padchest, openi, csv")],
+    input: Annotated[Path, typer.Option("--input", help="DICOM folder or metadata CSV")],
+    out: Annotated[Path, typer.Option(help="output folder")],
+    images: Annotated[Optional[Path], typer.Option(help="image root for CSV inputs")] = None,  # noqa: UP045
+    labels: Annotated[Optional[Path], typer.Option(help="label CSV (MIMIC, DICOM)")] = None,  # noqa: UP045
+    verify_files: Annotated[bool, typer.Option(help="open each image header")] = True,
+    uncertain: Annotated[str, typer.Option(help="-1 labels: ignore, ones, zeros")] = "ignore",
+    workers: Annotated[int, typer.Option(help="processes (0 = all cores)")] = 0,
+) -> None:
+    """Read raw inputs into OUT/manifest.parquet, OUT/rejected.csv and OUT/summary.json."""
+    from pipelines.ingest import IngestParams, run_ingest
+
+    def go() -> dict:
+        params = IngestParams(
+            source=source,
+            input=str(input),
+            images=str(images) if images else None,
+            labels=str(labels) if labels else None,
+            verify_files=verify_files,
+            uncertain=uncertain,  # type: ignore[arg-type]
+            workers=workers,
+            out=str(out),
+        )
+        return run_ingest(params)
+
+    _echo_summary(run_stage(go))
+
+
+@app.command()
+def pair(
+    manifest: Annotated[Path, typer.Option(help="manifest.parquet from ingest")],
+    out: Annotated[Path, typer.Option(help="output folder")],
+    missing_view: Annotated[
+        str, typer.Option(help="keep_frontal_only or require_both")
+    ] = "keep_frontal_only",
+    seed: Annotated[int, typer.Option(help="split seed")] = 1337,
+    train: float = 0.7,
+    val: float = 0.15,
+    test: float = 0.15,
+) -> None:
+    """One row per study with a patient-wise split: OUT/studies.parquet and OUT/summary.json."""
+    from pipelines.pair import PairParams, run_pair
+
+    def go() -> dict:
+        params = PairParams(
+            manifest=str(manifest),
+            out=str(out),
+            missing_view=missing_view,  # type: ignore[arg-type]
+            fractions={"train": train, "val": val, "test": test},
+        )
+        return run_pair(params, seed)
+
+    _echo_summary(run_stage(go))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,282 @@
+"""pair stage: the manifest -> one row per study (frontal + lateral) with a patient-wise split.
+
+Rules, all deterministic and independent of row order:
+
+- Views: ``PA``/``AP`` images are frontal candidates, ``LATERAL`` images lateral candidates;
+  ``OTHER`` images are not used (listed in ``rejected.csv`` as ``other_view``).
+- A study with several frontal images keeps one: PA before AP, then the largest image
+  (width x height), then the smallest ``image_id``. Several laterals: the largest, then the
+  smallest ``image_id``. The others are listed as ``extra_frontal`` / ``extra_lateral``.
+- ``missing_view: keep_frontal_only`` keeps studies without a lateral (``has_lateral`` False);
+  ``require_both`` drops them (``missing_lateral``). A study with no frontal view is never kept
+  (``no_frontal``): the frontal view is the one every model input needs.
+- Study labels: per finding, 1 if any image of the study says 1, else 0 if any says 0, else NaN.
+- A study whose images carry two patient keys is dropped (``study_patient_conflict``).
+- Split by patient: patients (sorted by key) are shuffled with ``base.seed`` and cut by the
+  fractions (rounded); optional official lists (e.g. NIH ``test_list.txt``) pin the patients of
+  the listed images to that split first. No patient is ever in two splits (asserted).
+
+Every manifest image is either used in a study or listed in ``rejected.csv`` with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import field_validator
+
+from pipelines.config import BaseParams, StageParams, load_params, parse_section
+from pipelines.io import write_json, write_parquet
+from pipelines.labels import FINDINGS
+from pipelines.schema import FRONTAL_VIEWS, SPLITS, STUDY_COLUMNS
+from pipelines.stage import UserError, run_stage
+
+log = logging.getLogger(__name__)
+
+PAIR_REJECTED_COLUMNS = ("image_id", "study_key", "path", "reason")
+
+
+class PairParams(StageParams):
+    """The ``pair`` section of params.yaml."""
+
+    manifest: str = "data/manifest/manifest.parquet"
+    missing_view: Literal["keep_frontal_only", "require_both"] = "keep_frontal_only"
+    fractions: dict[str, float] = {"train": 0.7, "val": 0.15, "test": 0.15}
+    official_split: dict[str, str] | None = None
+    out: str = "data/studies"
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v: dict[str, float]) -> dict[str, float]:
+        if set(v) != set(SPLITS):
+            raise ValueError(f"needs exactly the splits {list(SPLITS)}, got {sorted(v)}")
+        if any(f < 0 for f in v.values()) or not np.isclose(sum(v.values()), 1.0):
+            raise ValueError(f"must be >= 0 and sum to 1, got {v}")
+        return v
+
+
+class SplitLeakError(UserError):
+    """A patient would appear in two splits."""
+
+
+def _pick(images: pd.DataFrame, frontal: bool) -> pd.DataFrame:
+    """Rank candidate images within each study; rank 0 is the one kept."""
+    order = images.assign(
+        _pa=(images["view"] != "PA").astype(int) if frontal else 0,
+        _area=-(images["width"].astype("int64") * images["height"].astype("int64")),
+    ).sort_values(["study_key", "_pa", "_area", "image_id"], kind="mergesort")
+    order["_rank"] = order.groupby("study_key", sort=False).cumcount()
+    return order.drop(columns=["_pa", "_area"])
+
+
+def _study_labels(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Per study and finding: max over images, NaN only where no image is annotated."""
+    return manifest.groupby("study_key", sort=True)[list(FINDINGS)].max()
+
+
+def assign_splits(
+    patients: pd.Series,
+    fractions: dict[str, float],
+    seed: int,
+    pinned: dict[str, str] | None = None,
+) -> pd.Series:
+    """Assign each distinct patient key to a split.
+
+    Args:
+        patients: patient keys (duplicates allowed).
+        fractions: split -> fraction of patients (sums to 1).
+        seed: shuffling seed.
+        pinned: patient key -> split, applied first (official lists).
+
+    Returns:
+        A Series indexed by patient key (sorted) with the split name.
+    """
+    keys = np.sort(patients.dropna().unique().astype(str))
+    pinned = pinned or {}
+    out = pd.Series(pd.NA, index=pd.Index(keys, name="patient_key"), dtype="string")
+    if pinned:
+        out.loc[list(pinned)] = pd.Series(pinned, dtype="string")
+    free = np.array([k for k in keys if k not in pinned])
+    free = free[np.random.default_rng(seed).permutation(len(free))]
+    # the remaining patients share the splits that are not pinned, in proportion
+    open_splits = [s for s in SPLITS if s not in set(pinned.values())] or list(SPLITS)
+    total = sum(fractions[s] for s in open_splits) or 1.0
+    cuts = np.round(np.cumsum([fractions[s] / total for s in open_splits]) * len(free)).astype(int)
+    start = 0
+    for split, stop in zip(open_splits, cuts, strict=True):
+        out.loc[free[start:stop]] = split
+        start = stop
+    return out
+
+
+def _official_pins(manifest: pd.DataFrame, lists: dict[str, str]) -> dict[str, str]:
+    """Patient key -> split for the patients of images named in official split lists."""
+    pins: dict[str, str] = {}
+    base = manifest["path"].astype(str).str.rsplit("/", n=1).str[-1]
+    for split, path in lists.items():
+        if split not in SPLITS:
+            raise UserError(f"pair.official_split: unknown split '{split}'")
+        listed = Path(path)
+        if not listed.is_file():
+            raise UserError(f"{listed}: official split list not found")
+        names = {ln.strip() for ln in listed.read_text().splitlines() if ln.strip()}
+        hit = manifest.loc[base.isin(names) | manifest["path"].isin(names), "patient_key"]
+        for key in hit.unique():
+            if pins.get(key, split) != split:
+                raise SplitLeakError(
+                    f"{listed}: a patient is listed in '{pins[key]}' and '{split}'"
+                )
+            pins[key] = split
+    return pins
+
+
+def pair_studies(
+    manifest: pd.DataFrame, params: PairParams, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Build one row per study and split by patient.
+
+    Args:
+        manifest: ingest output (:data:`pipelines.schema.MANIFEST_COLUMNS`).
+        params: pair params.
+        seed: the split seed (``base.seed``).
+
+    Returns:
+        (studies, rejected images, summary).
+
+    Raises:
+        SplitLeakError: official lists put one patient in two splits.
+    """
+    start = time.perf_counter()
+    rejected: list[pd.DataFrame] = []
+
+    def reject(rows: pd.DataFrame, reason: str) -> None:
+        if len(rows):
+            rejected.append(rows.loc[:, ["image_id", "study_key", "path"]].assign(reason=reason))
+
+    # studies whose images disagree on the patient are unusable
+    n_pat = manifest.groupby("study_key")["patient_key"].nunique()
+    conflict = manifest["study_key"].isin(n_pat.index[n_pat > 1])
+    reject(manifest[conflict], "study_patient_conflict")
+    images = manifest[~conflict]
+
+    reject(images[images["view"] == "OTHER"], "other_view")
+    frontal = _pick(images[images["view"].isin(FRONTAL_VIEWS)], frontal=True)
+    lateral = _pick(images[images["view"] == "LATERAL"], frontal=False)
+    reject(frontal[frontal["_rank"] > 0], "extra_frontal")
+    reject(lateral[lateral["_rank"] > 0], "extra_lateral")
+    frontal = frontal[frontal["_rank"] == 0].set_index("study_key")
+    lateral = lateral[lateral["_rank"] == 0].set_index("study_key")
+
+    lateral_only = lateral.index.difference(frontal.index)
+    reject(lateral.loc[lateral_only].reset_index(), "no_frontal")
+    lateral = lateral.drop(index=lateral_only)
+    if params.missing_view == "require_both":
+        missing = frontal.index.difference(lateral.index)
+        reject(frontal.loc[missing].reset_index(), "missing_lateral")
+        frontal = frontal.drop(index=missing)
+
+    studies = pd.DataFrame(
+        {
+            "patient_key": frontal["patient_key"],
+            "source": frontal["source"],
+            "frontal_id": frontal["image_id"],
+            "frontal_path": frontal["path"],
+            "frontal_view": frontal["view"],
+        }
+    ).sort_index()
+    studies.index.name = "study_key"
+    lat = lateral.reindex(studies.index)
+    studies["lateral_id"] = lat["image_id"].fillna("").astype("string")
+    studies["lateral_path"] = lat["path"].fillna("").astype("string")
+    studies["has_lateral"] = studies["lateral_id"] != ""
+    studies = studies.join(_study_labels(images).astype("float32"), how="left")
+
+    pins = _official_pins(manifest, params.official_split) if params.official_split else {}
+    split_of = assign_splits(studies["patient_key"], params.fractions, seed, pins)
+    studies["split"] = studies["patient_key"].map(split_of).astype("string")
+    studies = studies.reset_index().loc[:, list(STUDY_COLUMNS)]
+    studies.attrs = {"data_root": manifest.attrs.get("data_root", ".")}
+    check_no_leak(studies)
+
+    rejected_df = (
+        pd.concat(rejected, ignore_index=True)
+        if rejected
+        else pd.DataFrame(columns=[*PAIR_REJECTED_COLUMNS])
+    )
+    used = len(studies) + int(studies["has_lateral"].sum())
+    if used + len(rejected_df) != len(manifest):
+        raise RuntimeError(f"pair lost images: {len(manifest)} in, {used} used + rejected")
+    summary = summarize_studies(studies, rejected_df, n_lateral_only=len(lateral_only))
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    return studies, rejected_df, summary
+
+
+def check_no_leak(studies: pd.DataFrame) -> None:
+    """Raise :class:`SplitLeakError` if any patient appears in two splits."""
+    per_patient = studies.groupby("patient_key")["split"].nunique()
+    if (per_patient > 1).any():
+        raise SplitLeakError(f"{int((per_patient > 1).sum())} patients appear in two splits")
+
+
+def summarize_studies(
+    studies: pd.DataFrame, rejected: pd.DataFrame, n_lateral_only: int
+) -> dict[str, Any]:
+    """Study counts overall and per split, with positives per finding."""
+    splits = {}
+    for split in SPLITS:
+        part = studies[studies["split"] == split]
+        splits[split] = {
+            "studies": len(part),
+            "patients": int(part["patient_key"].nunique()),
+            "dual_view": int(part["has_lateral"].sum()),
+            "positives": {f: int((part[f] == 1).sum()) for f in FINDINGS},
+        }
+    return {
+        "studies": len(studies),
+        "dual_view": int(studies["has_lateral"].sum()),
+        "frontal_only": int((~studies["has_lateral"]).sum()),
+        "lateral_only": n_lateral_only,
+        "images_unused": {str(k): int(n) for k, n in rejected["reason"].value_counts().items()},
+        "splits": splits,
+    }
+
+
+def run_pair(params: PairParams, seed: int) -> dict[str, Any]:
+    """Read the manifest, pair, write ``studies.parquet``, ``rejected.csv``, ``summary.json``."""
+    path = Path(params.manifest)
+    if not path.is_file():
+        raise UserError(f"{path}: manifest not found; run the ingest stage first")
+    manifest = pd.read_parquet(path)
+    studies, rejected, summary = pair_studies(manifest, params, seed)
+    out = Path(params.out)
+    write_parquet(studies, out / "studies.parquet")
+    rejected.to_csv(out / "rejected.csv", index=False)
+    write_json(out / "summary.json", summary)
+    log.info(
+        "pair: %d studies (%d dual-view, %d frontal-only); train/val/test = %s",
+        summary["studies"],
+        summary["dual_view"],
+        summary["frontal_only"],
+        "/".join(str(summary["splits"][s]["studies"]) for s in SPLITS),
+    )
+    return summary
+
+
+def main() -> None:
+    """DVC entry point: ``python -m pipelines.pair`` reads ``pair`` and ``base``."""
+
+    def go() -> dict[str, Any]:
+        params = load_params()
+        base = parse_section(BaseParams, "base", params, "params.yaml")
+        return run_pair(parse_section(PairParams, "pair", params, "params.yaml"), base.seed)
+
+    run_stage(go)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Prefect tasks: run DVC stages and publish artifacts. No ML logic lives here."""

@@ -1,0 +1,54 @@
+"""The pipeline flow under Prefect's test harness: one task per DVC stage, skips visible."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+from flows.pipeline import cxr_pipeline
+from tasks.dvc_stage import StageFailed
+
+pytestmark = pytest.mark.slow
+
+
+async def _task_runs(flow_run_id):
+    async with get_client() as client:
+        runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {r.name: r for r in runs}
+
+
+def test_flow_runs_each_stage_then_skips(prefect_harness, mini_dvc_repo):
+    state = cxr_pipeline(repo=str(mini_dvc_repo), return_state=True)
+    assert state.is_completed()
+    assert state.result() == {"make": "ran", "count": "ran"}
+    runs = asyncio.run(_task_runs(state.state_details.flow_run_id))
+    assert set(runs) == {"make", "count"}
+    assert all(r.state.is_completed() for r in runs.values())
+
+    again = cxr_pipeline(repo=str(mini_dvc_repo), return_state=True)
+    assert again.result() == {"make": "skipped", "count": "skipped"}
+    runs = asyncio.run(_task_runs(again.state_details.flow_run_id))
+    assert {r.state.name for r in runs.values()} == {"Skipped"}
+
+    # a changed param reruns its stage and what depends on it
+    (mini_dvc_repo / "params.yaml").write_text("make:\n  n: 5\n")
+    assert cxr_pipeline(repo=str(mini_dvc_repo)) == {"make": "ran", "count": "ran"}
+    assert (mini_dvc_repo / "count.json").read_text() == '{"count": 5}'
+    assert cxr_pipeline(repo=str(mini_dvc_repo), targets=["make"]) == {"make": "skipped"}
+
+
+def test_failing_stage_fails_the_flow_without_retry(prefect_harness, mini_dvc_repo):
+    (mini_dvc_repo / "bad.py").write_text("import sys\nsys.exit('error: no frontal view')\n")
+    (mini_dvc_repo / "dvc.yaml").write_text("stages:\n  bad:\n    cmd: python3 bad.py\n")
+    state = cxr_pipeline(repo=str(mini_dvc_repo), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(StageFailed, match=r"stage .bad. failed.*no frontal view"):
+        state.result()
+    runs = asyncio.run(_task_runs(state.state_details.flow_run_id))
+    assert runs["bad"].state.is_failed()
+    assert runs["bad"].run_count == 1  # a data failure is not retried
