@@ -3,16 +3,29 @@
 Run it with ``cxr run`` (ephemeral Prefect, no server needed) or against a server
 (``PREFECT_API_URL``): the UI then shows one task run per stage, its log and its state
 (``Completed``, ``Skipped`` when DVC's cache is up to date, or ``Failed`` with the stage's error).
+
+One DVC workspace takes one ``dvc repro`` at a time: the flow holds a Prefect global concurrency
+slot named after the workspace for its whole run, so a second run of the same workspace waits
+for the first instead of colliding on DVC's lock.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.concurrency.sync import concurrency
 from prefect.states import State
 
 from tasks.dvc_stage import read_stage_graph, run_dvc_stage
+from tasks.prefect_admin import ensure_concurrency_limit
+
+
+def workspace_limit_name(repo: str | Path) -> str:
+    """The global concurrency limit that serialises runs of one DVC workspace."""
+    digest = hashlib.sha1(str(Path(repo).resolve()).encode()).hexdigest()[:12]
+    return f"cxr-dvc-workspace-{digest}"
 
 
 @flow(name="cxr-pipeline", log_prints=True)
@@ -36,15 +49,17 @@ def cxr_pipeline(
     logger = get_run_logger()
     stages = read_stage_graph(Path(repo), targets)
     logger.info("stages in order: %s", " -> ".join(s.name for s in stages))
+    limit = ensure_concurrency_limit(workspace_limit_name(repo), 1)
     outcome: dict[str, str] = {}
-    for stage in stages:
-        state: State = run_dvc_stage.with_options(task_run_name=stage.name)(
-            stage.name, repo=repo, force=force, timeout_s=stage_timeout_s, return_state=True
-        )
-        if state.is_failed():
-            logger.error("stage '%s' failed: %s", stage.name, state.message)
-            state.result()  # re-raise: the flow fails naming the stage
-        outcome[stage.name] = "skipped" if state.name == "Skipped" else "ran"
+    with concurrency(limit, occupy=1, strict=True):
+        for stage in stages:
+            state: State = run_dvc_stage.with_options(task_run_name=stage.name)(
+                stage.name, repo=repo, force=force, timeout_s=stage_timeout_s, return_state=True
+            )
+            if state.is_failed():
+                logger.error("stage '%s' failed: %s", stage.name, state.message)
+                state.result()  # re-raise: the flow fails naming the stage
+            outcome[stage.name] = "skipped" if state.name == "Skipped" else "ran"
     return outcome
 
 
