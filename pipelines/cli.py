@@ -85,5 +85,29 @@ def pair(
     _echo_summary(run_stage(go))
 
 
+@app.command()
+def run(
+    target: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="run up to this stage (repeatable); default: all"),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="rerun stages DVC finds up to date")] = False,
+    repo: Annotated[Path, typer.Option(help="DVC repository root")] = Path("."),
+    stage_timeout: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(help="seconds per stage"),
+    ] = None,
+) -> None:
+    """Run the DVC pipeline as the Prefect flow `cxr-pipeline` (one task per stage)."""
+    from flows.pipeline import cxr_pipeline
+
+    outcome = run_stage(
+        lambda: cxr_pipeline(
+            targets=target or None, force=force, repo=str(repo), stage_timeout_s=stage_timeout
+        )
+    )
+    _echo_summary(outcome)
+
+
 if __name__ == "__main__":
     app()
