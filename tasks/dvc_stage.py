@@ -20,10 +20,12 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
+from pipelines.stage import UserError
+
 LOCK_MARKERS = ("Unable to acquire lock", "is busy, it is being blocked by")
 
 
-class StageFailed(RuntimeError):
+class StageFailed(UserError):
     """A DVC stage exited non-zero; the message carries the stage name and its error lines."""
 
 
