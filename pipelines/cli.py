@@ -109,5 +109,13 @@ def run(
     _echo_summary(outcome)
 
 
+@app.command()
+def serve() -> None:
+    """Start a local Prefect server (127.0.0.1:4200) and serve the scheduled pipeline."""
+    from flows.serve import main as serve_main
+
+    run_stage(serve_main)
+
+
 if __name__ == "__main__":
     app()
