@@ -15,6 +15,7 @@ import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 SALT_ENV = "CXR_SALT"
@@ -43,10 +44,23 @@ def make_key(kind: str, value: str, salt: bytes | None = None) -> str:
     return hmac.new(salt, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()[:KEY_CHARS]
 
 
-def make_keys(kind: str, values: Iterable[str] | pd.Series, salt: bytes | None = None) -> list[str]:
-    """Vectorised :func:`make_key` over many values (each distinct value is hashed once)."""
+def make_keys(
+    kind: str, values: Iterable[str] | pd.Series, salt: bytes | None = None
+) -> np.ndarray:
+    """:func:`make_key` over many values, as an object array (each distinct value hashed once).
+
+    The HMAC is keyed once and copied per value: re-keying on every call dominated ingest time
+    at 200k rows.
+    """
     salt = get_salt() if salt is None else salt
-    series = pd.Series(list(values) if not isinstance(values, pd.Series) else values, dtype=str)
-    uniques = series.unique()
-    table = {v: make_key(kind, v, salt) for v in uniques}
-    return series.map(table).tolist()
+    series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
+    codes, uniques = pd.factorize(series.astype(str), use_na_sentinel=False)
+    keyed = hmac.new(salt, f"{kind}:".encode(), hashlib.sha256)
+
+    def one(value: str) -> str:
+        h = keyed.copy()
+        h.update(value.encode())
+        return h.hexdigest()[:KEY_CHARS]
+
+    hashed = np.array([one(v) for v in uniques], dtype=object)
+    return hashed[codes] if len(hashed) else np.empty(0, dtype=object)

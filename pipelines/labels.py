@@ -42,3 +42,102 @@ def apply_uncertain_policy(values: np.ndarray, policy: UncertainPolicy) -> np.nd
     uncertain = out == -1
     out[uncertain] = {"ignore": np.nan, "ones": 1.0, "zeros": 0.0}[policy]
     return out
+
+
+# --- Each source's mapping into FINDINGS -------------------------------------------------------
+# Source terms are matched exactly (after the normalisation each reader documents), never as
+# substrings: "mass" must not match "breast mass", "emphysema" not "subcutaneous emphysema".
+
+#: NIH ChestX-ray14 ``Finding Labels``: the 14 names themselves, or ``No Finding``.
+NIH_NO_FINDING = "No Finding"
+
+#: CheXpert / MIMIC-CXR (chexpert and negbio labelers) column -> finding. The other CheXpert
+#: observations (Lung Opacity, Fracture, ...) have no ChestX-ray14 counterpart; the findings
+#: missing here (Infiltration, Mass, Nodule, Emphysema, Fibrosis, Pleural_Thickening, Hernia) are
+#: not annotated by these sources (NaN).
+CHEXPERT_TO_FINDINGS: dict[str, str] = {
+    "Atelectasis": "Atelectasis",
+    "Cardiomegaly": "Cardiomegaly",
+    "Pleural Effusion": "Effusion",
+    "Pneumonia": "Pneumonia",
+    "Pneumothorax": "Pneumothorax",
+    "Consolidation": "Consolidation",
+    "Edema": "Edema",
+}
+
+#: PadChest ``Labels`` terms (lower case, stripped) -> findings. A term may imply two findings
+#: (hydropneumothorax: air and fluid in the pleural space). ``normal`` and every other term (the
+#: 190-term PadChest tree: devices, bones, ...) set no finding; all 14 are annotated (absent -> 0).
+PADCHEST_TO_FINDINGS: dict[str, tuple[str, ...]] = {
+    "atelectasis": ("Atelectasis",),
+    "laminar atelectasis": ("Atelectasis",),
+    "lobar atelectasis": ("Atelectasis",),
+    "segmental atelectasis": ("Atelectasis",),
+    "round atelectasis": ("Atelectasis",),
+    "total atelectasis": ("Atelectasis",),
+    "atelectasis basal": ("Atelectasis",),
+    "cardiomegaly": ("Cardiomegaly",),
+    "pleural effusion": ("Effusion",),
+    "loculated pleural effusion": ("Effusion",),
+    "loculated fissural effusion": ("Effusion",),
+    "hydropneumothorax": ("Effusion", "Pneumothorax"),
+    "infiltrates": ("Infiltration",),
+    "interstitial pattern": ("Infiltration",),
+    "reticular interstitial pattern": ("Infiltration",),
+    "reticulonodular interstitial pattern": ("Infiltration",),
+    "ground glass pattern": ("Infiltration",),
+    "alveolar pattern": ("Infiltration",),
+    "mass": ("Mass",),
+    "pulmonary mass": ("Mass",),
+    "mediastinal mass": ("Mass",),
+    "pleural mass": ("Mass",),
+    "nodule": ("Nodule",),
+    "multiple nodules": ("Nodule",),
+    "pneumonia": ("Pneumonia",),
+    "atypical pneumonia": ("Pneumonia",),
+    "pneumothorax": ("Pneumothorax",),
+    "consolidation": ("Consolidation",),
+    "air bronchogram": ("Consolidation",),
+    "pulmonary edema": ("Edema",),
+    "edema": ("Edema",),
+    "emphysema": ("Emphysema",),
+    "pulmonary fibrosis": ("Fibrosis",),
+    "fibrotic band": ("Fibrosis",),
+    "pleural thickening": ("Pleural_Thickening",),
+    "apical pleural thickening": ("Pleural_Thickening",),
+    "calcified pleural thickening": ("Pleural_Thickening",),
+    "hiatal hernia": ("Hernia",),
+}
+
+#: Open-i / IU ``mesh_major`` main terms (the text before the first ``/``, lower case) ->
+#: findings. ``normal`` sets none; terms not listed are ignored; all 14 are annotated.
+OPENI_MESH_TO_FINDINGS: dict[str, tuple[str, ...]] = {
+    "pulmonary atelectasis": ("Atelectasis",),
+    "atelectasis": ("Atelectasis",),
+    "atelectases": ("Atelectasis",),
+    "cardiomegaly": ("Cardiomegaly",),
+    "pleural effusion": ("Effusion",),
+    "infiltrate": ("Infiltration",),
+    "mass": ("Mass",),
+    "nodule": ("Nodule",),
+    "pneumonia": ("Pneumonia",),
+    "pneumothorax": ("Pneumothorax",),
+    "hydropneumothorax": ("Effusion", "Pneumothorax"),
+    "consolidation": ("Consolidation",),
+    "pulmonary edema": ("Edema",),
+    "edema": ("Edema",),
+    "pulmonary emphysema": ("Emphysema",),
+    "emphysema": ("Emphysema",),
+    "fibrosis": ("Fibrosis",),
+    "pulmonary fibrosis": ("Fibrosis",),
+    "pleural thickening": ("Pleural_Thickening",),
+    "hernia, hiatal": ("Hernia",),
+}
+
+#: Open-i terms whose finding depends on a ``/`` modifier: (main term, modifier) -> findings.
+OPENI_MESH_QUALIFIED: dict[tuple[str, str], tuple[str, ...]] = {
+    ("thickening", "pleura"): ("Pleural_Thickening",),
+}
+
+#: Open-i reports that were never indexed: their findings are not annotated (NaN).
+OPENI_NOT_INDEXED = "no indexing"

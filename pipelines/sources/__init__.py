@@ -35,7 +35,8 @@ class ReadOptions:
         labels: a label file (MIMIC chexpert/negbio CSV; DICOM folder: CSV keyed by study_uid).
         verify_files: open each image (header only) to check it exists and read its size.
         uncertain: policy for -1 (uncertain) labels.
-        workers: processes for per-file work (0 = all cores).
+        workers: parallel workers for per-file work (0 = all cores; processes for DICOM
+            headers, threads for image-header checks).
         salt: the secret used for keys (:func:`pipelines.keys.get_salt`).
     """
 

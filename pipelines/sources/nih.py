@@ -1,0 +1,92 @@
+"""NIH ChestX-ray14: ``Data_Entry_2017*.csv`` -> manifest rows.
+
+Input: the Data_Entry CSV (or a folder holding exactly one ``Data_Entry_2017*.csv``). Columns
+used: ``Image Index``, ``Finding Labels`` (``|``-joined names of the 14 findings, or
+``No Finding``), ``Patient ID``, ``View Position`` (PA/AP: NIH has no lateral views) and, when
+present, ``OriginalImage[Width`` / ``Height]`` (the header's ``[Width,Height]`` splits in two).
+Age and sex are not read.
+
+- Images: under ``options.images`` (default: the CSV's folder), found by file name in the root
+  itself or in ``images*/`` and ``images*/images/`` (the official release splits them across
+  ``images_001/images`` ... ``images_012/images``); ``path`` is relative to that root. A name
+  found nowhere keeps the bare file name (a ``missing_file`` rejection if files are verified).
+- Keys: patient = ``Patient ID``; study = the image index stem (NIH has one image per
+  follow-up); image = ``Image Index``; all prefixed ``nih:``.
+- Labels: all 14 annotated: a finding absent from ``Finding Labels`` is 0. A name outside the
+  14 and ``No Finding`` rejects the row (``label_out_of_domain``); a blank cell is
+  ``missing_value``.
+- Sizes without verification: the original width/height columns (the 1024 px release PNGs are
+  downsampled from them; verification reads the real size); bits 0, photometric ''.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.labels import FINDINGS, NIH_NO_FINDING
+from pipelines.sources import ReadOptions, SourceResult
+from pipelines.sources.common import (
+    Rows,
+    find_table,
+    finish,
+    index_images,
+    make_source_keys,
+    read_table,
+    term_labels,
+    to_int,
+    view_columns,
+)
+
+SOURCE = "nih"
+IMAGE, LABELS, PATIENT, VIEW = "Image Index", "Finding Labels", "Patient ID", "View Position"
+WIDTH, HEIGHT = "OriginalImage[Width", "Height]"
+
+
+def read(input_path: Path, options: ReadOptions) -> SourceResult:
+    """Read an NIH Data_Entry CSV.
+
+    Args:
+        input_path: the CSV, or a folder holding exactly one ``Data_Entry_2017*.csv``.
+        options: reader options (``images``, ``verify_files``, ``workers``, ``salt``).
+
+    Raises:
+        SourceError: the CSV is missing, unreadable or lacks a required column.
+    """
+    table = find_table(input_path, ["Data_Entry_2017*.csv", "Data_Entry_2017*.csv.gz"], "NIH CSV")
+    df = read_table(table, [IMAGE, LABELS, PATIENT, VIEW], [WIDTH, HEIGHT], what="NIH CSV")
+    root = Path(options.images) if options.images else table.parent
+    rows = Rows(len(df), SOURCE, table)
+    rows.reject_blank(df, [IMAGE, PATIENT, LABELS])
+
+    terms = df[LABELS].str.replace(r"\s*\|\s*", "|", regex=True).str.strip().str.split("|")
+    labels = term_labels(terms, {f: (f,) for f in FINDINGS}, none_terms=[NIH_NO_FINDING], rows=rows)
+    image = df[IMAGE].str.strip()
+    rows.reject_duplicates(image)
+
+    keep = rows.keep
+    image = image[keep].reset_index(drop=True)
+    sub = df.loc[keep].reset_index(drop=True)
+    located = index_images(root)
+    path = image.map(located).fillna(image) if located else image
+    frame = pd.DataFrame(
+        {
+            **make_source_keys(
+                SOURCE,
+                sub[PATIENT].str.strip(),
+                image.str.replace(r"\.[^./]*$", "", regex=True),
+                image,
+                options.salt,
+            ),
+            "source": SOURCE,
+            "path": path,
+            **view_columns(sub[VIEW]),
+            "width": to_int(sub[WIDTH]) if WIDTH in sub else 0,
+            "height": to_int(sub[HEIGHT]) if HEIGHT in sub else 0,
+            "bits": 0,
+            "photometric": "",
+        }
+    )
+    frame = pd.concat([frame, labels.loc[keep].reset_index(drop=True)], axis=1)
+    return finish(frame, rows, root, options, len(df))

@@ -1,0 +1,109 @@
+"""Open-i / Indiana University chest X-ray: the paired CSV -> manifest rows.
+
+Columns read: ``study_uid``, ``image_id``, ``png_name``, ``view_position``, ``mesh_major`` and,
+when present, ``rows`` / ``columns``. The report text (``findings``, ``impression``) and sex are
+never read.
+
+- Path: ``png_name`` relative to ``options.images`` (default: the CSV's folder).
+- Keys: IU has **no patient ids**: patient = study = ``study_uid`` (each report is treated as its
+  own patient, so a real patient with two reports may land in two splits; nothing in the public
+  release can prevent that). image = ``image_id``. All prefixed ``openi:``.
+- View: ``view_position`` through the canonical map (PA, AP, LL/LATERAL -> LATERAL).
+- Labels: ``mesh_major`` is ``|``-joined MeSH terms with ``/`` modifiers
+  (``Pleural Effusion/bilateral/small``). The main term (before the first ``/``, case-folded) is
+  mapped by :data:`pipelines.labels.OPENI_MESH_TO_FINDINGS`, and (main term, modifier) pairs by
+  :data:`pipelines.labels.OPENI_MESH_QUALIFIED` (``Thickening/pleura`` -> Pleural_Thickening).
+  All 14 are annotated: absent -> 0; ``normal`` -> all 0; unmapped terms are ignored. A blank
+  cell or ``No Indexing`` (a report never indexed) -> all NaN (not annotated), accepted.
+- Sizes without verification: ``columns`` x ``rows``; bits 0, photometric ''.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines.labels import (
+    FINDINGS,
+    OPENI_MESH_QUALIFIED,
+    OPENI_MESH_TO_FINDINGS,
+    OPENI_NOT_INDEXED,
+)
+from pipelines.sources import ReadOptions, SourceResult
+from pipelines.sources.common import (
+    Rows,
+    blank,
+    find_table,
+    finish,
+    flat_term_labels,
+    make_source_keys,
+    read_table,
+    to_int,
+    view_columns,
+)
+
+SOURCE = "openi"
+STUDY, IMAGE, PNG, VIEW, MESH = "study_uid", "image_id", "png_name", "view_position", "mesh_major"
+ROWS, COLUMNS = "rows", "columns"
+
+
+def mesh_findings(mesh: pd.Series) -> pd.DataFrame:
+    """Findings (float32, all 14) from ``|``-joined MeSH major strings; see the module docstring.
+
+    Args:
+        mesh: ``mesh_major`` cells with a RangeIndex.
+    """
+    text = mesh.astype(str).str.strip().str.lower()
+    terms = text.str.split("|").explode().str.strip()
+    key = terms.str.split("/", n=1).str[0].str.strip()
+    lookup = dict(OPENI_MESH_TO_FINDINGS)
+    for (term, modifier), findings in OPENI_MESH_QUALIFIED.items():
+        qualified = terms.str.contains("/" + re.escape(modifier) + "(?:/|$)", regex=True)
+        key = key.mask((key == term) & qualified, f"{term}/{modifier}")
+        lookup[f"{term}/{modifier}"] = findings
+    out = flat_term_labels(key, len(mesh), lookup)
+    not_annotated = blank(text) | (text == OPENI_NOT_INDEXED).to_numpy()
+    out.loc[not_annotated, list(FINDINGS)] = np.nan
+    return out.set_axis(mesh.index)
+
+
+def read(input_path: Path, options: ReadOptions) -> SourceResult:
+    """Read the Open-i / IU paired CSV.
+
+    Args:
+        input_path: the CSV.
+        options: reader options (``images``, ``verify_files``, ``workers``, ``salt``).
+
+    Raises:
+        SourceError: the CSV is missing, unreadable or lacks a required column.
+    """
+    table = find_table(input_path, ["*.csv"], "Open-i CSV")
+    df = read_table(table, [STUDY, IMAGE, PNG, VIEW, MESH], [ROWS, COLUMNS], what="Open-i CSV")
+    root = Path(options.images) if options.images else table.parent
+    rows = Rows(len(df), SOURCE, table)
+    rows.reject_blank(df, [STUDY, IMAGE, PNG])
+    findings = mesh_findings(df[MESH])
+    image = df[IMAGE].str.strip()
+    rows.reject_duplicates(image)
+
+    keep = rows.keep
+    sub = df.loc[keep].reset_index(drop=True)
+    image = image[keep].reset_index(drop=True)
+    study = sub[STUDY].str.strip()
+    frame = pd.DataFrame(
+        {
+            **make_source_keys(SOURCE, study, study, image, options.salt),
+            "source": SOURCE,
+            "path": sub[PNG].str.strip(),
+            **view_columns(sub[VIEW]),
+            "width": to_int(sub[COLUMNS]) if COLUMNS in sub else 0,
+            "height": to_int(sub[ROWS]) if ROWS in sub else 0,
+            "bits": 0,
+            "photometric": "",
+        }
+    )
+    frame = pd.concat([frame, findings.loc[keep].reset_index(drop=True)], axis=1)
+    return finish(frame, rows, root, options, len(df))

@@ -1,0 +1,119 @@
+"""PadChest: ``PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv`` -> manifest rows.
+
+Columns read: ``ImageID``, ``ImageDir``, ``StudyID``, ``PatientID``, ``Projection``, ``Labels``
+and, when present, ``Rows_DICOM`` / ``Columns_DICOM``. Nothing else is read: ``PatientBirth``,
+``StudyDate_DICOM``, sex and the ``Report`` text never enter memory, let alone an output.
+
+- Path: ``{ImageDir}/{ImageID}`` relative to ``options.images`` (default: the CSV's folder).
+- Keys: patient = ``PatientID``, study = ``StudyID``, image = ``ImageID``, prefixed ``padchest:``.
+- View: ``Projection``: PA, AP, ``AP_horizontal`` (a supine AP) -> AP, L -> LATERAL; COSTAL, UNK
+  and blank -> OTHER (accepted). ``EXCLUDE`` (images the PadChest curators flagged as unusable)
+  is rejected with reason ``excluded_projection``.
+- Labels: ``Labels`` is a Python-list string (``"['cardiomegaly', 'pleural effusion']"``),
+  parsed with :func:`ast.literal_eval` once per distinct string; terms are lower-cased and
+  stripped, then mapped by :data:`pipelines.labels.PADCHEST_TO_FINDINGS` (exact terms: e.g.
+  ``mediastinal mass`` -> Mass but ``breast mass`` -> none; ``emphysema`` -> Emphysema but
+  ``subcutaneous emphysema`` -> none). All 14 are annotated: absent -> 0, ``['normal']`` -> all 0.
+  A blank cell means "not labelled": all NaN, accepted. A string that is not a list of strings is
+  rejected (``unparsable_labels``).
+- Sizes without verification: ``Columns_DICOM`` x ``Rows_DICOM``; bits 0, photometric ''.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines.labels import PADCHEST_TO_FINDINGS
+from pipelines.sources import ReadOptions, SourceResult
+from pipelines.sources.common import (
+    Rows,
+    blank,
+    find_table,
+    finish,
+    make_source_keys,
+    read_table,
+    term_labels,
+    to_int,
+    view_columns,
+)
+
+SOURCE = "padchest"
+IMAGE, DIR, STUDY, PATIENT = "ImageID", "ImageDir", "StudyID", "PatientID"
+PROJECTION, LABELS = "Projection", "Labels"
+ROWS, COLUMNS = "Rows_DICOM", "Columns_DICOM"
+
+
+def parse_label_list(text: str) -> list[str] | None:
+    """``"['a', ' B']"`` -> ``['a', 'b']``; None when the text is not a list of strings."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        return None
+    return [v.strip().lower() for v in value if v.strip()]
+
+
+def read(input_path: Path, options: ReadOptions) -> SourceResult:
+    """Read the PadChest label CSV.
+
+    Args:
+        input_path: the CSV (or a folder with exactly one ``PADCHEST_*.csv``).
+        options: reader options (``images``, ``verify_files``, ``workers``, ``salt``).
+
+    Raises:
+        SourceError: the CSV is missing, unreadable or lacks a required column.
+    """
+    table = find_table(input_path, ["PADCHEST_*.csv", "PADCHEST_*.csv.gz"], "PadChest CSV")
+    required = [IMAGE, DIR, STUDY, PATIENT, PROJECTION, LABELS]
+    df = read_table(table, required, [ROWS, COLUMNS], what="PadChest CSV")
+    root = Path(options.images) if options.images else table.parent
+    rows = Rows(len(df), SOURCE, table)
+    rows.reject_blank(df, [IMAGE, DIR, STUDY, PATIENT])
+    projection = df[PROJECTION].str.strip()
+    rows.reject(
+        (projection.str.upper() == "EXCLUDE").to_numpy(),
+        "excluded_projection",
+        "Projection is EXCLUDE (flagged unusable by the PadChest curators)",
+    )
+
+    text = df[LABELS].str.strip()
+    unlabeled = blank(text)
+    uniques = text[~unlabeled].unique()
+    parsed = pd.Series(
+        {u: parse_label_list(u) for u in uniques}, dtype=object, index=pd.Index(uniques)
+    )
+    terms = text.map(parsed)
+    rows.reject(
+        (terms.isna().to_numpy() & ~unlabeled),
+        "unparsable_labels",
+        "Labels is not a Python list of strings",
+    )
+    findings = term_labels(terms, PADCHEST_TO_FINDINGS)
+    findings.loc[unlabeled] = np.nan
+    image = df[IMAGE].str.strip()
+    rows.reject_duplicates(image)
+
+    keep = rows.keep
+    sub = df.loc[keep].reset_index(drop=True)
+    image = image[keep].reset_index(drop=True)
+    frame = pd.DataFrame(
+        {
+            **make_source_keys(
+                SOURCE, sub[PATIENT].str.strip(), sub[STUDY].str.strip(), image, options.salt
+            ),
+            "source": SOURCE,
+            "path": sub[DIR].str.strip() + "/" + image,
+            **view_columns(sub[PROJECTION]),
+            "width": to_int(sub[COLUMNS]) if COLUMNS in sub else 0,
+            "height": to_int(sub[ROWS]) if ROWS in sub else 0,
+            "bits": 0,
+            "photometric": "",
+        }
+    )
+    frame = pd.concat([frame, findings.loc[keep].reset_index(drop=True)], axis=1)
+    return finish(frame, rows, root, options, len(df))

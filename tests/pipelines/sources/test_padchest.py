@@ -1,0 +1,144 @@
+"""PadChest reader: the real sample, label mapping, EXCLUDE projection, and no PHI in outputs."""
+
+from __future__ import annotations
+
+import ast
+import csv
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.keys import make_key
+from pipelines.labels import FINDINGS, PADCHEST_TO_FINDINGS
+from pipelines.schema import MANIFEST_COLUMNS
+from pipelines.sources import ReadOptions
+from pipelines.sources.padchest import parse_label_list, read
+
+REAL = Path(__file__).resolve().parents[3] / ".." / "shared" / "real-cxr"
+SAMPLE = REAL / "metadata_samples" / "padchest_sample.csv"
+SALT = b"test-salt"
+
+
+def opts(**kw) -> ReadOptions:
+    return ReadOptions(salt=SALT, **({"verify_files": False} | kw))
+
+
+def sample() -> tuple[Path, list[dict[str, str]]]:
+    if not SAMPLE.exists():
+        pytest.skip(f"real data not available: {SAMPLE}")
+    with SAMPLE.open(newline="") as fh:
+        return SAMPLE, list(csv.DictReader(fh))
+
+
+def check_invariant(result) -> None:
+    assert result.n_inputs == len(result.manifest) + len(result.rejected)
+    assert list(result.manifest.columns) == list(MANIFEST_COLUMNS)
+
+
+def test_real_sample():
+    table, raw = sample()
+    result = read(table, opts())
+    check_invariant(result)
+    m = result.manifest
+    assert len(m) == len(raw) == 53 and not result.rejected
+    assert dict(Counter(m["view"])) == {"PA": 32, "LATERAL": 20, "AP": 1}
+    assert dict(Counter(m["view_raw"])) == dict(Counter(r["Projection"] for r in raw))
+    assert m["path"].tolist() == [f"{r['ImageDir']}/{r['ImageID']}" for r in raw]
+    assert m["width"].tolist() == [int(r["Columns_DICOM"]) for r in raw]
+    assert m["height"].tolist() == [int(r["Rows_DICOM"]) for r in raw]
+    assert m["patient_key"].nunique() == len({r["PatientID"] for r in raw}) == 29
+    assert m["study_key"].nunique() == len({r["StudyID"] for r in raw}) == 30
+    assert m.loc[0, "image_id"] == make_key("image", f"padchest:{raw[0]['ImageID']}", SALT)
+    assert not m[list(FINDINGS)].isna().any().any()  # all 14 annotated
+    # counts from the raw strings, parsed here independently of the reader
+    terms = [{t.strip().lower() for t in ast.literal_eval(r["Labels"])} for r in raw]
+    for term, finding in [
+        ("cardiomegaly", "Cardiomegaly"),
+        ("hiatal hernia", "Hernia"),
+        ("pleural effusion", "Effusion"),
+        ("emphysema", "Emphysema"),
+        ("pneumonia", "Pneumonia"),
+    ]:
+        assert int((m[finding] == 1).sum()) == sum(term in t for t in terms), finding
+    infiltration = {"infiltrates", "interstitial pattern", "alveolar pattern"}
+    assert int((m["Infiltration"] == 1).sum()) == sum(bool(infiltration & t) for t in terms)
+    assert int((m["Atelectasis"] == 1).sum()) == sum("laminar atelectasis" in t for t in terms)
+    # "apical pleural thickening" is pleural thickening; "mediastinal mass" a mass
+    assert int((m["Pleural_Thickening"] == 1).sum()) == 2 and int((m["Mass"] == 1).sum()) == 2
+    normal = np.array([t == {"normal"} for t in terms])
+    assert normal.sum() == 19 and (m.loc[normal, list(FINDINGS)] == 0).all().all()
+
+
+def test_no_phi_in_outputs(tmp_path):
+    table, raw = sample()
+    rows = pd.read_csv(table, dtype=str, keep_default_na=False)
+    rows.loc[0, "Projection"] = "EXCLUDE"  # a rejected row must not leak either
+    rows.loc[1, "Labels"] = "['unterminated"
+    bad = tmp_path / "PADCHEST_test.csv"
+    rows.to_csv(bad, index=False)
+    result = read(bad, opts())
+    check_invariant(result)
+    cells = set(result.manifest.astype(str).to_numpy().ravel())
+    cells |= {v for r in result.rejected for v in (r.path, r.detail)}
+    text = "\n".join(cells)
+    for r in raw:
+        assert r["PatientID"] not in text
+        assert r["StudyDate_DICOM"] not in text
+        assert r["PatientBirth"] not in text
+        assert r["Report"].strip() not in text
+    assert not {"PatientBirth", "PatientID", "StudyDate_DICOM", "Report"} & set(
+        result.manifest.columns
+    )
+
+
+def test_exclude_unparsable_blank_and_duplicates(tmp_path):
+    header = "ImageID,ImageDir,StudyID,PatientID,PatientBirth,Projection,Labels\n"
+    lines = [
+        "a.png,0,s1,p1,1950.0,PA,\"['cardiomegaly', ' Pleural Effusion ']\"",
+        "b.png,0,s1,p1,1950.0,EXCLUDE,\"['normal']\"",
+        "c.png,1,s2,p2,1960.0,L,\"['normal'\"",
+        "d.png,1,s2,p2,1960.0,COSTAL,",
+        "a.png,0,s1,p1,1950.0,PA,\"['normal']\"",
+        "e.png,2,,p3,1970.0,PA,\"['normal']\"",
+        "f.png,2,s3,p3,1970.0,UNK,"
+        "\"['hydropneumothorax', 'breast mass', 'subcutaneous emphysema']\"",
+        'g.png,2,s3,p3,1970.0,AP_horizontal,"[]"',
+        'h.png,2,s3,p3,1970.0,PA,"[1, 2]"',
+    ]
+    table = tmp_path / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
+    table.write_text(header + "\n".join(lines) + "\n")
+    result = read(tmp_path, opts())  # folder input finds the file
+    check_invariant(result)
+    got = [(r.path, r.reason) for r in result.rejected]
+    name = table.name
+    assert got == [
+        (f"{name}:3", "excluded_projection"),
+        (f"{name}:4", "unparsable_labels"),
+        (f"{name}:6", "duplicate_image_id"),
+        (f"{name}:7", "missing_value"),
+        (f"{name}:10", "unparsable_labels"),
+    ]
+    m = result.manifest.set_index("path")
+    assert list(m.index) == ["0/a.png", "1/d.png", "2/f.png", "2/g.png"]
+    assert m["view"].tolist() == ["PA", "OTHER", "OTHER", "AP"]
+    a = m.loc["0/a.png", list(FINDINGS)]
+    assert a[a == 1].index.tolist() == ["Cardiomegaly", "Effusion"] and a.sum() == 2
+    assert m.loc["1/d.png", list(FINDINGS)].isna().all()  # blank: not labelled
+    f = m.loc["2/f.png", list(FINDINGS)]
+    assert f[f == 1].index.tolist() == ["Effusion", "Pneumothorax"]  # not Mass, not Emphysema
+    assert (m.loc["2/g.png", list(FINDINGS)] == 0).all()
+
+
+def test_parse_label_list():
+    assert parse_label_list("['Normal', ' COPD signs ']") == ["normal", "copd signs"]
+    assert parse_label_list("[]") == []
+    assert parse_label_list("__import__('os')") is None
+    assert parse_label_list("['a', 1]") is None
+    assert parse_label_list("'a'") is None
+
+
+def test_mapping_targets_are_findings():
+    assert {f for v in PADCHEST_TO_FINDINGS.values() for f in v} == set(FINDINGS)
