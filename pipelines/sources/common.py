@@ -50,7 +50,6 @@ __all__ = [
     "index_images",
     "make_source_keys",
     "read_table",
-    "salted_keys",
     "term_labels",
     "to_int",
     "verify_files",
@@ -423,15 +422,10 @@ def make_source_keys(
     salt = salt or get_salt()
     prefix = f"{source}:"
     return {
-        "patient_key": salted_keys("patient", prefix + patient.astype(str), salt),
-        "study_key": salted_keys("study", prefix + study.astype(str), salt),
-        "image_id": salted_keys("image", prefix + image.astype(str), salt),
+        "patient_key": make_keys("patient", prefix + patient.astype(str), salt),
+        "study_key": make_keys("study", prefix + study.astype(str), salt),
+        "image_id": make_keys("image", prefix + image.astype(str), salt),
     }
-
-
-def salted_keys(kind: str, values: pd.Series, salt: bytes) -> np.ndarray:
-    """Salted keys of ``values`` (:func:`pipelines.keys.make_keys`)."""
-    return make_keys(kind, values, salt)
 
 
 def extract(values: pd.Series, pattern: str) -> pd.DataFrame:

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipelines.keys import make_key, make_keys
 from pipelines.labels import FINDINGS
 from pipelines.sources import ReadOptions, SourceError
 from pipelines.sources.common import (
@@ -22,7 +21,6 @@ from pipelines.sources.common import (
     image_header,
     index_images,
     read_table,
-    salted_keys,
     term_labels,
     to_int,
     verify_files,
@@ -212,15 +210,6 @@ def test_term_labels_one_hot_none_terms_and_unknown(tmp_path):
 
 
 # --- keys, extract, sizes ---------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("salt", [b"s", b"x" * 64, b"long" * 40, bytes(range(256))])
-def test_salted_keys_equal_make_keys(salt):
-    values = pd.Series([f"chexpert:patient{i % 7}" for i in range(50)] + ["é-ünïcode", ""])
-    got = salted_keys("patient", values, salt)
-    assert got.tolist() == make_keys("patient", values, salt)
-    assert got[0] == make_key("patient", "chexpert:patient0", salt)
-    assert salted_keys("image", pd.Series([], dtype=str), salt).tolist() == []
 
 
 def test_extract_matches_pandas():
