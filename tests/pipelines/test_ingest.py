@@ -1,0 +1,101 @@
+"""ingest stage: reader dispatch, counts that add up, summary keys, outputs, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipelines.ingest import IngestParams, ingest, run_ingest
+from pipelines.keys import get_salt
+from pipelines.labels import FINDINGS
+from pipelines.schema import MANIFEST_COLUMNS, VIEWS
+from pipelines.sources import ReadOptions, SourceError
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for name, mode in [("a_pa.png", "L"), ("a_lat.png", "RGBA"), ("b_pa.jpg", "RGB")]:
+        Image.fromarray(np.full((40, 30, len(mode)), 128, np.uint8).squeeze()).convert(mode).save(
+            root / name,
+            format="PNG",  # b_pa.jpg is a PNG named .jpg: detected from content
+        )
+    (root / "list.csv").write_text(
+        "path,patient,study,view,labels\n"
+        "a_pa.png,Mr Smith,st1,PA,Cardiomegaly\n"
+        "a_lat.png,Mr Smith,st1,LL,Cardiomegaly\n"
+        "b_pa.jpg,Ms Jones,st2,AP,No Finding\n"
+        "missing.png,Ms Jones,st3,PA,\n"
+        "a_pa.png,Mr Smith,st1,PA,Cardiomegaly\n"  # duplicate image
+        "c.png,Mr X,st4,PA,Unicorn\n"  # label out of domain
+    )
+    return root
+
+
+def test_ingest_counts_add_up_and_summary_is_stable(image_folder):
+    manifest, rejected, summary = ingest(
+        "csv", image_folder / "list.csv", ReadOptions(salt=get_salt())
+    )
+    assert list(manifest.columns) == list(MANIFEST_COLUMNS)
+    assert summary["inputs"] == 6 == len(manifest) + len(rejected)
+    assert summary["images"] == 3
+    assert summary["patients"] == 2
+    assert summary["studies"] == 2
+    assert summary["views"] == {"PA": 1, "AP": 1, "LATERAL": 1, "OTHER": 0}
+    assert set(summary["views"]) == set(VIEWS)
+    assert summary["rejected"] == {
+        "missing_file": 1,
+        "duplicate_image_id": 1,
+        "label_out_of_domain": 1,
+    }
+    assert summary["labels"]["Cardiomegaly"] == {"positive": 2, "negative": 1, "missing": 0}
+    assert {"images", "patients", "studies", "views", "rejected", "seconds"} <= set(summary)
+    assert manifest.attrs["data_root"] == str(image_folder)
+    sizes = manifest.set_index("path")[["width", "height"]]
+    assert sizes.loc["b_pa.jpg"].tolist() == [30, 40]
+    # no raw identifier reaches the manifest or the rejected file
+    text = manifest.astype(str).to_csv() + rejected.to_csv()
+    assert "Smith" not in text and "Jones" not in text
+
+
+def test_run_ingest_writes_outputs(image_folder, tmp_path):
+    out = tmp_path / "out"
+    params = IngestParams(source="csv", input=str(image_folder / "list.csv"), out=str(out))
+    summary = run_ingest(params)
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    assert len(manifest) == summary["images"] == 3
+    assert manifest.attrs["data_root"] == str(image_folder)  # kept through Parquet
+    assert manifest[list(FINDINGS)].dtypes.unique().tolist() == [np.float32]
+    rejected = pd.read_csv(out / "rejected.csv")
+    assert list(rejected.columns) == ["source", "path", "reason", "detail"]
+    assert len(rejected) == 3
+    assert json.loads((out / "summary.json").read_text())["images"] == 3
+
+
+def test_metadata_only_run_skips_files(image_folder):
+    manifest, rejected, _ = ingest(
+        "csv", image_folder / "list.csv", ReadOptions(salt=b"s", verify_files=False)
+    )
+    assert len(manifest) == 4  # missing.png is not looked for
+    assert (manifest["width"] == 0).all()
+    assert "missing_file" not in set(rejected["reason"])
+
+
+def test_missing_column_names_file_and_column(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,patient,view\nx.png,p,PA\n")
+    with pytest.raises(SourceError, match=r"bad\.csv.*study"):
+        ingest("csv", bad, ReadOptions(salt=b"s"))
+
+
+def test_unknown_source_and_missing_input(tmp_path):
+    with pytest.raises(SourceError, match="unknown source"):
+        ingest("dicomz", tmp_path, ReadOptions(salt=b"s"))
+    with pytest.raises(SourceError, match="does not exist"):
+        ingest("csv", tmp_path / "nope.csv", ReadOptions(salt=b"s"))
