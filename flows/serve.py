@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import serve
-from prefect.deployments.runner import RunnerDeployment
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -60,6 +60,7 @@ def build_deployment(cfg: ScheduleParams) -> RunnerDeployment:
         },
         tags=["cxr-dag"],
         description="cxr-dag pipeline: one task per DVC stage",
+        entrypoint_type=EntrypointType.MODULE_PATH,  # runs from any working directory
     )
 
 
@@ -119,8 +120,14 @@ def serve_pipeline(cfg: ScheduleParams) -> None:
 
 
 def main() -> None:
-    """``python -m flows.serve``: local server + the served deployment (Ctrl-C stops both)."""
+    """``python -m flows.serve``: local server + the served deployment (Ctrl-C stops both).
+
+    With ``PREFECT_API_URL`` set, serves against that server instead of starting one.
+    """
     cfg = load_section(ScheduleParams, "schedule")
+    if os.environ.get("PREFECT_API_URL"):
+        serve_pipeline(cfg)
+        return
     port = int(os.environ.get("CXR_PREFECT_PORT", "4200"))
     with local_server(port=port) as api, temporary_settings({PREFECT_API_URL: api}):
         print(f"Prefect UI: {api.removesuffix('/api')}  (deployment cxr-pipeline/{cfg.deployment})")
