@@ -10,19 +10,33 @@ Layout of a prepared folder (written by ``preprocess``; ``augment`` writes the s
 
 Images stay uint8 on disk and in batches; :func:`pipelines.model.normalize` turns them into
 floats on the training device, which is cheaper than converting on the loader side.
+
+Reading: :class:`ShardDataset` memory-maps the shards (each process opens its own maps, so the
+dataset pickles cheaply into DataLoader workers under any start method) and serves single
+samples (``ds[i]``, for any sampler) or whole batches (``ds.get_batch(indices)``: one sorted
+fancy-index read per shard, no per-sample tensors, no collate). :func:`make_loader` wraps the
+batched path in a :class:`~torch.utils.data.DataLoader` with a seeded shuffle.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
 
 from pipelines.io import atomic_path, write_json
 from pipelines.labels import FINDINGS
@@ -100,16 +114,21 @@ class ShardDataset(Dataset):
 
     Each sample is a dict: ``frontal`` and ``lateral`` uint8 tensors (1, S, S), ``has_lateral``
     (bool tensor), ``labels`` float32 (F,) with NaN kept, and ``index`` (int) into :attr:`meta`.
+    :meth:`get_batch` returns the same keys with a leading batch dimension.
 
     Args:
         roots: prepared folders (e.g. ``data/prepared`` and ``data/augmented``).
         splits: split names to include (``train``, ``val``, ``test``).
+
+    Raises:
+        FileNotFoundError: a folder has no index.
+        ValueError: folders disagree on image size, or a shard disagrees with its index.
     """
 
     def __init__(self, roots: str | Path | Sequence[str | Path], splits: str | Sequence[str]):
         roots = [roots] if isinstance(roots, str | Path) else list(roots)
         splits = [splits] if isinstance(splits, str) else list(splits)
-        self._images: list[np.ndarray] = []
+        self._paths: list[Path] = []
         metas: list[pd.DataFrame] = []
         size = None
         for root in map(Path, roots):
@@ -119,11 +138,14 @@ class ShardDataset(Dataset):
             size = index["size"]
             for split in splits:
                 for entry in index["splits"].get(split, []):
-                    images = np.load(root / f"{entry['name']}.images.npy", mmap_mode="r")
                     meta = pd.read_parquet(root / f"{entry['name']}.meta.parquet")
-                    meta["_shard"] = len(self._images)
+                    if len(meta) != entry["n"]:
+                        raise ValueError(
+                            f"{root}/{entry['name']}: {len(meta)} rows, index says {entry['n']}"
+                        )
+                    meta["_shard"] = len(self._paths)
                     meta["_row"] = np.arange(len(meta))
-                    self._images.append(images)
+                    self._paths.append(root / f"{entry['name']}.images.npy")
                     metas.append(meta)
         self.size = size
         self.meta = (
@@ -133,8 +155,28 @@ class ShardDataset(Dataset):
         )
         self._shard = self.meta["_shard"].to_numpy(dtype=np.int64)
         self._row = self.meta["_row"].to_numpy(dtype=np.int64)
-        self.labels = self.meta[list(FINDINGS)].to_numpy(dtype=np.float32)
-        self.has_lateral = self.meta["has_lateral"].to_numpy(dtype=bool)
+        # own, writable copies (pandas may hand out read-only views)
+        self.labels = np.array(self.meta[list(FINDINGS)].to_numpy(dtype=np.float32))
+        self.has_lateral = np.array(self.meta["has_lateral"].to_numpy(dtype=bool))
+        self._maps: list[np.ndarray] | None = None
+        self._pid = -1
+        for k in range(len(self._paths)):  # open once here: fail early on a bad shard
+            shape = self._images[k].shape
+            if shape[1:] != (2, size, size) or shape[0] != int((self._shard == k).sum()):
+                raise ValueError(f"{self._paths[k]}: shape {shape} disagrees with its index")
+
+    @property
+    def _images(self) -> list[np.ndarray]:
+        """This process's memory maps (reopened after a fork or unpickling)."""
+        if self._maps is None or self._pid != os.getpid():
+            self._maps = [np.load(p, mmap_mode="r") for p in self._paths]
+            self._pid = os.getpid()
+        return self._maps
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_maps"] = None  # never pickle the mapped arrays themselves
+        return state
 
     def __len__(self) -> int:
         return len(self.meta)
@@ -148,3 +190,100 @@ class ShardDataset(Dataset):
             "labels": torch.from_numpy(self.labels[i]),
             "index": torch.tensor(i),
         }
+
+    def get_batch(self, indices: Iterable[int]) -> dict[str, torch.Tensor]:
+        """A whole batch in one go: ``frontal``/``lateral`` uint8 (B, 1, S, S), ``has_lateral``
+        bool (B,), ``labels`` float32 (B, F) with NaN kept, ``index`` int64 (B,).
+
+        Rows are read shard by shard in sorted order (mostly contiguous memmap reads), then
+        scattered back to the requested order.
+        """
+        idx = np.fromiter(indices, dtype=np.int64)
+        n, s = len(idx), self.size or 0
+        frontal = np.empty((n, 1, s, s), dtype=np.uint8)
+        lateral = np.empty((n, 1, s, s), dtype=np.uint8)
+        shards, rows = self._shard[idx], self._row[idx]
+        order = np.lexsort((rows, shards))
+        maps = self._images
+        bounds = np.flatnonzero(np.diff(shards[order])) + 1
+        for group in np.split(order, bounds):
+            if len(group) == 0:
+                continue
+            r = rows[group]
+            lo, hi = int(r[0]), int(r[-1]) + 1
+            mm = maps[int(shards[group[0]])]
+            block = mm[lo:hi] if hi - lo == len(r) else mm[r]  # contiguous: a plain slice
+            frontal[group] = block[:, 0:1]
+            lateral[group] = block[:, 1:2]
+        return {
+            "frontal": torch.from_numpy(frontal),
+            "lateral": torch.from_numpy(lateral),
+            "has_lateral": torch.from_numpy(self.has_lateral[idx]),
+            "labels": torch.from_numpy(self.labels[idx]),
+            "index": torch.from_numpy(idx),
+        }
+
+
+class _Batches(Dataset):
+    """Map-style view whose items are whole batches (the keys of a :class:`BatchSampler`)."""
+
+    def __init__(self, dataset: ShardDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        return self.dataset.get_batch(indices)
+
+
+def _identity(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return batch
+
+
+def make_loader(
+    dataset: ShardDataset,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+    sampler: Sampler[int] | None = None,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader that reads whole batches with :meth:`ShardDataset.get_batch`.
+
+    Batches are dicts as :meth:`ShardDataset.get_batch` returns them. The shuffle is seeded
+    (``seed``): the same seed gives the same sequence of epochs. With ``num_workers`` > 0 each
+    worker reads whole batches from its own memory maps.
+
+    Args:
+        dataset: the shards.
+        batch_size: studies per batch.
+        shuffle: random order each epoch (ignored when ``sampler`` is given).
+        seed: seeds the shuffle.
+        num_workers: DataLoader worker processes (0 = read in the calling process).
+        sampler: yields sample indices (e.g. ``DistributedSampler``, ``WeightedRandomSampler``);
+            replaces the default sequential / random order.
+        drop_last: drop a last, smaller batch.
+        pin_memory: pin batches for faster host-to-GPU copies.
+
+    Raises:
+        ValueError: ``batch_size`` < 1.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if sampler is None:
+        if shuffle:
+            sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+        else:
+            sampler = SequentialSampler(dataset)
+    return DataLoader(
+        _Batches(dataset),
+        batch_size=None,  # the sampler below already yields whole batches of indices
+        sampler=BatchSampler(sampler, batch_size, drop_last),
+        num_workers=num_workers,
+        collate_fn=_identity,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+    )

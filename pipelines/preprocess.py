@@ -1,0 +1,409 @@
+"""preprocess stage: the studies table -> uint8 shards of (frontal, lateral) pairs per split.
+
+Every study's frontal and lateral image is decoded once (:mod:`pipelines.imaging`: modality and
+VOI LUT, MONOCHROME1 inverted, aspect kept by black padding, antialiased resize to
+``preprocess.size``) and stored with its labels in shards (:mod:`pipelines.data` layout), so
+training never decodes an image and every run that changes only training params reuses them.
+
+- Parallel: a process pool (``workers``, 0 = every core; forked on Linux) decodes ``chunk``
+  studies per task; results come back in order and at most ``2 * workers + 2`` tasks are in
+  flight, so memory holds one shard per split being filled plus a few chunks, whatever the
+  number of studies.
+- Order and content are deterministic: studies are sorted by ``study_key`` within each split and
+  shards are filled in that order, so the same params give byte-identical shards (the index holds
+  no timings), whatever the worker count.
+- Failures are records, not crashes: a frontal that does not decode drops its study; a lateral
+  that does not decode keeps the study frontal-only (``has_lateral`` False, zeros in view 1).
+  Both are written to ``rejected`` with the decode reason (:data:`pipelines.imaging.REASONS`).
+- Outputs: the shard folder ``out`` (index written last), ``rejected`` (CSV, outside ``out``),
+  ``metrics/preprocess.json`` (counts, seconds, images/s) and ``plots/preprocess/grid.png``
+  (a few prepared studies, frontal beside lateral, labelled with their findings only).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import sys
+import textwrap
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from pipelines.config import StageParams, load_section
+from pipelines.data import INDEX_FILE, shard_name, write_index, write_shard
+from pipelines.imaging import DecodeError, cpu_count, prepare_many
+from pipelines.io import REJECTED_COLUMNS, write_json, write_rejected
+from pipelines.labels import FINDINGS
+from pipelines.schema import SPLITS
+from pipelines.stage import UserError, run_stage
+
+log = logging.getLogger(__name__)
+
+METRICS_PATH = Path("metrics/preprocess.json")
+GRID_PATH = Path("plots/preprocess/grid.png")
+REQUIRED_COLUMNS: tuple[str, ...] = (
+    "study_key",
+    "patient_key",
+    "source",
+    "frontal_path",
+    "lateral_path",
+    *FINDINGS,
+    "split",
+)
+REJECTED_EXTRA = ("study_key", "view", "action")
+EXTRA_META = ("source", "frontal_view")
+
+
+class PreprocessParams(StageParams):
+    """The ``preprocess`` section of params.yaml."""
+
+    studies: str = "data/studies/studies.parquet"
+    data_root: str | None = None  # None: the table's attrs["data_root"]
+    size: int = Field(128, ge=8, le=2048)
+    shard_size: int = Field(512, ge=1)  # studies per shard (buffer: shard_size * 2 * size**2 B)
+    workers: int = Field(0, ge=0)  # 0 = all cores
+    chunk: int = Field(8, ge=1)  # studies per worker task
+    no_window: Literal["bits", "minmax"] = "bits"
+    grid: int = Field(8, ge=0, le=64)  # studies shown in the grid PNG
+    out: str = "data/prepared"
+    rejected: str = "data/prepared_rejected.csv"
+
+
+@dataclass
+class PreprocessResult:
+    """What :func:`preprocess_studies` produced besides the shards."""
+
+    summary: dict[str, Any]
+    rejected: pd.DataFrame
+    grid: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------
+# Core
+
+
+def preprocess_studies(
+    studies: pd.DataFrame, data_root: str | Path, out: str | Path, params: PreprocessParams
+) -> PreprocessResult:
+    """Decode every study's views and write shards per split into ``out``.
+
+    Args:
+        studies: the pair stage's table (``pipelines.schema.STUDY_COLUMNS``).
+        data_root: the folder the image paths are relative to.
+        out: the prepared folder; old shards and index in it are removed first.
+        params: size, shard size, workers, chunk, ``no_window``, grid.
+
+    Returns:
+        The summary, the rejected records (standard columns plus ``study_key``, ``view``,
+        ``action``) and up to ``params.grid`` prepared studies for the preview.
+
+    Raises:
+        UserError: the table lacks columns or has an unknown split.
+    """
+    start = time.perf_counter()
+    missing = [c for c in REQUIRED_COLUMNS if c not in studies.columns]
+    if missing:
+        raise UserError(f"studies table lacks columns {missing}")
+    unknown = sorted(set(studies["split"].astype(str)) - set(SPLITS))
+    if unknown:
+        raise UserError(f"studies table has unknown splits {unknown}; expected {list(SPLITS)}")
+    root, out = Path(data_root), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _clear(out)
+
+    table = _ordered(studies)
+    workers = params.workers or cpu_count()
+    size = params.size
+    rejected: list[dict[str, Any]] = []
+    grid: list[dict[str, Any]] = []
+    spare: list[dict[str, Any]] = []
+    index: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    counts = {"decoded": 0, "laterals_dropped": 0, "studies_dropped": 0}
+    writers = {s: _ShardWriter(out, s, size, params.shard_size, index[s]) for s in SPLITS}
+
+    def jobs() -> Iterator[list[str]]:
+        for lo in range(0, len(table), params.chunk):
+            part = table.iloc[lo : lo + params.chunk]
+            paths: list[str] = []
+            for fp, lp in zip(part["frontal_path"], part["lateral_path"], strict=True):
+                paths += [str(root / fp), str(root / lp) if lp else ""]
+            yield paths
+
+    current = ""
+    with _executor(workers) as pool:
+        results = _ordered_map(pool, jobs(), size, params.no_window, max_pending=2 * workers + 2)
+        rows = table.itertuples(index=False)
+        for chunk in results:
+            for (front, ferr), (lat, lerr) in zip(chunk[0::2], chunk[1::2], strict=True):
+                row = next(rows)._asdict()
+                if ferr is not None:
+                    counts["studies_dropped"] += 1
+                    rejected.append(_record(row, "frontal", ferr, "study_dropped"))
+                    continue
+                counts["decoded"] += 1 + (lat is not None)
+                if lerr is not None:
+                    counts["laterals_dropped"] += 1
+                    rejected.append(_record(row, "lateral", lerr, "lateral_dropped"))
+                if row["split"] != current:  # splits come one after the other
+                    if current:
+                        writers[current].flush(release=True)
+                    current = row["split"]
+                writers[current].add(front, lat, row)
+                # the preview prefers dual-view studies; frontal-only ones fill the gaps
+                pick = grid if lat is not None else spare
+                if len(pick) < params.grid:
+                    pick.append(_grid_item(row, front, lat))
+    for w in writers.values():
+        w.flush()
+    write_index(out, size, index, stage="preprocess")
+
+    seconds = time.perf_counter() - start
+    rej = pd.DataFrame(rejected, columns=[*REJECTED_COLUMNS, *REJECTED_EXTRA])
+    studies_in = table["split"].value_counts()
+    summary = {
+        "size": size,
+        "workers": workers,
+        "studies_in": {s: int(studies_in.get(s, 0)) for s in SPLITS},
+        "studies_out": {s: writers[s].total for s in SPLITS},
+        "dual_view_out": {s: writers[s].dual for s in SPLITS},
+        "studies_dropped": counts["studies_dropped"],
+        "laterals_dropped": counts["laterals_dropped"],
+        "images_decoded": counts["decoded"],
+        "images_rejected": len(rej),
+        "rejected_by_reason": {str(k): int(v) for k, v in rej["reason"].value_counts().items()},
+        "shards": sum(len(v) for v in index.values()),
+        "seconds": round(seconds, 3),
+        "images_per_s": round((counts["decoded"] + len(rej)) / seconds, 2) if seconds else 0.0,
+    }
+    grid = (grid + spare)[: params.grid]
+    return PreprocessResult(summary=summary, rejected=rej, grid=grid)
+
+
+def _ordered(studies: pd.DataFrame) -> pd.DataFrame:
+    """Studies in a row-order-independent order: by split (train, val, test), then study key."""
+    table = studies.copy()
+    table["lateral_path"] = table["lateral_path"].fillna("").astype(str)
+    table["frontal_path"] = table["frontal_path"].astype(str)
+    table["split"] = table["split"].astype(str)
+    if "frontal_view" not in table.columns:
+        table["frontal_view"] = ""
+    table["_split_rank"] = table["split"].map({s: i for i, s in enumerate(SPLITS)})
+    table = table.sort_values(["_split_rank", "study_key"], kind="mergesort")
+    return table.drop(columns="_split_rank").reset_index(drop=True)
+
+
+class _ShardWriter:
+    """Fills one preallocated shard buffer of a split and writes it when full."""
+
+    def __init__(self, out: Path, split: str, size: int, shard_size: int, entries: list[dict]):
+        self.out, self.split, self.size, self.shard_size = out, split, size, shard_size
+        self.entries = entries
+        self.buf: np.ndarray | None = None
+        self.meta: list[dict[str, Any]] = []
+        self.total = 0
+        self.dual = 0
+
+    def add(self, frontal: np.ndarray, lateral: np.ndarray | None, row: dict[str, Any]) -> None:
+        if self.buf is None:
+            self.buf = np.empty((self.shard_size, 2, self.size, self.size), dtype=np.uint8)
+        n = len(self.meta)
+        self.buf[n, 0] = frontal
+        self.buf[n, 1] = lateral if lateral is not None else 0
+        self.meta.append(
+            {"study_key": row["study_key"], "patient_key": row["patient_key"]}
+            | {"has_lateral": lateral is not None}
+            | {f: row[f] for f in FINDINGS}
+            | {c: str(row.get(c, "")) for c in EXTRA_META}
+        )
+        self.total += 1
+        self.dual += lateral is not None
+        if len(self.meta) == self.shard_size:
+            self.flush()
+
+    def flush(self, release: bool = False) -> None:
+        """Write the filled part of the buffer as a shard; ``release`` frees the buffer."""
+        if release:
+            self.flush()
+            self.buf = None
+            return
+        if not self.meta:
+            return
+        assert self.buf is not None
+        name = shard_name(self.split, len(self.entries))
+        meta = pd.DataFrame(self.meta)
+        self.entries.append(write_shard(self.out, name, self.buf[: len(self.meta)], meta))
+        self.meta = []  # the buffer is reused: every row is fully overwritten before a write
+
+
+def _record(row: dict[str, Any], view: str, err: DecodeError, action: str) -> dict[str, Any]:
+    path = row["frontal_path"] if view == "frontal" else row["lateral_path"]
+    return {
+        "source": row["source"],
+        "path": path,
+        "reason": err.reason,
+        "detail": f"{view}: {err.detail}",
+        "study_key": row["study_key"],
+        "view": view,
+        "action": action,
+    }
+
+
+def _grid_item(row: dict[str, Any], front: np.ndarray, lat: np.ndarray | None) -> dict[str, Any]:
+    values = {f: row[f] for f in FINDINGS}
+    return {
+        "frontal": front,
+        "lateral": lat,
+        "split": row["split"],
+        "view": row.get("frontal_view", ""),
+        "positive": [f for f, v in values.items() if v == 1],
+        "labelled": any(v == v for v in values.values()),  # any non-NaN
+    }
+
+
+def _clear(out: Path) -> None:
+    """Remove a previous run's shards and index (only those files) from ``out``."""
+    for pattern in (INDEX_FILE, "*.images.npy", "*.meta.parquet"):
+        for old in out.glob(pattern):
+            old.unlink()
+
+
+# ----------------------------------------------------------------------------------------------
+# Parallel decoding
+
+
+class _InlineExecutor(Executor):
+    """Runs tasks in the calling process (``workers == 1``): no pool start-up, easy debugging."""
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            fut.set_exception(exc)
+        return fut
+
+
+def _executor(workers: int) -> Executor:
+    """A pool of ``workers`` processes (in-process when ``workers`` is 1).
+
+    Linux: ``fork``. Workers start at once with every module already imported, and they only run
+    pipelines.imaging (numpy, Pillow, pydicom): they never touch torch or pyarrow, whose threads
+    a fork does not copy. ``forkserver`` / ``spawn`` were measured to cost seconds per worker
+    here, because each worker re-imports the main module (``pipelines.preprocess`` ->
+    ``pipelines.data`` -> torch). Elsewhere: ``spawn`` (macOS, Windows).
+    """
+    if workers <= 1:
+        return _InlineExecutor()
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
+
+
+def _ordered_map(
+    pool: Executor, jobs: Iterable[list[str]], size: int, no_window: str, max_pending: int
+) -> Iterator[list[tuple[np.ndarray | None, DecodeError | None]]]:
+    """Decode jobs in the pool, yielding results in submission order, bounded in flight."""
+    pending: deque[Future] = deque()
+    for paths in jobs:
+        pending.append(pool.submit(prepare_many, paths, size, no_window))
+        if len(pending) >= max_pending:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+# ----------------------------------------------------------------------------------------------
+# Preview grid
+
+
+def save_grid(items: list[dict[str, Any]], path: str | Path) -> None:
+    """A PNG of prepared studies: frontal beside lateral, titled with split and findings.
+
+    No keys, paths or header values: nothing that could identify a patient.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipelines.io import atomic_path
+
+    n = max(1, len(items))
+    per_row = min(4, n)
+    rows = -(-n // per_row)
+    height = 2.4 * rows + 0.8
+    fig, axes = plt.subplots(rows, 2 * per_row, figsize=(3.8 * per_row, height), squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.8 / height,
+                        wspace=0.04, hspace=0.45)  # fmt: skip
+    for ax in axes.flat:
+        ax.axis("off")
+    for k, item in enumerate(items):
+        r, c = divmod(k, per_row)
+        a_f, a_l = axes[r, 2 * c], axes[r, 2 * c + 1]
+        a_f.imshow(item["frontal"], cmap="gray", vmin=0, vmax=255)
+        label = ", ".join(item["positive"]) or ("no finding" if item["labelled"] else "unlabelled")
+        wrapped = textwrap.fill(label, 26, max_lines=2, placeholder=" ...")
+        a_f.set_title(f"{item['split']} {item['view'] or 'frontal'}\n{wrapped}", fontsize=7,
+                      loc="left")  # fmt: skip
+        if item["lateral"] is not None:
+            a_l.imshow(item["lateral"], cmap="gray", vmin=0, vmax=255)
+            a_l.set_title("lateral", fontsize=7)
+        else:
+            a_l.text(0.5, 0.5, "no lateral", ha="center", va="center", fontsize=8)
+    if not items:
+        axes[0, 0].text(0.5, 0.5, "no studies", ha="center", va="center")
+    fig.suptitle("preprocess: prepared studies (frontal | lateral), positive findings", fontsize=9)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage entry
+
+
+def run_preprocess(
+    params: PreprocessParams, metrics: str | Path = METRICS_PATH, grid: str | Path = GRID_PATH
+) -> dict[str, Any]:
+    """Read the studies table, write shards, rejected records, summary and grid.
+
+    Raises:
+        UserError: the studies table is missing or malformed.
+    """
+    path = Path(params.studies)
+    if not path.is_file():
+        raise UserError(f"{path}: studies table not found; run the pair stage first")
+    studies = pd.read_parquet(path)
+    data_root = params.data_root or studies.attrs.get("data_root", ".")
+    result = preprocess_studies(studies, data_root, params.out, params)
+    write_rejected(result.rejected, params.rejected)
+    write_json(metrics, result.summary)
+    save_grid(result.grid, grid)
+    s = result.summary
+    log.info(
+        "preprocess: %s studies in, %s out, %d images decoded, %d rejected (%s), %.1f images/s",
+        sum(s["studies_in"].values()),
+        sum(s["studies_out"].values()),
+        s["images_decoded"],
+        s["images_rejected"],
+        ", ".join(f"{k}={v}" for k, v in s["rejected_by_reason"].items()) or "none",
+        s["images_per_s"],
+    )
+    return s
+
+
+def main() -> None:
+    """DVC entry point: ``python -m pipelines.preprocess`` reads the ``preprocess`` section."""
+    run_stage(lambda: run_preprocess(load_section(PreprocessParams, "preprocess")))
+
+
+if __name__ == "__main__":
+    main()

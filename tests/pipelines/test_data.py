@@ -1,0 +1,142 @@
+"""data: shard format round trip, ShardDataset samples and batches, make_loader."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipelines.data import (
+    META_COLUMNS,
+    ShardDataset,
+    make_loader,
+    read_index,
+    shard_name,
+    write_index,
+    write_shard,
+)
+from pipelines.labels import FINDINGS
+
+S = 8
+
+
+def make_shards(root: Path, counts: dict[str, list[int]], size: int = S, start: int = 0) -> None:
+    """Shards whose pixels encode (study number, view) so reads can be checked exactly."""
+    root.mkdir(parents=True, exist_ok=True)
+    splits: dict[str, list[dict]] = {}
+    k = start
+    for split, sizes in counts.items():
+        splits[split] = []
+        for n_shard, n in enumerate(sizes):
+            images = np.zeros((n, 2, size, size), dtype=np.uint8)
+            rows = []
+            for i in range(n):
+                images[i, 0] = k % 251
+                images[i, 1] = (k + 100) % 251 if k % 3 else 0
+                labels = {f: np.nan for f in FINDINGS} | {"Edema": float(k % 2)}
+                rows.append(
+                    {"study_key": f"s{k}", "patient_key": f"p{k}", "has_lateral": k % 3 != 0}
+                    | labels
+                )
+                k += 1
+            meta = pd.DataFrame(rows)
+            splits[split].append(write_shard(root, shard_name(split, n_shard), images, meta))
+    write_index(root, size, splits)
+
+
+@pytest.fixture
+def shards(tmp_path) -> Path:
+    make_shards(tmp_path / "prep", {"train": [4, 3], "val": [2]})
+    return tmp_path / "prep"
+
+
+def test_samples_have_right_dtypes_and_values(shards):
+    ds = ShardDataset(shards, "train")
+    assert len(ds) == 7 and ds.size == S
+    for i in range(7):
+        x = ds[i]
+        assert x["frontal"].dtype == torch.uint8 and x["frontal"].shape == (1, S, S)
+        assert x["lateral"].dtype == torch.uint8 and x["lateral"].shape == (1, S, S)
+        assert x["has_lateral"].dtype == torch.bool and bool(x["has_lateral"]) == (i % 3 != 0)
+        assert x["labels"].dtype == torch.float32 and x["labels"].shape == (len(FINDINGS),)
+        assert int(x["index"]) == i
+        assert (x["frontal"] == i).all()
+        assert (x["lateral"] == ((i + 100) if i % 3 else 0)).all()
+        labels = x["labels"].numpy()
+        assert labels[FINDINGS.index("Edema")] == i % 2
+        assert np.isnan(labels[FINDINGS.index("Mass")])  # NaN kept
+    assert list(ds.meta.columns[: len(META_COLUMNS)]) == list(META_COLUMNS)
+
+
+def test_get_batch_matches_samples(shards):
+    ds = ShardDataset(shards, ["train", "val"])
+    idx = [8, 0, 5, 4, 5, 1, 3]  # across shards, unsorted, repeated, a contiguous run
+    batch = ds.get_batch(idx)
+    assert batch["frontal"].shape == (7, 1, S, S) and batch["frontal"].is_contiguous()
+    for j, i in enumerate(idx):
+        one = ds[i]
+        for key in ("frontal", "lateral", "has_lateral", "index"):
+            assert torch.equal(batch[key][j], one[key]), key
+        torch.testing.assert_close(batch["labels"][j], one["labels"], equal_nan=True)
+
+
+def test_several_roots_and_size_mismatch(shards, tmp_path):
+    make_shards(tmp_path / "aug", {"train": [2]}, start=50)
+    ds = ShardDataset([shards, tmp_path / "aug"], "train")
+    assert len(ds) == 9 and list(ds.meta["study_key"][-2:]) == ["s50", "s51"]
+    assert (ds[8]["frontal"] == 51).all()
+    make_shards(tmp_path / "big", {"train": [1]}, size=16)
+    with pytest.raises(ValueError, match="image size"):
+        ShardDataset([shards, tmp_path / "big"], "train")
+
+
+def test_missing_split_and_index(shards, tmp_path):
+    assert len(ShardDataset(shards, "test")) == 0
+    with pytest.raises(FileNotFoundError, match="run the preprocess stage"):
+        ShardDataset(tmp_path / "nothing", "train")
+    index = read_index(shards)
+    assert index["findings"] == list(FINDINGS)
+
+
+def test_write_shard_validates():
+    with pytest.raises(ValueError, match="uint8"):
+        write_shard("/tmp", "x", np.zeros((1, 2, 4, 4), dtype=np.float32), pd.DataFrame())
+    with pytest.raises(ValueError, match="meta rows"):
+        write_shard("/tmp", "x", np.zeros((2, 2, 4, 4), dtype=np.uint8), pd.DataFrame({"a": [1]}))
+
+
+def test_pickles_without_pixel_data(shards):
+    ds = ShardDataset(shards, "train")
+    _ = ds[0]  # maps open
+    blob = pickle.dumps(ds)
+    assert len(blob) < 50_000  # maps are not pickled
+    clone = pickle.loads(blob)
+    assert torch.equal(clone[3]["frontal"], ds[3]["frontal"])
+
+
+def test_make_loader_batches_and_seeded_shuffle(shards):
+    ds = ShardDataset(shards, "train")
+    batches = list(make_loader(ds, batch_size=3))
+    assert [len(b["index"]) for b in batches] == [3, 3, 1]
+    assert torch.cat([b["index"] for b in batches]).tolist() == list(range(7))
+
+    def order(seed: int, epochs: int = 2) -> list[list[int]]:
+        loader = make_loader(ds, batch_size=2, shuffle=True, seed=seed, drop_last=True)
+        return [torch.cat([b["index"] for b in loader]).tolist() for _ in range(epochs)]
+
+    a, b = order(1), order(1)
+    assert a == b and a[0] != a[1]  # reproducible, reshuffled each epoch
+    assert order(2) != a
+    assert all(len(e) == 6 and len(set(e)) == 6 for e in a)
+
+
+def test_make_loader_with_sampler_and_workers(shards):
+    ds = ShardDataset(shards, "train")
+    sampler = [6, 6, 0]
+    batch = next(iter(make_loader(ds, batch_size=3, sampler=sampler, num_workers=1)))
+    assert batch["index"].tolist() == [6, 6, 0]
+    assert (batch["frontal"][0] == 6).all()

@@ -1,0 +1,176 @@
+"""preprocess stage: end to end on a tiny studies table, rejections, determinism, outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipelines.config import ConfigError, parse_section
+from pipelines.data import ShardDataset, read_index
+from pipelines.imaging import prepare_image
+from pipelines.labels import FINDINGS
+from pipelines.preprocess import PreprocessParams, preprocess_studies, run_preprocess
+from pipelines.schema import STUDY_COLUMNS
+from pipelines.stage import UserError
+from tests.pipelines.test_imaging import PHI, phantom, write_dicom
+
+SIZE = 32
+
+
+def study(key: str, split: str, frontal: str, lateral: str = "", **labels) -> dict:
+    row = {
+        "study_key": key,
+        "patient_key": f"p-{key}",
+        "source": "dicom",
+        "frontal_id": f"{key}-f",
+        "frontal_path": frontal,
+        "frontal_view": "PA",
+        "lateral_id": f"{key}-l" if lateral else "",
+        "lateral_path": lateral,
+        "has_lateral": bool(lateral),
+        "split": split,
+    }
+    return row | {f: labels.get(f, np.nan) for f in FINDINGS}
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> tuple[pd.DataFrame, Path]:
+    """7 studies over 3 splits: DICOM (M1 and M2) and PNG, a broken frontal, a broken lateral."""
+    root = tmp_path / "raw"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(6):
+        px = np.roll(phantom(60 + 4 * i, 50, bits=12), i, axis=1)
+        write_dicom(root / f"f{i}.dcm", px, "MONOCHROME2" if i % 2 else "MONOCHROME1")
+        lat = (rng.random((40, 56)) * 255).astype(np.uint8)
+        Image.fromarray(lat).save(root / f"l{i}.png")
+    (root / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")
+    rows = [
+        study("s0", "train", "f0.dcm", "l0.png", Cardiomegaly=1.0, Effusion=0.0),
+        study("s1", "train", "f1.dcm", "", Atelectasis=0.0),  # frontal-only
+        study("s2", "train", "f2.dcm", "missing.png", Nodule=1.0),  # lateral fails
+        study("s3", "val", "f3.dcm", "l3.png"),  # all NaN labels
+        study("s4", "test", "f4.dcm", "l4.png", Hernia=1.0),
+        study("s5", "train", "broken.dcm", "l5.png"),  # frontal fails: dropped
+        study("s6", "val", "f5.dcm", "l5.png", Mass=0.0),
+    ]
+    df = pd.DataFrame(rows).loc[:, list(STUDY_COLUMNS)]
+    df = df.astype({f: "float32" for f in FINDINGS})
+    df.attrs["data_root"] = str(root)
+    return df, root
+
+
+def params(**kw) -> PreprocessParams:
+    return PreprocessParams(**({"size": SIZE, "shard_size": 2, "workers": 1, "grid": 4} | kw))
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.iterdir())
+        if p.is_file()
+    }
+
+
+def test_end_to_end(dataset, tmp_path):
+    studies, root = dataset
+    out = tmp_path / "prepared"
+    result = preprocess_studies(studies, root, out, params())
+    s = result.summary
+    assert s["studies_in"] == {"train": 4, "val": 2, "test": 1}
+    assert s["studies_out"] == {"train": 3, "val": 2, "test": 1}
+    assert s["dual_view_out"] == {"train": 1, "val": 2, "test": 1}
+    assert s["studies_dropped"] == 1 and s["laterals_dropped"] == 1
+    assert s["images_decoded"] == 6 + 4  # 6 frontals, 4 laterals
+    assert s["rejected_by_reason"] == {"truncated": 1, "missing_file": 1}
+    assert s["shards"] == 2 + 1 + 1  # train 3 studies in shards of 2
+
+    rej = result.rejected.set_index("study_key")
+    assert rej.loc["s5", "action"] == "study_dropped" and rej.loc["s5", "view"] == "frontal"
+    assert rej.loc["s2", "action"] == "lateral_dropped" and rej.loc["s2", "path"] == "missing.png"
+    assert not result.rejected.astype(str).apply(lambda c: c.str.contains(PHI[0])).any().any()
+
+    index = read_index(out)
+    assert index["size"] == SIZE and [e["n"] for e in index["splits"]["train"]] == [2, 1]
+    ds = ShardDataset(out, "train")
+    assert list(ds.meta["study_key"]) == ["s0", "s1", "s2"]  # sorted by key within the split
+    # pixels: exactly what prepare_image gives, lateral zeros where missing or failed
+    for i, (f, lat) in enumerate([("f0.dcm", "l0.png"), ("f1.dcm", None), ("f2.dcm", None)]):
+        sample = ds[i]
+        np.testing.assert_array_equal(sample["frontal"][0].numpy(), prepare_image(root / f, SIZE))
+        if lat:
+            expected = prepare_image(root / lat, SIZE)
+            np.testing.assert_array_equal(sample["lateral"][0].numpy(), expected)
+            assert bool(sample["has_lateral"])
+        else:
+            assert sample["lateral"].sum() == 0 and not bool(sample["has_lateral"])
+    labels = ds[0]["labels"].numpy()
+    assert labels[FINDINGS.index("Cardiomegaly")] == 1 and labels[FINDINGS.index("Effusion")] == 0
+    assert np.isnan(labels[FINDINGS.index("Hernia")])
+    assert len(result.grid) == 4 and all(g["lateral"] is not None for g in result.grid)
+
+
+def test_monochrome1_and_2_studies_prepare_alike(tmp_path):
+    root = tmp_path / "raw"
+    root.mkdir()
+    px = phantom(64, 48, bits=12)
+    write_dicom(root / "m1.dcm", (4095 - px).astype(np.uint16), "MONOCHROME1")
+    write_dicom(root / "m2.dcm", px, "MONOCHROME2")
+    df = pd.DataFrame([study("a", "train", "m1.dcm"), study("b", "train", "m2.dcm")])
+    preprocess_studies(df, root, tmp_path / "out", params())
+    ds = ShardDataset(tmp_path / "out", "train")
+    a, b = ds[0]["frontal"].int(), ds[1]["frontal"].int()
+    assert (a - b).abs().max() <= 1 and a.float().std() > 20
+
+
+def test_byte_identical_across_runs_and_worker_counts(dataset, tmp_path):
+    studies, root = dataset
+    preprocess_studies(studies, root, tmp_path / "a", params(workers=1))
+    shuffled = studies.sample(frac=1.0, random_state=3)  # input row order must not matter
+    shuffled.attrs = studies.attrs
+    preprocess_studies(shuffled, root, tmp_path / "b", params(workers=2, chunk=1))
+    ha, hb = digest(tmp_path / "a"), digest(tmp_path / "b")
+    assert ha == hb and len(ha) == 2 * 4 + 1
+
+
+def test_rerun_removes_stale_shards(dataset, tmp_path):
+    studies, root = dataset
+    out = tmp_path / "p"
+    preprocess_studies(studies, root, out, params(shard_size=1))
+    assert len(list(out.glob("*.npy"))) == 6
+    preprocess_studies(studies, root, out, params(shard_size=10))
+    assert len(list(out.glob("*.npy"))) == 3
+
+
+def test_run_preprocess_writes_outputs(dataset, tmp_path):
+    studies, _ = dataset
+    table = tmp_path / "studies.parquet"
+    studies.to_parquet(table)
+    p = params(studies=str(table), out=str(tmp_path / "prep"), rejected=str(tmp_path / "rej.csv"))
+    summary = run_preprocess(p, metrics=tmp_path / "m.json", grid=tmp_path / "grid.png")
+    assert json.loads((tmp_path / "m.json").read_text())["images_decoded"] == 10
+    assert summary["seconds"] > 0 and summary["images_per_s"] > 0
+    rej = pd.read_csv(tmp_path / "rej.csv")
+    assert list(rej.columns[:4]) == ["source", "path", "reason", "detail"] and len(rej) == 2
+    with Image.open(tmp_path / "grid.png") as im:
+        assert im.size[0] > 300 and im.size[1] > 100
+
+
+def test_bad_inputs_are_user_errors(dataset, tmp_path):
+    studies, root = dataset
+    with pytest.raises(UserError, match="lacks columns"):
+        preprocess_studies(studies.drop(columns="split"), root, tmp_path / "o", params())
+    with pytest.raises(UserError, match="unknown splits"):
+        bad = studies.assign(split="holdout")
+        preprocess_studies(bad, root, tmp_path / "o", params())
+    with pytest.raises(UserError, match="studies table not found"):
+        run_preprocess(params(studies=str(tmp_path / "nope.parquet")))
+    with pytest.raises(ConfigError, match=r"preprocess\.size"):
+        parse_section(PreprocessParams, "preprocess", {"preprocess": {"size": 2}})
