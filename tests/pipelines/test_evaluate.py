@@ -1,0 +1,291 @@
+"""evaluate stage: a tiny checkpoint scores tiny shards in both modes; outputs and their numbers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipelines.data import ShardDataset, shard_name, write_index, write_shard
+from pipelines.evaluate import (
+    EvaluateParams,
+    evaluate,
+    predictions_frame,
+    resolve_device,
+    score_dataset,
+)
+from pipelines.labels import FINDINGS
+from pipelines.metrics import auroc_per_finding
+from pipelines.model import CheckpointError, ModelParams, build_model, to_model_input
+from pipelines.report import FRONTAL_ONLY_METHOD, render_report
+from pipelines.stage import UserError
+
+SIZE = 32  # eval-mode batch norm uses running statistics: 32 px is enough
+
+
+def _write_prepared(root, counts={"train": 4, "val": 14, "test": 18}, seed=0):  # noqa: B006
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for split, n in counts.items():
+        images = rng.integers(0, 256, (n, 2, SIZE, SIZE), dtype=np.uint8)
+        has_lateral = np.arange(n) % 3 != 0
+        images[~has_lateral, 1] = 0
+        labels = (rng.random((n, len(FINDINGS))) < 0.4).astype(np.float32)
+        labels[rng.random(labels.shape) < 0.1] = np.nan
+        meta = pd.DataFrame(labels, columns=list(FINDINGS))
+        meta.insert(0, "study_key", [f"{split}-s{i:03d}" for i in range(n)])
+        meta.insert(1, "patient_key", [f"{split}-p{i // 2:03d}" for i in range(n)])
+        meta.insert(2, "has_lateral", has_lateral)
+        splits[split] = [write_shard(root, shard_name(split, 0), images, meta)]
+    write_index(root, SIZE, splits)
+
+
+def _write_checkpoint(path, **model_kw):
+    torch.manual_seed(0)
+    params = ModelParams(**model_kw)
+    model = build_model(params)
+    meta = {
+        "model_params": params.model_dump(),
+        "findings": list(FINDINGS),
+        "size": SIZE,
+        "epoch": 3,
+        "val_macro_auroc": 0.61,
+        "params": {},
+    }
+    torch.save({"model": model.state_dict(), "meta": meta}, path)
+    return model.eval()
+
+
+class TinyDual(torch.nn.Module):
+    """Stand-in with the model contract: ``(frontal, lateral, has_lateral) -> logits (B, F)``.
+
+    Like the concat fusion, an absent lateral view contributes nothing.
+    """
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.front = torch.nn.Linear(2, len(FINDINGS))
+        self.lat = torch.nn.Linear(2, len(FINDINGS))
+
+    def forward(self, frontal, lateral, has_lateral):
+        def feats(x):
+            return torch.stack([x.mean((1, 2, 3)), x[..., : SIZE // 2, :].std((1, 2, 3))], 1)
+
+        m = has_lateral.float()[:, None]
+        return self.front(feats(frontal)) + self.lat(feats(lateral)) * m
+
+
+def _params(tmp, **kw):
+    return EvaluateParams(
+        **{
+            "checkpoint": str(tmp / "best.pt"),
+            "prepared": str(tmp / "prepared"),
+            "batch_size": 5,
+            "bootstrap_resamples": 60,
+            "seed": 3,
+            "device": "cpu",
+            "out": str(tmp / "outputs"),
+            "metrics": str(tmp / "metrics" / "evaluate.json"),
+            "findings_metrics": str(tmp / "metrics" / "evaluate_findings.json"),
+            "plots": str(tmp / "plots"),
+        }
+        | kw
+    )
+
+
+@pytest.fixture(scope="module")
+def stage_run(tmp_path_factory):
+    """The stage on tiny shards with a stand-in model (``load_model`` patched)."""
+    tmp = tmp_path_factory.mktemp("evaluate")
+    _write_prepared(tmp / "prepared")
+    model = TinyDual().eval()
+    meta = {"findings": list(FINDINGS), "size": SIZE, "epoch": 3, "model_params": {}}
+    params = _params(tmp)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("pipelines.evaluate.load_model", lambda path, map_location: (model, meta))
+        metrics = evaluate(params, versions={"git": {"commit": "0" * 40, "dirty": False}})
+    return tmp, params, model, metrics
+
+
+def test_predictions_have_both_modes_for_val_and_test(stage_run):
+    tmp, params, _model, _ = stage_run
+    pred = pd.read_parquet(tmp / "outputs" / "predictions.parquet")
+    assert len(pred) == 2 * (14 + 18)
+    assert set(pred["split"]) == {"val", "test"}  # train is never scored
+    assert pred.groupby(["split", "mode"]).size().to_dict() == {
+        ("test", "dual"): 18,
+        ("test", "frontal_only"): 18,
+        ("val", "dual"): 14,
+        ("val", "frontal_only"): 14,
+    }
+    expected = ["split", "study_key", "patient_key", "has_lateral", "mode"]
+    expected += [f"y_{f}" for f in FINDINGS] + [f"p_{f}" for f in FINDINGS]
+    assert list(pred.columns) == expected
+    assert pred.attrs["model"]["epoch"] == 3
+    assert pred.attrs["frontal_only"] == FRONTAL_ONLY_METHOD
+    # labels are the shards' labels (NaN kept)
+    ds = ShardDataset(params.prepared, "test")
+    dual = pred[(pred["split"] == "test") & (pred["mode"] == "dual")]
+    np.testing.assert_array_equal(dual[[f"y_{f}" for f in FINDINGS]].to_numpy(), ds.labels)
+    assert list(dual["study_key"]) == list(ds.meta["study_key"])
+
+
+def test_scores_equal_a_direct_model_call_and_masking_only_changes_lateral_studies(stage_run):
+    tmp, params, model, _ = stage_run
+    pred = pd.read_parquet(tmp / "outputs" / "predictions.parquet")
+    test = pred[pred["split"] == "test"]
+    pcols = [f"p_{f}" for f in FINDINGS]
+    dual = test[test["mode"] == "dual"][pcols].to_numpy()
+    front = test[test["mode"] == "frontal_only"][pcols].to_numpy()
+    ds = ShardDataset(params.prepared, "test")
+    x_f = to_model_input(torch.from_numpy(_images(ds, 0)), SIZE)
+    x_l = to_model_input(torch.from_numpy(_images(ds, 1)), SIZE)
+    blank = to_model_input(torch.zeros_like(torch.from_numpy(_images(ds, 1))), SIZE)
+    with torch.no_grad():
+        want_dual = torch.sigmoid(model(x_f, x_l, torch.from_numpy(ds.has_lateral))).numpy()
+        off = torch.zeros(len(ds), dtype=torch.bool)
+        want_front = torch.sigmoid(model(x_f, blank, off)).numpy()
+    np.testing.assert_allclose(dual, want_dual, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(front, want_front, rtol=1e-5, atol=1e-6)
+    lateral = ds.has_lateral
+    np.testing.assert_array_equal(dual[~lateral], front[~lateral])
+    assert np.abs(dual[lateral] - front[lateral]).max() > 1e-4
+
+
+def test_metrics_json_values_and_files(stage_run):
+    tmp, _params, _, metrics = stage_run
+    headline = json.loads((tmp / "metrics" / "evaluate.json").read_text())
+    details = json.loads((tmp / "metrics" / "evaluate_findings.json").read_text())
+    on_disk = {**headline, **details}
+    full = json.loads(json.dumps(metrics))
+    assert {k: v for k, v in on_disk.items() if k not in ("auroc", "lateral_delta")} == full
+    assert on_disk["test_studies"] == 18 and on_disk["test_patients"] == 9
+    assert on_disk["bootstrap"] == {"unit": "patient", "resamples": 60, "ci_level": 0.95, "seed": 3}
+    for name, row in full["findings"].items():
+        assert headline["auroc"][name] == row.get("auroc", "not estimable")
+    pred = pd.read_parquet(tmp / "outputs" / "predictions.parquet")
+    test = pred[(pred["split"] == "test") & (pred["mode"] == "dual")]
+    auc = auroc_per_finding(
+        test[[f"y_{f}" for f in FINDINGS]].to_numpy(), test[[f"p_{f}" for f in FINDINGS]].to_numpy()
+    )
+    for f, name in enumerate(FINDINGS):
+        row = on_disk["findings"][name]
+        if np.isnan(auc[f]):
+            assert row["status"] == "not estimable" and "auroc" not in row
+        else:
+            assert row["auroc"] == pytest.approx(auc[f], abs=1e-6)
+    assert on_disk["macro_auroc"] == pytest.approx(np.nanmean(auc), abs=1e-6)
+    assert on_disk["lateral_gain"]["studies"] == 12  # the test studies with a lateral view
+    thresholds = json.loads((tmp / "outputs" / "thresholds.json").read_text())
+    assert thresholds["chosen_on"] == "val"
+    assert set(thresholds["youden"]) == set(FINDINGS)
+    assert set(thresholds["sensitivity_target"]) == set(FINDINGS)
+    assert set(thresholds["frontal_only"]) == {"youden", "sensitivity_target"}
+    for name in ("report.html", "report.md"):
+        assert (tmp / "outputs" / name).stat().st_size > 0
+    roc = pd.read_csv(tmp / "plots" / "roc" / "Atelectasis.csv")
+    assert list(roc.columns) == ["fpr", "tpr", "threshold"]
+    assert roc["fpr"].iloc[0] == 0 and roc["tpr"].iloc[-1] == 1
+    assert (tmp / "plots" / "pr" / "Atelectasis.csv").is_file()
+    assert (tmp / "plots" / "calibration" / "Atelectasis.csv").is_file()
+
+
+def test_report_rerendered_from_saved_predictions_matches_the_stage(stage_run, tmp_path):
+    tmp, _params, _, metrics = stage_run
+    out = render_report(
+        tmp / "outputs" / "predictions.parquet",
+        tmp_path,
+        {"bootstrap_resamples": 60, "seed": 3},
+    )
+    assert out["metrics"] == json.loads(json.dumps(metrics))
+    html = (tmp_path / "report.html").read_text()
+    assert "epoch" in html  # model summary carried in the predictions' attrs
+
+
+@pytest.mark.slow
+def test_real_checkpoint_end_to_end(tmp_path):
+    """A real DenseNet checkpoint through ``load_model``: probabilities equal a direct call."""
+    _write_prepared(tmp_path / "prepared", {"val": 4, "test": 6})
+    model = _write_checkpoint(tmp_path / "best.pt")
+    params = _params(tmp_path, bootstrap_resamples=20)
+    evaluate(params, versions={})
+    pred = pd.read_parquet(tmp_path / "outputs" / "predictions.parquet")
+    test = pred[pred["split"] == "test"]
+    pcols = [f"p_{f}" for f in FINDINGS]
+    dual = test[test["mode"] == "dual"][pcols].to_numpy()
+    front = test[test["mode"] == "frontal_only"][pcols].to_numpy()
+    ds = ShardDataset(params.prepared, "test")
+    x_f = to_model_input(torch.from_numpy(_images(ds, 0)), SIZE)
+    x_l = to_model_input(torch.from_numpy(_images(ds, 1)), SIZE)
+    blank = to_model_input(torch.zeros_like(torch.from_numpy(_images(ds, 1))), SIZE)
+    with torch.no_grad():
+        want_dual = torch.sigmoid(model(x_f, x_l, torch.from_numpy(ds.has_lateral))).numpy()
+        off = torch.zeros(len(ds), dtype=torch.bool)
+        want_front = torch.sigmoid(model(x_f, blank, off)).numpy()
+    np.testing.assert_allclose(dual, want_dual, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(front, want_front, rtol=1e-4, atol=1e-5)
+    lateral = ds.has_lateral
+    np.testing.assert_allclose(dual[~lateral], front[~lateral], rtol=1e-5, atol=1e-6)
+    assert np.abs(dual[lateral] - front[lateral]).max() > 1e-5
+
+
+def _images(ds, view):
+    return np.stack([ds[i]["frontal" if view == 0 else "lateral"].numpy() for i in range(len(ds))])
+
+
+@pytest.mark.slow
+def test_frontal_only_model_is_scored_once(tmp_path):
+    _write_prepared(tmp_path / "prepared", {"val": 4, "test": 6})
+    _write_checkpoint(tmp_path / "best.pt", frontal_only=True)
+    metrics = evaluate(_params(tmp_path, bootstrap_resamples=20), versions={})
+    pred = pd.read_parquet(tmp_path / "outputs" / "predictions.parquet")
+    assert set(pred["mode"]) == {"dual"}
+    assert "lateral_gain" not in metrics and "frontal_only" not in metrics
+    assert "no lateral branch" in (tmp_path / "outputs" / "report.html").read_text()
+
+
+def test_errors_name_the_input(tmp_path):
+    checkpoint = str(tmp_path / "best.pt")
+    params = EvaluateParams(checkpoint=checkpoint, prepared=str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="nope"):
+        evaluate(params, versions={})
+    prepared = tmp_path / "prepared"
+    _write_prepared(prepared, {"val": 3})
+    params = EvaluateParams(checkpoint=checkpoint, prepared=str(prepared))
+    with pytest.raises(UserError, match="no studies in the test split"):
+        evaluate(params, versions={})
+    _write_prepared(prepared, {"val": 3, "test": 3})
+    params = EvaluateParams(checkpoint=checkpoint, prepared=str(prepared))
+    with pytest.raises(CheckpointError, match="best.pt"):
+        evaluate(params, versions={})
+    with pytest.raises(UserError, match="CUDA|unknown"):
+        resolve_device("cuda:0" if not torch.cuda.is_available() else "bogus")
+
+
+def test_score_dataset_without_masking(stage_run):
+    model = stage_run[2]
+
+    class Tiny(torch.utils.data.Dataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            x = torch.full((1, SIZE, SIZE), 40 * i, dtype=torch.uint8)
+            return {"frontal": x, "lateral": x, "has_lateral": torch.tensor(True)}
+
+    dual, masked = score_dataset(model, Tiny(), SIZE, batch_size=2, frontal_only=False)
+    assert dual.shape == (3, len(FINDINGS)) and masked is None
+    assert ((dual > 0) & (dual < 1)).all()
+
+
+def test_predictions_frame_layout(tmp_path):
+    _write_prepared(tmp_path, {"test": 4})
+    ds = ShardDataset(tmp_path, "test")
+    p = np.full((4, len(FINDINGS)), 0.25, np.float32)
+    df = predictions_frame(ds, "test", p, p + 0.5)
+    assert len(df) == 8 and list(df["mode"]) == ["dual"] * 4 + ["frontal_only"] * 4
+    assert df.loc[df["mode"] == "frontal_only", "p_Hernia"].eq(0.75).all()
