@@ -1,0 +1,657 @@
+"""Run an exported model on chest X-ray studies (``cxr predict PATH``).
+
+``PATH`` is one of:
+
+- a **DICOM study folder** (searched recursively): the frontal and lateral images are chosen from
+  the headers (:func:`pipelines.sources.dicom.dicom_view`);
+- **a pair of image files** ``(frontal, lateral)`` or one frontal image: DICOM, PNG or JPEG,
+  recognised by content;
+- a **CSV of studies** with a ``frontal`` column, an optional ``lateral`` column and an optional
+  ``study`` column; relative paths are relative to the CSV's folder.
+
+Images are decoded by :func:`pipelines.imaging.prepare_image`, the code that preprocess uses
+(modality + VOI LUT, MONOCHROME1 inverted, resized to the model card's size), so a study is seen
+here exactly as the model saw its training data.
+
+View choice in a DICOM folder (deterministic, documented here and in the output's ``frontal``
+and ``lateral`` columns): only radiographs count (Modality CR, DX or DR, or no Modality);
+the **frontal** image is a PA view if there is one, else an AP view; the **lateral** is a LATERAL
+(LL / RL ...) view. Among several candidates of the same kind the one with the most pixels wins,
+then the lowest (SeriesNumber, InstanceNumber), then the first path in sorted order. Views
+``OTHER`` (oblique, unknown) are not used.
+
+Runtimes: onnxruntime by default, so no PyTorch is needed at inference; ``torchscript`` and
+``lite`` (``.ptl``) import torch lazily. The model card ``metadata.json`` beside the model gives
+the image size, the finding names and the validation-chosen thresholds.
+
+The decoding and header modules are imported where used, so that loading a model
+(:func:`load_runner`, which the export stage reuses for its parity checks) needs neither.
+
+Errors about the input (a folder with no usable frontal view, images of several patients or
+studies in one folder, a non-chest study, an unreadable image, a missing model card) raise
+:class:`PredictError` with one clear sentence and no PHI: header values of identifying tags are
+compared, never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from pipelines.io import atomic_path
+from pipelines.stage import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "models/export/model.onnx"
+CARD_FILE = "metadata.json"
+INPUT_NAMES: tuple[str, str, str] = ("frontal", "lateral", "has_lateral")
+OUTPUT_NAME = "probabilities"
+
+Runtime = Literal["auto", "onnxruntime", "torchscript", "lite", "executorch"]
+RUNTIMES: tuple[str, ...] = ("auto", "onnxruntime", "torchscript", "lite", "executorch")
+OutputFormat = Literal["table", "json", "csv"]
+
+#: Radiograph modalities as ingest accepts them (``pipelines.sources.dicom``), plus none.
+RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", ""})
+_CHEST_WORDS = ("CHEST", "THORA", "TORAX", "TORACE", "LUNG", "PULM")
+
+#: Runner: (frontal uint8 (B,1,S,S), lateral uint8 (B,1,S,S), has_lateral bool (B,)) -> (B, F)
+Runner = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+class PredictError(UserError):
+    """The input, the model or its card cannot be used; the message says which and why."""
+
+
+# --------------------------------------------------------------------------- model + card
+
+
+def read_model_card(model: str | Path) -> dict[str, Any]:
+    """Read ``metadata.json`` beside an exported model.
+
+    Raises:
+        PredictError: the model or its card is missing or unreadable.
+    """
+    model = Path(model)
+    if not model.is_file():
+        raise PredictError(f"{model}: model file not found (run the export stage, or pass --model)")
+    card_path = model.parent / CARD_FILE
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PredictError(f"{card_path}: model card not found beside the model") from None
+    except json.JSONDecodeError as exc:
+        raise PredictError(f"{card_path}: model card is not valid JSON ({exc.msg})") from None
+    for key in ("input", "output"):
+        if key not in card:
+            raise PredictError(f"{card_path}: model card lacks its '{key}' section")
+    return card
+
+
+def resolve_runtime(model: str | Path, runtime: str = "auto") -> str:
+    """The runtime for a model file: ``auto`` picks by suffix (.onnx, .ptl, .pte, else TorchScript).
+
+    Raises:
+        PredictError: an unknown runtime name.
+    """
+    if runtime not in RUNTIMES:
+        raise PredictError(f"unknown runtime '{runtime}'; choose one of {', '.join(RUNTIMES)}")
+    if runtime != "auto":
+        return runtime
+    suffix = Path(model).suffix.lower()
+    return {".onnx": "onnxruntime", ".ptl": "lite", ".pte": "executorch"}.get(suffix, "torchscript")
+
+
+def load_runner(model: str | Path, runtime: str = "auto", threads: int | None = None) -> Runner:
+    """Load an exported model into a callable over numpy batches.
+
+    Args:
+        model: the exported file (``model.onnx``, ``model.int8.onnx``, ``model.ts.pt``,
+            ``model.ptl`` or ``model.pte``).
+        runtime: ``auto`` (by suffix), ``onnxruntime``, ``torchscript``, ``lite`` or
+            ``executorch``. Only onnxruntime runs without PyTorch.
+        threads: intra-op threads (None: the runtime's default).
+
+    Returns:
+        ``runner(frontal, lateral, has_lateral) -> probabilities`` (float32, (B, F)); images
+        uint8 (B, 1, S, S), has_lateral bool (B,).
+
+    Raises:
+        PredictError: the file is missing or the runtime cannot load it.
+    """
+    model = Path(model)
+    if not model.is_file():
+        raise PredictError(f"{model}: model file not found")
+    runtime = resolve_runtime(model, runtime)
+    try:
+        if runtime == "onnxruntime":
+            return _onnx_runner(model, threads)
+        if runtime == "executorch":
+            return _executorch_runner(model)
+        return _torch_runner(model, lite=runtime == "lite", threads=threads)
+    except PredictError:
+        raise
+    except ImportError as exc:
+        raise PredictError(f"{model}: runtime '{runtime}' is not installed ({exc.name})") from None
+    except Exception as exc:  # a corrupt or foreign file: one line, not a traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PredictError(f"{model}: {runtime} cannot load it: {first[:300]}") from None
+
+
+def _onnx_runner(model: Path, threads: int | None) -> Runner:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    if tuple(names) != INPUT_NAMES:
+        raise PredictError(f"{model}: inputs {names}, expected {list(INPUT_NAMES)}")
+
+    def run(frontal: np.ndarray, lateral: np.ndarray, has_lateral: np.ndarray) -> np.ndarray:
+        feed = {
+            "frontal": np.ascontiguousarray(frontal, dtype=np.uint8),
+            "lateral": np.ascontiguousarray(lateral, dtype=np.uint8),
+            "has_lateral": np.ascontiguousarray(has_lateral, dtype=bool),
+        }
+        return session.run([OUTPUT_NAME], feed)[0].astype(np.float32, copy=False)
+
+    return run
+
+
+def _torch_runner(model: Path, lite: bool, threads: int | None) -> Runner:
+    import torch  # lazily: onnxruntime inference needs no PyTorch
+
+    if threads:
+        torch.set_num_threads(threads)
+    with warnings.catch_warnings():  # "torch.jit.load is deprecated": said in the model card
+        warnings.simplefilter("ignore", FutureWarning)
+        if lite:
+            from torch.jit.mobile import _load_for_lite_interpreter
+
+            module = _load_for_lite_interpreter(str(model), map_location="cpu")
+        else:
+            module = torch.jit.load(str(model), map_location="cpu").eval()
+
+    def run(frontal: np.ndarray, lateral: np.ndarray, has_lateral: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = module(
+                torch.from_numpy(np.ascontiguousarray(frontal, dtype=np.uint8)),
+                torch.from_numpy(np.ascontiguousarray(lateral, dtype=np.uint8)),
+                torch.from_numpy(np.ascontiguousarray(has_lateral, dtype=bool)),
+            )
+        return out.float().numpy()
+
+    return run
+
+
+def _executorch_runner(model: Path) -> Runner:
+    import torch
+    from executorch.runtime import Runtime  # optional package (see pipelines.export)
+
+    method = Runtime.get().load_program(str(model)).load_method("forward")
+
+    def run(frontal: np.ndarray, lateral: np.ndarray, has_lateral: np.ndarray) -> np.ndarray:
+        outs = []
+        for i in range(len(frontal)):  # exported for batch 1 (pipelines.export)
+            out = method.execute(
+                [
+                    torch.from_numpy(np.ascontiguousarray(frontal[i : i + 1], dtype=np.uint8)),
+                    torch.from_numpy(np.ascontiguousarray(lateral[i : i + 1], dtype=np.uint8)),
+                    torch.from_numpy(np.ascontiguousarray(has_lateral[i : i + 1], dtype=bool)),
+                ]
+            )
+            outs.append(out[0].float().numpy())
+        return np.concatenate(outs) if outs else np.zeros((0, 0), dtype=np.float32)
+
+    return run
+
+
+# --------------------------------------------------------------------------- study discovery
+
+
+@dataclass(frozen=True)
+class StudyInput:
+    """One study to predict: its display name and the chosen image files."""
+
+    study: str
+    frontal: Path
+    lateral: Path | None = None
+    frontal_view: str = ""  # PA / AP from a DICOM header, '' when unknown (PNG/JPEG)
+
+
+@dataclass(frozen=True)
+class _Header:
+    path: Path
+    view: str
+    pixels: int
+    order: tuple[int, int]
+    modality: str
+    body_part: str
+    patient: str  # compared only, never printed
+    study_uid: str  # compared only, never printed
+
+
+def _text(ds: Any, keyword: str) -> str:
+    value = getattr(ds, keyword, "")
+    return "" if value is None else str(value).strip()
+
+
+def _int(ds: Any, keyword: str) -> int:
+    try:
+        return int(getattr(ds, keyword, 0) or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _read_header(path: Path) -> _Header | None:
+    """The header of a DICOM image, or None for a file that is not a DICOM image."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    from pipelines.sources.dicom import dicom_view
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, EOFError, OSError, ValueError):
+        return None
+    if "Rows" not in ds or "Columns" not in ds:  # DICOMDIR, reports, presentation states
+        return None
+    view, _raw = dicom_view(ds)
+    return _Header(
+        path=path,
+        view=view,
+        pixels=_int(ds, "Rows") * _int(ds, "Columns"),
+        order=(_int(ds, "SeriesNumber"), _int(ds, "InstanceNumber")),
+        modality=_text(ds, "Modality").upper(),
+        body_part=_text(ds, "BodyPartExamined").upper(),
+        patient=_text(ds, "PatientID"),
+        study_uid=_text(ds, "StudyInstanceUID"),
+    )
+
+
+def _is_chest(body_part: str) -> bool:
+    return not body_part or any(word in body_part for word in _CHEST_WORDS)
+
+
+def check_headers(headers: Sequence[_Header], where: str) -> list[_Header]:
+    """Keep the radiographs of one chest study; raise on anything else.
+
+    Raises:
+        PredictError: no radiograph (e.g. a CT series), a non-chest body part, several patients
+            or several studies. Identifying values are compared, never printed.
+    """
+    radiographs = [h for h in headers if h.modality in RADIOGRAPH_MODALITIES]
+    if not radiographs:
+        found = ", ".join(sorted({h.modality for h in headers}))
+        raise PredictError(
+            f"{where}: not a chest radiograph study: modality {found}; "
+            "predict accepts CR / DX radiographs"
+        )
+    not_chest = sorted({h.body_part for h in radiographs if not _is_chest(h.body_part)})
+    if not_chest:
+        raise PredictError(
+            f"{where}: not a chest study: BodyPartExamined is {', '.join(not_chest)}"
+        )
+    patients = {h.patient for h in radiographs if h.patient}
+    if len(patients) > 1:
+        raise PredictError(
+            f"{where}: images of {len(patients)} different patients (PatientID differs); "
+            "put one study per folder"
+        )
+    studies = {h.study_uid for h in radiographs if h.study_uid}
+    if len(studies) > 1:
+        raise PredictError(
+            f"{where}: images of {len(studies)} different studies (StudyInstanceUID differs); "
+            "put one study per folder"
+        )
+    return radiographs
+
+
+def _best(headers: Sequence[_Header]) -> _Header:
+    """Most pixels, then lowest (SeriesNumber, InstanceNumber), then the path."""
+    return sorted(headers, key=lambda h: (-h.pixels, h.order, str(h.path)))[0]
+
+
+def find_study_views(folder: str | Path) -> StudyInput:
+    """Choose the frontal and lateral images of a DICOM study folder from their headers.
+
+    Args:
+        folder: a folder of DICOM files (searched recursively; non-DICOM files are skipped).
+
+    Returns:
+        The study, named after the folder, with the chosen files (rule in the module docstring).
+
+    Raises:
+        PredictError: no DICOM image, not a chest radiograph study, mixed patients or studies,
+            or no PA / AP view.
+    """
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    headers = [h for h in map(_read_header, files) if h is not None]
+    if not headers:
+        raise PredictError(f"{folder}: no DICOM images found ({len(files)} files looked at)")
+    radiographs = check_headers(headers, str(folder))
+    by_view: dict[str, list[_Header]] = {}
+    for h in radiographs:
+        by_view.setdefault(h.view, []).append(h)
+    frontal = by_view.get("PA") or by_view.get("AP")
+    if not frontal:
+        counts = Counter(h.view for h in radiographs)
+        found = ", ".join(f"{v or 'none'} x{n}" for v, n in sorted(counts.items()))
+        raise PredictError(
+            f"{folder}: no usable frontal view (PA or AP) among {len(radiographs)} "
+            f"radiograph(s); views found: {found}"
+        )
+    chosen = _best(frontal)
+    lateral = _best(by_view["LATERAL"]).path if by_view.get("LATERAL") else None
+    return StudyInput(folder.name or str(folder), chosen.path, lateral, chosen.view)
+
+
+def _is_dicom(path: Path) -> bool:
+    from pipelines.imaging import sniff_format
+
+    try:
+        return sniff_format(path) == "dicom"
+    except Exception:  # unreadable: prepare_image reports it with its reason
+        return False
+
+
+def _check_image_files(study: StudyInput) -> StudyInput:
+    """Header checks for DICOM files given directly (PNG / JPEG carry no header to check)."""
+    paths = [p for p in (study.frontal, study.lateral) if p is not None]
+    for p in paths:
+        if not p.is_file():
+            raise PredictError(f"{p}: image file not found")
+    headers = [h for p in paths if _is_dicom(p) and (h := _read_header(p)) is not None]
+    if not headers:
+        return study
+    check_headers(headers, study.study)
+    front = next((h for h in headers if h.path == study.frontal), None)
+    if front is not None and front.view == "LATERAL":
+        raise PredictError(
+            f"{study.frontal}: its header says it is a LATERAL view, given as the frontal one "
+            "(order: frontal first, lateral second)"
+        )
+    view = front.view if front is not None and front.view in ("PA", "AP") else ""
+    return StudyInput(study.study, study.frontal, study.lateral, view)
+
+
+def _read_csv_studies(csv: Path) -> list[StudyInput]:
+    try:
+        table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise PredictError(f"{csv}: not a readable CSV ({type(exc).__name__})") from None
+    table.columns = [c.strip().lower() for c in table.columns]
+    if "frontal" not in table.columns:
+        raise PredictError(f"{csv}: needs a 'frontal' column (and optionally 'lateral', 'study')")
+    if table.empty:
+        raise PredictError(f"{csv}: no studies listed")
+    studies = []
+    for row_no, row in enumerate(table.itertuples(index=False), start=2):
+        row = row._asdict()
+        frontal = str(row["frontal"]).strip()
+        if not frontal:
+            raise PredictError(f"{csv}:{row_no}: empty 'frontal' cell")
+        lateral = str(row.get("lateral", "") or "").strip()
+        name = str(row.get("study", "") or "").strip() or f"{csv.name}:{row_no}"
+        studies.append(
+            StudyInput(name, csv.parent / frontal, csv.parent / lateral if lateral else None)
+        )
+    return studies
+
+
+def collect_studies(path: str | Path | Sequence[str | Path]) -> list[StudyInput]:
+    """Turn ``PATH`` (folder, image file(s) or CSV) into studies with chosen files.
+
+    Raises:
+        PredictError: the path does not exist, or a rule in the module docstring is broken.
+    """
+    if not isinstance(path, str | Path):
+        paths = [Path(p) for p in path]
+        if len(paths) == 1:
+            return collect_studies(paths[0])
+        if len(paths) != 2:
+            raise PredictError(
+                f"give one folder / CSV / image, or two images (frontal, lateral); got {len(paths)}"
+            )
+        return [_check_image_files(StudyInput(paths[0].stem, paths[0], paths[1]))]
+    path = Path(path)
+    if path.is_dir():
+        return [find_study_views(path)]
+    if not path.exists():
+        raise PredictError(f"{path}: no such file or folder")
+    if path.suffix.lower() == ".csv":
+        return [_check_image_files(s) for s in _read_csv_studies(path)]
+    return [_check_image_files(StudyInput(path.stem, path))]
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+def _decode(path: Path, size: int, no_window: str = "bits") -> np.ndarray:
+    from pipelines.imaging import DecodeError, prepare_image
+
+    try:
+        image = prepare_image(path, size, no_window=no_window)  # type: ignore[arg-type]
+    except DecodeError as exc:
+        detail = f" ({exc.detail})" if exc.detail else ""
+        raise PredictError(f"{path}: cannot read the image: {exc.reason}{detail}") from None
+    except FileNotFoundError:
+        raise PredictError(f"{path}: image file not found") from None
+    return np.asarray(image, dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class Cutoffs:
+    """Per-finding thresholds of one policy, for studies read with and without a lateral view."""
+
+    policy: str
+    dual: dict[str, float]
+    frontal: dict[str, float]
+    frontal_policy: str
+
+
+def thresholds_from_card(card: dict[str, Any], policy: str) -> Cutoffs:
+    """The thresholds of ``policy`` from the card (0.5 when the card has none).
+
+    Studies read without a lateral view take the policy's ``thresholds_frontal_only`` (chosen
+    by evaluate on the model run frontal-only) where the card has them. A finding whose
+    threshold is null (not estimable on validation) gets 0.5.
+
+    Raises:
+        PredictError: the card has thresholds but not for this policy.
+    """
+    findings = card["output"]["findings"]
+    table = card["output"].get("thresholds") or {}
+    frontal = card["output"].get("thresholds_frontal_only") or {}
+    if not table:
+        log.warning("model card has no validation thresholds; using 0.5 for every finding")
+        fixed = dict.fromkeys(findings, 0.5)
+        return Cutoffs("fixed_0.5", fixed, fixed, "fixed_0.5")
+    if policy not in table:
+        raise PredictError(
+            f"threshold policy '{policy}' not in the model card; choose one of {', '.join(table)}"
+        )
+
+    def fill(values: dict[str, Any]) -> dict[str, float]:
+        return {f: 0.5 if values.get(f) is None else float(values[f]) for f in findings}
+
+    dual = fill(table[policy])
+    if policy in frontal:
+        return Cutoffs(policy, dual, fill(frontal[policy]), f"{policy} (frontal-only)")
+    return Cutoffs(policy, dual, dual, policy)
+
+
+def predict(
+    path: str | Path | Sequence[str | Path],
+    model: str | Path = DEFAULT_MODEL,
+    runtime: str = "auto",
+    frontal_only: bool = False,
+    threshold: str | None = None,
+    batch_size: int = 8,
+    threads: int | None = None,
+) -> pd.DataFrame:
+    """Probabilities and threshold decisions of an exported model for each study in ``path``.
+
+    Args:
+        path: a DICOM study folder, a CSV of studies, an image file, or two image files
+            (frontal, lateral); see the module docstring.
+        model: the exported model; its ``metadata.json`` must lie beside it.
+        runtime: ``auto`` (by suffix: .onnx -> onnxruntime), ``onnxruntime``, ``torchscript``,
+            ``lite`` or ``executorch``.
+        frontal_only: ignore lateral views (the model's frontal-only entry).
+        threshold: a threshold policy of the card (e.g. ``youden``); None: the card's default.
+        batch_size: studies per model call.
+        threads: runtime threads (None: the runtime's default).
+
+    Returns:
+        One row per study and finding: ``study``, ``frontal``, ``lateral`` (file paths, '' when
+        none), ``views`` (``frontal+lateral`` or ``frontal``), ``finding``, ``probability``,
+        ``threshold``, ``positive`` (probability >= threshold), ``threshold_policy`` (with
+        `` (frontal-only)`` where a study read without a lateral view took the card's
+        frontal-only thresholds).
+
+    Raises:
+        PredictError: any input, model or card problem (one clear sentence, no PHI).
+    """
+    card = read_model_card(model)
+    size = int(card["input"]["size"])
+    no_window = card["input"].get("photometric", {}).get("no_window", "bits")
+    findings = list(card["output"]["findings"])
+    policy = threshold or card["output"].get("default_threshold_policy", "youden")
+    cutoffs = thresholds_from_card(card, policy)
+    studies = collect_studies(path)
+    runner = load_runner(model, runtime, threads)
+
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(studies), max(1, batch_size)):
+        chunk = studies[start : start + batch_size]
+        frontal = np.stack([_decode(s.frontal, size, no_window) for s in chunk])[:, None]
+        lateral = np.zeros_like(frontal)
+        has_lateral = np.zeros(len(chunk), dtype=bool)
+        for i, s in enumerate(chunk):
+            if s.lateral is not None and not frontal_only:
+                lateral[i, 0] = _decode(s.lateral, size, no_window)
+                has_lateral[i] = True
+        probs = runner(frontal, lateral, has_lateral)
+        if probs.shape != (len(chunk), len(findings)):
+            raise PredictError(
+                f"{model}: output shape {probs.shape}, the card says {len(findings)} findings"
+            )
+        for i, s in enumerate(chunk):
+            cuts = cutoffs.dual if has_lateral[i] else cutoffs.frontal
+            label = cutoffs.policy if has_lateral[i] else cutoffs.frontal_policy
+            for j, finding in enumerate(findings):
+                p = float(probs[i, j])
+                rows.append(
+                    {
+                        "study": s.study,
+                        "frontal": str(s.frontal),
+                        "lateral": str(s.lateral) if has_lateral[i] else "",
+                        "views": "frontal+lateral" if has_lateral[i] else "frontal",
+                        "finding": finding,
+                        "probability": p,
+                        "threshold": cuts[finding],
+                        "positive": p >= cuts[finding],
+                        "threshold_policy": label,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def format_predictions(df: pd.DataFrame, fmt: OutputFormat = "table") -> str:
+    """Render :func:`predict`'s frame as a text table, JSON (one object per study) or CSV.
+
+    Raises:
+        PredictError: an unknown format.
+    """
+    if fmt == "csv":
+        return df.to_csv(index=False, float_format="%.6f")
+    if fmt == "json":
+        studies = []
+        for study, group in df.groupby("study", sort=False):
+            first = group.iloc[0]
+            studies.append(
+                {
+                    "study": study,
+                    "frontal": first["frontal"],
+                    "lateral": first["lateral"],
+                    "views": first["views"],
+                    "threshold_policy": first["threshold_policy"],
+                    "findings": {
+                        r.finding: {
+                            "probability": round(float(r.probability), 6),
+                            "threshold": round(float(r.threshold), 6),
+                            "positive": bool(r.positive),
+                        }
+                        for r in group.itertuples()
+                    },
+                }
+            )
+        return json.dumps({"studies": studies}, indent=2) + "\n"
+    if fmt == "table":
+        blocks = []
+        for study, group in df.groupby("study", sort=False):
+            first = group.iloc[0]
+            views = first["frontal"] + (f" + {first['lateral']}" if first["lateral"] else "")
+            body = group[["finding", "probability", "threshold", "positive"]].copy()
+            body["positive"] = body["positive"].map({True: "yes", False: ""})
+            text = body.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+            blocks.append(
+                f"study {study} ({first['views']}: {views}; "
+                f"thresholds: {first['threshold_policy']})\n{text}"
+            )
+        return "\n\n".join(blocks) + "\n"
+    raise PredictError(f"unknown output format '{fmt}'; choose table, json or csv")
+
+
+def predict_command(
+    paths: Sequence[str | Path],
+    model: str | Path = DEFAULT_MODEL,
+    runtime: str = "auto",
+    frontal_only: bool = False,
+    fmt: OutputFormat = "table",
+    out: str | Path | None = None,
+    threshold: str | None = None,
+) -> str:
+    """What ``cxr predict PATH... [--model] [--runtime] [--frontal-only] [--format] [--out]`` does.
+
+    Args:
+        paths: one folder / CSV / image, or two images (frontal, lateral).
+        model, runtime, frontal_only, threshold: as in :func:`predict`.
+        fmt: ``table``, ``json`` or ``csv``.
+        out: write the rendering there (atomically) as well as returning it.
+
+    Returns:
+        The rendered predictions (the CLI prints it).
+
+    Raises:
+        PredictError: as :func:`predict`, or an unknown format.
+    """
+    if fmt not in ("table", "json", "csv"):
+        raise PredictError(f"unknown output format '{fmt}'; choose table, json or csv")
+    df = predict(
+        paths if len(paths) != 1 else paths[0],
+        model=model,
+        runtime=runtime,
+        frontal_only=frontal_only,
+        threshold=threshold,
+    )
+    text = format_predictions(df, fmt)
+    if out is not None:
+        with atomic_path(out) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    return text
