@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
+# dvc.yaml's stage commands call `python`: the venv's
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: demo test install install-test lint
 
@@ -25,7 +27,8 @@ install-test: $(VENV)/.installed-test
 
 demo: install
 	$(BIN)/dvc repro
-	$(BIN)/dvc metrics show
+	@cat outputs/evaluation/report.md
+	@echo "\nReport: outputs/evaluation/report.html  Models: models/export/  All metrics: $(BIN)/dvc metrics show"
 
 test: install-test
 	$(BIN)/pytest -q

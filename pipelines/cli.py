@@ -86,6 +86,90 @@ def pair(
 
 
 @app.command()
+def report(
+    out: Annotated[Path, typer.Option(help="output folder for report.html, report.md, metrics")],
+    predictions: Annotated[
+        Path, typer.Option(help="predictions.parquet written by the evaluate stage")
+    ] = Path("outputs/evaluation/predictions.parquet"),
+    params: Annotated[
+        Path, typer.Option(help="params.yaml whose `evaluate` section sets the statistics")
+    ] = Path("params.yaml"),
+    resamples: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="bootstrap resamples (default: the params file's)"),
+    ] = None,
+) -> None:
+    """Re-render the evaluation report from saved predictions (no model needed)."""
+    import yaml
+
+    from pipelines.config import ConfigError
+    from pipelines.report import collect_versions, render_report
+
+    def go() -> dict:
+        section: dict = {}
+        if params.is_file():
+            raw = yaml.safe_load(params.read_text(encoding="utf-8")) or {}
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{params}: not a mapping of sections")
+            section = dict(raw.get("evaluate") or {})
+        if resamples is not None:
+            section["bootstrap_resamples"] = resamples
+        inputs = [
+            section.get("checkpoint", "models/best.pt"),
+            section.get("prepared", "data/prepared"),
+        ]
+        result = render_report(predictions, out, section, collect_versions(inputs))
+        m = result["metrics"]
+        return {
+            "macro_auroc": m.get("macro_auroc"),
+            "macro_auroc_ci": [m.get("macro_auroc_lo"), m.get("macro_auroc_hi")],
+            "files": result["files"],
+        }
+
+    _echo_summary(run_stage(go))
+
+
+@app.command()
+def predict(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="a DICOM study folder, a CSV of studies, or frontal [lateral] images"),
+    ],
+    model: Annotated[Path, typer.Option(help="exported model (.onnx, .ts.pt, .ptl, .pte)")] = Path(
+        "models/export/model.onnx"
+    ),
+    runtime: Annotated[
+        str, typer.Option(help="auto, onnxruntime, torchscript, lite, executorch")
+    ] = "auto",
+    frontal_only: Annotated[bool, typer.Option(help="ignore the lateral view")] = False,
+    format: Annotated[str, typer.Option("--format", help="table, json or csv")] = "table",
+    out: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="also write the output to this file"),
+    ] = None,
+    threshold: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="threshold policy from the model card (default: the card's)"),
+    ] = None,
+) -> None:
+    """Per-finding probabilities and threshold decisions for one or more studies."""
+    from pipelines.predict import predict_command
+
+    text = run_stage(
+        lambda: predict_command(
+            [str(p) for p in paths],
+            model=model,
+            runtime=runtime,
+            frontal_only=frontal_only,
+            fmt=format,  # type: ignore[arg-type]
+            out=out,
+            threshold=threshold,
+        )
+    )
+    typer.echo(text, nl=False)
+
+
+@app.command()
 def run(
     target: Annotated[
         Optional[list[str]],  # noqa: UP045

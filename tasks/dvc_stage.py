@@ -108,7 +108,12 @@ def stream_stage(
         TimeoutError: the stage ran past ``timeout_s``.
     """
     cmd = [dvc_executable(), "repro", "--single-item", name] + (["--force"] if force else [])
-    env = os.environ | {"PYTHONUNBUFFERED": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = os.environ | {
+        "PYTHONUNBUFFERED": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # dvc.yaml's commands call `python`: the interpreter running this flow (its venv)
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
     deadline = time.monotonic() + lock_wait_s
     while True:
         start = time.monotonic()
