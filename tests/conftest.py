@@ -76,3 +76,91 @@ def mini_dvc_repo(tmp_path: Path) -> Path:
 """
     )
     return repo
+
+
+# --------------------------------------------------------------------------------------------
+# The real DAG at toy scale: every stage of dvc.yaml on a small synthetic dataset, run once per
+# session (about 100 s on 2 cores) and shared by the end-to-end, PHI, DVC-remote and Prefect
+# tests. Tests that change it must put it back.
+# --------------------------------------------------------------------------------------------
+
+TINY_PARAMS: dict[str, dict] = {
+    "synthesize": {"studies": 150, "size": 64},
+    "preprocess": {"size": 64},
+    "train": {"size": 64, "epochs": 1, "progress": False, "deterministic": False},
+    "evaluate": {"bootstrap_resamples": 200},
+    "export": {"calibration_studies": 16},
+}
+
+
+def stage_env() -> dict[str, str]:
+    """Environment for ``dvc`` subprocesses: the venv's ``python`` first on PATH."""
+    return os.environ | {
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def git(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run git in ``repo`` with a fixed identity; raises on failure."""
+    return subprocess.run(
+        ["git", "-c", "user.email=ci@cxr.invalid", "-c", "user.name=cxr-ci", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+
+def make_pipeline_repo(
+    repo: Path, remote: Path | None = None, overrides: dict | None = None
+) -> Path:
+    """A git + DVC repo with this project's pipeline code, dvc.yaml and toy-scale params."""
+    import shutil
+
+    import yaml
+
+    repo.mkdir(parents=True)
+    shutil.copytree(
+        ROOT / "pipelines", repo / "pipelines", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(ROOT / name, repo / name)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in (TINY_PARAMS | (overrides or {})).items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(repo, "init", "-q")
+    assert dvc(repo, "init", "-q").returncode == 0
+    if remote is not None:
+        assert dvc(repo, "remote", "add", "-d", "local", str(remote)).returncode == 0
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "pipeline at toy scale")  # dvclive needs a commit
+    return repo
+
+
+def repro(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    """``dvc repro`` in ``repo`` with the venv on PATH (not raising)."""
+    exe = Path(sys.executable).with_name("dvc")
+    return subprocess.run(
+        [str(exe), "repro", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env=stage_env(),
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The whole DAG reproduced once at toy scale; ``repo/repro.log`` holds its output."""
+    base = tmp_path_factory.mktemp("pipeline")
+    repo = make_pipeline_repo(base / "repo", remote=base / "remote")
+    proc = repro(repo)
+    (repo / "repro.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        pytest.fail(f"dvc repro failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "reproduced")
+    return repo
