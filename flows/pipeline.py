@@ -7,6 +7,10 @@ Run it with ``cxr run`` (ephemeral Prefect, no server needed) or against a serve
 One DVC workspace takes one ``dvc repro`` at a time: the flow holds a Prefect global concurrency
 slot named after the workspace for its whole run, so a second run of the same workspace waits
 for the first instead of colliding on DVC's lock.
+
+Once the evaluate stage has run or is up to date, the flow run gets Prefect artifacts (see
+``tasks/artifacts.py``): the per-finding AUROC table with CIs, the evaluation summary with the
+path of the HTML report, and the dual vs frontal-only table; after export, the parity table.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from prefect import flow, get_run_logger
 from prefect.concurrency.sync import concurrency
 from prefect.states import State
 
+from tasks.artifacts import PUBLISHERS
 from tasks.dvc_stage import read_stage_graph, run_dvc_stage
 from tasks.prefect_admin import ensure_concurrency_limit
 
@@ -60,7 +65,23 @@ def cxr_pipeline(
                 logger.error("stage '%s' failed: %s", stage.name, state.message)
                 state.result()  # re-raise: the flow fails naming the stage
             outcome[stage.name] = "skipped" if state.name == "Skipped" else "ran"
+            publish_artifacts(stage.name, repo)
     return outcome
+
+
+def publish_artifacts(stage: str, repo: str | Path) -> list[str]:
+    """Publish the artifacts of ``stage`` (if it has any); a missing output only warns."""
+    publish = PUBLISHERS.get(stage)
+    if publish is None:
+        return []
+    logger = get_run_logger()
+    try:
+        keys = publish(repo)
+    except (OSError, ValueError, KeyError) as exc:  # the stage succeeded: do not fail the run
+        logger.warning("stage '%s': artifacts not published: %s", stage, exc)
+        return []
+    logger.info("stage '%s': published artifacts %s", stage, ", ".join(keys))
+    return keys
 
 
 if __name__ == "__main__":

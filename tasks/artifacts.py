@@ -1,0 +1,317 @@
+"""Prefect artifacts: what the UI shows after the evaluate and export stages, and after a sweep.
+
+Presentation glue only. The builders read what the stages already wrote (paths from the
+``evaluate`` and ``export`` sections of the repository's ``params.yaml``) and return plain rows or
+Markdown; the ``publish_*`` functions hand them to Prefect. No ML happens here and the stages
+never import Prefect.
+
+Artifacts carry finding names, numbers, export format names, experiment names and the path of
+the HTML report: never a patient, study or image identifier (the stages' outputs hold none).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from pipelines.config import load_params
+
+#: Artifact keys (Prefect: lowercase letters, digits and dashes); each run adds a new version.
+EVALUATE_AUROC_KEY = "cxr-evaluate-auroc"
+EVALUATE_SUMMARY_KEY = "cxr-evaluate-summary"
+LATERAL_GAIN_KEY = "cxr-evaluate-lateral-gain"
+EXPORT_PARITY_KEY = "cxr-export-parity"
+SWEEP_KEY = "cxr-sweep"
+ARTIFACT_KEY = re.compile(r"^[a-z0-9-]+$")
+
+NOT_ESTIMABLE = "not estimable"
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """Where the evaluate and export stages write what the artifacts show (absolute)."""
+
+    evaluate_metrics: Path
+    findings_metrics: Path
+    report_md: Path
+    report_html: Path
+    export_metrics: Path
+
+    @classmethod
+    def from_params(cls, repo: str | Path = ".") -> OutputPaths:
+        """Read the paths from ``<repo>/params.yaml`` (the stages' own defaults when unset)."""
+        root = Path(repo).resolve()
+        params = load_params(root / "params.yaml")
+        evaluate = params.get("evaluate") or {}
+        export = params.get("export") or {}
+        out = root / evaluate.get("out", "outputs/evaluation")
+        return cls(
+            evaluate_metrics=root / evaluate.get("metrics", "metrics/evaluate.json"),
+            findings_metrics=root
+            / evaluate.get("findings_metrics", "metrics/evaluate_findings.json"),
+            report_md=out / "report.md",
+            report_html=out / "report.html",
+            export_metrics=root / export.get("metrics", "metrics/export.json"),
+        )
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A stage's JSON output (``NaN`` allowed, as Python's json writes it)."""
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _r(value: Any, digits: int = 3) -> float | None:
+    """A finite number rounded for display; None for missing or NaN."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        return None
+    return round(float(value), digits)
+
+
+def _sig(value: Any, digits: int = 3) -> float | None:
+    """A finite number to ``digits`` significant figures (keeps 3e-7 readable); None otherwise."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        return None
+    return float(f"{float(value):.{digits}g}")
+
+
+def _level(findings_metrics: Mapping[str, Any]) -> str:
+    level = (findings_metrics.get("bootstrap") or {}).get("ci_level", 0.95)
+    return f"{level:.0%}"
+
+
+# ------------------------------------------------------------------------------ evaluate
+
+
+def auroc_rows(findings_metrics: Mapping[str, Any], headline: Mapping[str, Any]) -> list[dict]:
+    """Per-finding test AUROC with its CI and counts, then the macro average.
+
+    A finding whose AUROC could not be estimated (one class only in the test split) shows
+    ``not estimable`` in the ``auroc`` column and no CI, never 0.5.
+    """
+    rows = []
+    for name, f in (findings_metrics.get("findings") or {}).items():
+        estimable = f.get("auroc") is not None
+        rows.append(
+            {
+                "finding": name,
+                "auroc": _r(f["auroc"]) if estimable else NOT_ESTIMABLE,
+                "ci_low": _r(f.get("auroc_lo")),
+                "ci_high": _r(f.get("auroc_hi")),
+                "n_pos": f.get("n_pos"),
+                "n_neg": f.get("n_neg"),
+                "status": f.get("status", "ok") if estimable else NOT_ESTIMABLE,
+            }
+        )
+    if headline.get("macro_auroc") is not None:
+        rows.append(
+            {
+                "finding": "macro average",
+                "auroc": _r(headline["macro_auroc"]),
+                "ci_low": _r(headline.get("macro_auroc_lo")),
+                "ci_high": _r(headline.get("macro_auroc_hi")),
+                "n_pos": None,
+                "n_neg": None,
+                "status": f"{headline.get('findings_estimable', '?')} findings estimable",
+            }
+        )
+    return rows
+
+
+def lateral_rows(
+    findings_metrics: Mapping[str, Any], headline: Mapping[str, Any]
+) -> list[dict] | None:
+    """Dual view vs frontal only (lateral view masked): per-finding AUROC difference and verdict.
+
+    ``delta`` = AUROC(dual) - AUROC(lateral masked) on the paired subset, with its paired
+    bootstrap CI; the verdict is ``helps`` / ``hurts`` when the CI excludes 0, else ``neutral``.
+    None when the model was not scored with the lateral view masked (a frontal-only model).
+    """
+    gain = headline.get("lateral_gain")
+    if not gain:
+        return None
+    rows = []
+    for name, f in (findings_metrics.get("findings") or {}).items():
+        delta = f.get("lateral_delta")
+        rows.append(
+            {
+                "finding": name,
+                "dual_auroc": _r(f.get("auroc")),
+                "frontal_only_auroc": _r(f.get("frontal_only_auroc")),
+                "delta": _r(delta) if delta is not None else NOT_ESTIMABLE,
+                "ci_low": _r(f.get("lateral_delta_lo")),
+                "ci_high": _r(f.get("lateral_delta_hi")),
+                "verdict": f.get("lateral_verdict", NOT_ESTIMABLE),
+            }
+        )
+    macro = gain.get("macro_delta")
+    lo, hi = gain.get("macro_delta_lo"), gain.get("macro_delta_hi")
+    verdict = NOT_ESTIMABLE
+    if macro is not None and lo is not None and hi is not None:
+        verdict = "helps" if lo > 0 else "hurts" if hi < 0 else "neutral"
+    rows.append(
+        {
+            "finding": "macro average",
+            "dual_auroc": _r(headline.get("macro_auroc")),
+            "frontal_only_auroc": _r((headline.get("frontal_only") or {}).get("macro_auroc")),
+            "delta": _r(macro) if macro is not None else NOT_ESTIMABLE,
+            "ci_low": _r(lo),
+            "ci_high": _r(hi),
+            "verdict": verdict,
+        }
+    )
+    return rows
+
+
+def summary_markdown(report_md: str, report_html: Path) -> str:
+    """The evaluate stage's Markdown summary followed by where its full HTML report is."""
+    html = Path(report_html).resolve()
+    return (
+        report_md.rstrip()
+        + "\n\n---\n\n"
+        + f"**Full report** (self-contained HTML): [{html.name}]({html.as_uri()})\n\n"
+        + f"Path: `{html}`\n\n"
+        + "Browsers do not follow `file://` links from a web page: copy the path, or open it "
+        + "from a shell on the machine that ran the flow.\n"
+    )
+
+
+def publish_evaluation(repo: str | Path = ".") -> list[str]:
+    """Publish the AUROC table, the summary and the dual vs frontal-only table of evaluate.
+
+    Returns:
+        The keys published.
+
+    Raises:
+        FileNotFoundError: an evaluate output is missing.
+    """
+    paths = OutputPaths.from_params(repo)
+    findings = read_json(paths.findings_metrics)
+    headline = read_json(paths.evaluate_metrics)
+    level = _level(findings)
+    resamples = (findings.get("bootstrap") or {}).get("resamples", "?")
+    create_table_artifact(
+        auroc_rows(findings, headline),
+        key=EVALUATE_AUROC_KEY,
+        description=(
+            f"Test AUROC per finding (dual view) with {level} CIs from {resamples} patient-level "
+            f"bootstrap resamples; {headline.get('test_studies', '?')} test studies, "
+            f"{headline.get('test_patients', '?')} patients."
+        ),
+    )
+    published = [EVALUATE_AUROC_KEY]
+    create_markdown_artifact(
+        summary_markdown(paths.report_md.read_text(encoding="utf-8"), paths.report_html),
+        key=EVALUATE_SUMMARY_KEY,
+        description="Evaluation summary and the path of the HTML report",
+    )
+    published.append(EVALUATE_SUMMARY_KEY)
+    lateral = lateral_rows(findings, headline)
+    if lateral is not None:
+        gain = headline["lateral_gain"]
+        create_table_artifact(
+            lateral,
+            key=LATERAL_GAIN_KEY,
+            description=(
+                "What the lateral view adds: AUROC(dual) - AUROC(lateral view masked) per finding, "
+                f"paired {level} bootstrap CI on the '{gain.get('subset', '?')}' subset "
+                f"({gain.get('studies', '?')} studies, {gain.get('patients', '?')} patients); "
+                "verdict helps / hurts when the CI excludes 0. The two AUROC columns are on "
+                "all test studies."
+            ),
+        )
+        published.append(LATERAL_GAIN_KEY)
+    return published
+
+
+# ------------------------------------------------------------------------------ export
+
+
+def parity_rows(export_metrics: Mapping[str, Any]) -> list[dict]:
+    """Per export format: max |Δprobability| and AUROC drop vs the eager model, tolerances, pass.
+
+    Formats the stage skipped (e.g. ExecuTorch not installed) show with ``passed`` = ``skipped``.
+    """
+    tolerances = export_metrics.get("tolerances") or {}
+    rows = []
+    for fmt, fig in (export_metrics.get("parity") or {}).items():
+        tol = tolerances.get(fmt) or {}
+        max_abs, drop = _sig(fig.get("max_abs_prob")), _sig(fig.get("auroc_drop"))
+        tol_abs, tol_drop = _sig(tol.get("max_abs_prob")), _sig(tol.get("max_auroc_drop"))
+        ok_abs = None not in (max_abs, tol_abs) and fig["max_abs_prob"] <= tol["max_abs_prob"]
+        # no AUROC drop when no finding is estimable (NaN): only |Δprobability| decides
+        ok_drop = None in (drop, tol_drop) or fig["auroc_drop"] <= tol["max_auroc_drop"]
+        rows.append(
+            {
+                "format": fmt,
+                "max_abs_dprob": max_abs,
+                "tol_max_abs_dprob": tol_abs,
+                "auroc_drop": NOT_ESTIMABLE if drop is None else drop,
+                "tol_auroc_drop": tol_drop,
+                "macro_auroc": _r(fig.get("macro_auroc"), 4),
+                "passed": "yes" if ok_abs and ok_drop else "NO",
+            }
+        )
+    skipped = export_metrics.get("skipped") or {}
+    items = skipped.items() if isinstance(skipped, Mapping) else ((s, "") for s in skipped)
+    for fmt, why in items:
+        rows.append(
+            {
+                "format": fmt,
+                "max_abs_dprob": None,
+                "tol_max_abs_dprob": None,
+                "auroc_drop": None,
+                "tol_auroc_drop": None,
+                "macro_auroc": None,
+                "passed": f"skipped: {why}" if why else "skipped",
+            }
+        )
+    return rows
+
+
+def publish_export(repo: str | Path = ".") -> list[str]:
+    """Publish the parity table of the export stage.
+
+    Raises:
+        FileNotFoundError: the export metrics are missing.
+    """
+    metrics = read_json(OutputPaths.from_params(repo).export_metrics)
+    create_table_artifact(
+        parity_rows(metrics),
+        key=EXPORT_PARITY_KEY,
+        description=(
+            f"Exported models vs the eager model on {metrics.get('studies', '?')} test studies: "
+            "max |Δprobability| over every study and finding, test macro AUROC drop "
+            f"(eager - exported). All within tolerance: {metrics.get('passed', '?')}."
+        ),
+    )
+    return [EXPORT_PARITY_KEY]
+
+
+#: stage name -> what to publish once it has run or was found up to date
+PUBLISHERS: dict[str, Callable[[str | Path], list[str]]] = {
+    "evaluate": publish_evaluation,
+    "export": publish_export,
+}
+
+
+# ------------------------------------------------------------------------------ sweeps
+
+
+def publish_sweep(rows: list[dict], best: str | None, metric: str) -> list[str]:
+    """Publish a sweep's comparison table (one row per experiment)."""
+    create_table_artifact(
+        rows,
+        key=SWEEP_KEY,
+        description=(
+            f"DVC experiments of the sweep; best by {metric}: {best or 'none'}. "
+            f"Apply it with `dvc exp apply {best or '<name>'}`."
+        ),
+    )
+    return [SWEEP_KEY]
