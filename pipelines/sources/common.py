@@ -19,12 +19,16 @@ name the image path relative to the image root. Details never quote identifier v
 from __future__ import annotations
 
 import bz2
+import csv
 import gzip
+import io
 import lzma
 import os
+import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -52,6 +56,7 @@ __all__ = [
     "read_table",
     "term_labels",
     "to_int",
+    "utf8_error_message",
     "verify_files",
     "view_columns",
 ]
@@ -109,7 +114,8 @@ def read_table(
 
     Raises:
         SourceError: file missing or a folder, empty, no data rows, not UTF-8 (with the byte
-            offset and line), one column only (wrong delimiter), malformed, or required
+            offset and line), one column only (wrong delimiter), malformed (a row with more
+            fields than the header: its values cannot be matched to columns), or required
             columns missing (all named).
     """
     path = Path(path)
@@ -130,8 +136,9 @@ def read_table(
             f"{path}: {what} lacks required column(s) {', '.join(repr(c) for c in missing)}"
             f" (found: {found})"
         )
+    _check_field_counts(path, what, len(header.columns))
     wanted = set(required) | set(optional)
-    df = _read(path, what, usecols=lambda c: str(c).strip() in wanted)
+    df = _read(path, what, usecols=lambda c: str(c).strip() in wanted, index_col=False)
     df.columns = [str(c).strip() for c in df.columns]
     if df.columns.duplicated().any():
         dup = sorted(set(df.columns[df.columns.duplicated()]))
@@ -139,6 +146,48 @@ def read_table(
     if len(df) == 0:
         raise SourceError(f"{path}: {what} has a header but no data rows")
     return df.reset_index(drop=True)
+
+
+def _check_field_counts(path: Path, what: str, n_header: int) -> None:
+    """Fail on the first record with more fields than the header.
+
+    pandas does not: reading chosen columns it drops the surplus, and when the first data row
+    has it, it takes the first fields as an index and shifts every row's values by one column,
+    so a path would be read as a patient id. A surplus field is nearly always an unquoted comma
+    inside a value, which moves every later value of that row into the wrong column.
+    """
+    try:
+        with _open_text(path) as fh:
+            reader = csv.reader(fh)
+            next(reader, None)
+            for record in reader:
+                if len(record) > n_header:
+                    raise SourceError(
+                        f"{path}: {what} is not a well-formed CSV: line {reader.line_num} has "
+                        f"{len(record)} fields but the header has {n_header} (a value with an "
+                        "unquoted comma?); quote such values or fix the row"
+                    )
+    except UnicodeDecodeError as exc:
+        raise SourceError(utf8_error_message(path, what)) from exc
+    except csv.Error as exc:
+        raise SourceError(f"{path}: {what} is not a well-formed CSV: {exc}") from exc
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise SourceError(f"{path}: cannot read {what}: {type(exc).__name__}: {exc}") from exc
+
+
+def _open_text(path: Path) -> IO[str]:
+    """``path`` as UTF-8 text (BOM skipped), decompressed by its suffix as pandas infers it."""
+    suffix = path.suffix.lower()
+    if suffix == ".zip":
+        archive = zipfile.ZipFile(path)
+        names = [n for n in archive.namelist() if not n.endswith("/")]
+        if len(names) != 1:
+            raise SourceError(f"{path}: expected one file in the ZIP archive, found {len(names)}")
+        return io.TextIOWrapper(archive.open(names[0]), encoding="utf-8-sig", newline="")
+    opener = _OPENERS.get(suffix)
+    if opener is not None:
+        return opener(path, "rt", encoding="utf-8-sig", newline="")  # type: ignore[return-value]
+    return open(path, encoding="utf-8-sig", newline="")
 
 
 def _read(path: Path, what: str, **kwargs: object) -> pd.DataFrame:
@@ -153,7 +202,7 @@ def _read(path: Path, what: str, **kwargs: object) -> pd.DataFrame:
             **kwargs,
         )
     except UnicodeDecodeError as exc:
-        raise SourceError(_utf8_message(path, what)) from exc
+        raise SourceError(utf8_error_message(path, what)) from exc
     except pd.errors.EmptyDataError as exc:
         raise SourceError(f"{path}: {what} is empty (no header line)") from exc
     except pd.errors.ParserError as exc:
@@ -163,7 +212,7 @@ def _read(path: Path, what: str, **kwargs: object) -> pd.DataFrame:
         raise SourceError(f"{path}: cannot read {what}: {type(exc).__name__}: {exc}") from exc
 
 
-def _utf8_message(path: Path, what: str) -> str:
+def utf8_error_message(path: Path, what: str) -> str:
     """Locate the first byte that is not UTF-8 (only called on failure: reads the whole file)."""
     opener = _OPENERS.get(path.suffix.lower(), open)
     with opener(path, "rb") as fh:  # type: ignore[operator]
@@ -530,7 +579,8 @@ def image_header(path: Path) -> tuple[int, int, int, str] | tuple[str, str]:
     except Image.DecompressionBombError as exc:
         return "unreadable_image", f"refused by Pillow: {exc}"
     except (OSError, SyntaxError, ValueError) as exc:
-        return "unreadable_image", f"cannot read image header: {type(exc).__name__}"
+        why = f" ({exc.strerror})" if isinstance(exc, OSError) and exc.strerror else ""
+        return "unreadable_image", f"cannot read image header: {type(exc).__name__}{why}"
     if width <= 0 or height <= 0:
         return "unreadable_image", f"{fmt} header gives size {width}x{height}"
     bits, photometric = _MODES.get(mode, (0, mode))
