@@ -3,6 +3,8 @@
 Every regular file under the input folder (any name, with or without ``.dcm``, nested; symlinked
 folders are followed once, so a link loop is never walked twice) is an input, and is either
 accepted or rejected with a stable reason code, so ``n_inputs == len(manifest) + len(rejected)``.
+Entries that are not regular files (a dangling or looping symlink, a FIFO) are inputs too, rejected
+unopened (``broken_link``, ``not_a_regular_file``), so nothing in the folder is silently skipped.
 
 How a file is read (headers only, no pixel decoding)
 -----------------------------------------------------
@@ -52,6 +54,7 @@ pydicom's value-validation warnings (which quote values) are switched off while 
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
 import math
@@ -101,6 +104,7 @@ SOURCE = "dicom"
 logger = logging.getLogger(__name__)
 
 ACCEPTED_MODALITIES: frozenset[str] = frozenset({"CR", "DX", "DR"})
+DECODABLE_PHOTOMETRIC: frozenset[str] = frozenset({"MONOCHROME1", "MONOCHROME2", "RGB"})  # + YBR_*
 
 # Stable rejection reason codes.
 EMPTY_FILE = "empty_file"
@@ -118,6 +122,9 @@ NO_STUDY_UID = "no_study_uid"
 NO_SOP_UID = "no_sop_uid"
 NO_VIEW = "no_view"
 DUPLICATE_IMAGE_ID = "duplicate_image_id"
+UNSUPPORTED_PHOTOMETRIC = "unsupported_photometric"
+BROKEN_LINK = "broken_link"
+NOT_A_REGULAR_FILE = "not_a_regular_file"
 
 # ---------------------------------------------------------------------------------------------
 # Views
@@ -554,6 +561,11 @@ def _check_pixel_data(ds: Dataset, fh: BinaryIO, path: str, size: int, syntax: U
             if not v
         ]
         raise _Reject(CORRUPT, f"the image pixel module lacks {', '.join(missing)}")
+    bits_stored = _int(ds, "BitsStored", bits_allocated) or bits_allocated
+    if not 1 <= bits_stored <= bits_allocated:
+        raise _Reject(
+            CORRUPT, f"BitsStored ({bits_stored}) must be 1 to BitsAllocated ({bits_allocated})"
+        )
     ybr422 = _text(ds, "PhotometricInterpretation").upper() == "YBR_FULL_422"
     expected = _expected_bytes(rows, cols, samples, bits_allocated, ybr422)
     geometry = _geometry_text(rows, cols, samples, bits_allocated)
@@ -615,6 +627,15 @@ def _check_policy(ds: Dataset, syntax: UID) -> None:
     frames = _int(ds, "NumberOfFrames", 1) or 1
     if frames > 1:
         raise _Reject(MULTI_FRAME, f"{frames} frames; one frame per image is expected")
+    photometric = _text(ds, "PhotometricInterpretation").upper()
+    if photometric and not (photometric in DECODABLE_PHOTOMETRIC or photometric.startswith("YBR")):
+        # the decoder (pipelines.imaging) turns only these into a grey radiograph: rejecting here
+        # keeps pair from choosing an undecodable image over a decodable one of the same study
+        raise _Reject(
+            UNSUPPORTED_PHOTOMETRIC,
+            f"PhotometricInterpretation is {_safe(photometric, _CS_TEXT)}; decodable: "
+            "MONOCHROME1, MONOCHROME2, RGB, YBR_*",
+        )
     if not syntax.is_transfer_syntax:
         raise _Reject(
             UNSUPPORTED_TRANSFER_SYNTAX,
@@ -735,18 +756,25 @@ def _inspect_chunk(root: str, rels: Sequence[str], salt: bytes) -> list[_Outcome
 
 
 def list_files(
-    root: Path, exclude: Sequence[Path] = (), unreadable: list[str] | None = None
+    root: Path,
+    exclude: Sequence[Path] = (),
+    unreadable: list[str] | None = None,
+    not_files: list[tuple[str, str, str]] | None = None,
 ) -> list[str]:
     """Every regular file under ``root``, as sorted POSIX paths relative to it.
 
-    Symlinked folders are followed, but each real folder is walked once (no loops); broken links
-    and special files are not inputs.
+    Symlinked folders are followed, but each real folder is walked once (no loops). Entries that
+    are neither folders nor regular files (a dangling or looping symlink, a FIFO, a socket, a
+    device) are never opened: a FIFO would block the reader.
 
     Args:
         root: the folder.
         exclude: files that are not inputs (the labels CSV when it sits inside ``root``).
         unreadable: if given, receives the relative paths (ending in ``/``) of folders that
             could not be listed.
+        not_files: if given, receives ``(relative path, reason, detail)`` for every entry that is
+            neither a folder nor a regular file (reasons ``broken_link``, ``not_a_regular_file``),
+            so that the caller can list them as rejected inputs instead of losing them.
     """
     skip = {os.path.realpath(p) for p in exclude}
     seen: set[tuple[int, int]] = set()
@@ -764,11 +792,28 @@ def list_files(
         seen.add((st.st_dev, st.st_ino))
         for name in filenames:
             full = os.path.join(dirpath, name)
-            if os.path.isfile(full) and os.path.realpath(full) not in skip:
-                out.append(Path(os.path.relpath(full, root)).as_posix())
+            if os.path.isfile(full):
+                if os.path.realpath(full) not in skip:
+                    out.append(Path(os.path.relpath(full, root)).as_posix())
+            elif not_files is not None:
+                not_files.append(_not_a_file(full, root))
     if unreadable is not None:
         unreadable.sort()
+    if not_files is not None:
+        not_files.sort()
     return sorted(out)
+
+
+def _not_a_file(full: str, root: Path) -> tuple[str, str, str]:
+    """Why a folder entry that is not a regular file is not read (no target path is quoted)."""
+    rel = Path(os.path.relpath(full, root)).as_posix()
+    if os.path.islink(full):
+        try:
+            os.stat(full)
+        except OSError as exc:
+            why = "loops" if exc.errno == errno.ELOOP else "points to nothing"
+            return rel, BROKEN_LINK, f"a symbolic link that {why} ({exc.strerror})"
+    return rel, NOT_A_REGULAR_FILE, "not a regular file (a FIFO, socket or device): not opened"
 
 
 def _resolve_workers(workers: int) -> int:
@@ -819,7 +864,11 @@ def read_study_labels(path: Path, uncertain: UncertainPolicy) -> pd.DataFrame:
         raise SourceError(f"{path}: labels file not found")
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        from pipelines.sources.common import utf8_error_message
+
+        raise SourceError(utf8_error_message(path, "labels CSV")) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise SourceError(f"{path}: not a readable CSV ({type(exc).__name__})") from None
     table.columns = [str(c).strip() for c in table.columns]
     if "study_uid" not in table.columns:
@@ -899,7 +948,9 @@ def read(input: Path, options: ReadOptions) -> SourceResult:
     workers = _resolve_workers(options.workers)
     salt = options.salt or get_salt()
     unlisted: list[str] = []
-    rels = list_files(input, [Path(options.labels)] if options.labels else [], unlisted)
+    not_files: list[tuple[str, str, str]] = []
+    exclude = [Path(options.labels)] if options.labels else []
+    rels = list_files(input, exclude, unlisted, not_files)
     outcomes = _inspect_all(input, rels, salt, workers)
 
     rows: list[dict[str, Any]] = []
@@ -907,6 +958,7 @@ def read(input: Path, options: ReadOptions) -> SourceResult:
         Rejection(SOURCE, rel, UNREADABLE, "the folder cannot be listed (permission denied?)")
         for rel in unlisted
     ]
+    rejected += [Rejection(SOURCE, *entry) for entry in not_files]
     first_by_id: dict[str, str] = {}
     for outcome in outcomes:  # sorted by path: the first of a duplicate pair is kept
         if outcome.row is None:
@@ -931,7 +983,7 @@ def read(input: Path, options: ReadOptions) -> SourceResult:
     counts = Counter(r.reason for r in rejected)
     logger.info(
         "dicom: %d file(s), %d accepted, %d rejected %s",
-        len(rels) + len(unlisted),
+        len(rels) + len(unlisted) + len(not_files),
         len(manifest),
         len(rejected),
         dict(sorted(counts.items())),
@@ -939,7 +991,7 @@ def read(input: Path, options: ReadOptions) -> SourceResult:
     return SourceResult(
         manifest=manifest,
         rejected=sorted(rejected, key=lambda r: r.path),
-        n_inputs=len(rels) + len(unlisted),
+        n_inputs=len(rels) + len(unlisted) + len(not_files),
         data_root=str(input),
     )
 

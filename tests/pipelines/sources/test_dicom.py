@@ -444,8 +444,17 @@ def test_symlink_loops_are_walked_once(tmp_path: Path) -> None:
     (tmp_path / "a" / "loop").symlink_to(tmp_path / "a", target_is_directory=True)
     (tmp_path / "up").symlink_to(tmp_path, target_is_directory=True)
     (tmp_path / "broken").symlink_to(tmp_path / "missing")
+    (tmp_path / "self.dcm").symlink_to(tmp_path / "self.dcm")  # a file link that loops
     result = read(tmp_path, opts())
-    assert result.n_inputs == 1 and list(result.manifest["path"]) == ["a/one.dcm"]
+    assert list(result.manifest["path"]) == ["a/one.dcm"]
+    # links that lead nowhere are inputs, rejected unopened: nothing is skipped silently
+    assert result.n_inputs == 3 and reasons(result) == {
+        "broken": "broken_link",
+        "self.dcm": "broken_link",
+    }
+    details = {r.path: r.detail for r in result.rejected}
+    assert "points to nothing" in details["broken"] and "loops" in details["self.dcm"]
+    assert str(tmp_path) not in details["broken"]  # the link's target is not quoted
 
 
 def test_unlistable_folder_is_a_rejection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
