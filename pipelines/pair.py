@@ -31,14 +31,25 @@ import pandas as pd
 from pydantic import field_validator
 
 from pipelines.config import BaseParams, StageParams, load_params, parse_section
-from pipelines.io import write_json, write_parquet
+from pipelines.io import write_json, write_parquet, write_rejected
 from pipelines.labels import FINDINGS
 from pipelines.schema import FRONTAL_VIEWS, SPLITS, STUDY_COLUMNS
 from pipelines.stage import UserError, run_stage
 
 log = logging.getLogger(__name__)
 
-PAIR_REJECTED_COLUMNS = ("image_id", "study_key", "path", "reason")
+PAIR_REJECTED_COLUMNS = ("source", "path", "reason", "detail", "image_id", "study_key")
+DETAILS: dict[str, str] = {
+    "study_patient_conflict": "the study's images carry different patient ids, so the study "
+    "cannot be placed in one patient's split",
+    "other_view": "the view is not PA, AP or lateral",
+    "extra_frontal": "another frontal image of the study was chosen (PA before AP, then the "
+    "larger image, then the smaller image id)",
+    "extra_lateral": "another lateral image of the study was chosen (the larger image, then the "
+    "smaller image id)",
+    "no_frontal": "the study has no PA or AP image; a lateral view alone is not used",
+    "missing_lateral": "the study has no lateral view and pair.missing_view is require_both",
+}
 
 
 class PairParams(StageParams):
@@ -156,7 +167,13 @@ def pair_studies(
 
     def reject(rows: pd.DataFrame, reason: str) -> None:
         if len(rows):
-            rejected.append(rows.loc[:, ["image_id", "study_key", "path"]].assign(reason=reason))
+            part = rows.loc[:, ["source", "path", "image_id", "study_key"]].assign(
+                reason=reason, detail=DETAILS[reason]
+            )
+            if reason == "other_view":  # name what the source said (a view term, never free text)
+                raw = rows["view_raw"].astype(str).str.slice(0, 40)
+                part["detail"] = DETAILS[reason] + ": '" + raw + "'"
+            rejected.append(part.loc[:, list(PAIR_REJECTED_COLUMNS)])
 
     # studies whose images disagree on the patient are unusable
     n_pat = manifest.groupby("study_key")["patient_key"].nunique()
@@ -255,7 +272,7 @@ def run_pair(params: PairParams, seed: int) -> dict[str, Any]:
     studies, rejected, summary = pair_studies(manifest, params, seed)
     out = Path(params.out)
     write_parquet(studies, out / "studies.parquet")
-    rejected.to_csv(out / "rejected.csv", index=False)
+    write_rejected(rejected, out / "rejected.csv")
     write_json(out / "summary.json", summary)
     log.info(
         "pair: %d studies (%d dual-view, %d frontal-only); train/val/test = %s",
