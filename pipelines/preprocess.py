@@ -148,6 +148,11 @@ def preprocess_studies(
                 if ferr is not None:
                     counts["studies_dropped"] += 1
                     rejected.append(_record(row, "frontal", ferr, "study_dropped"))
+                    if row["lateral_path"]:  # its lateral goes too: listed, never lost silently
+                        why = lerr or DecodeError(
+                            row["lateral_path"], "frontal_rejected", "the study's frontal failed"
+                        )
+                        rejected.append(_record(row, "lateral", why, "study_dropped"))
                     continue
                 counts["decoded"] += 1 + (lat is not None)
                 if lerr is not None:
@@ -177,6 +182,7 @@ def preprocess_studies(
         "dual_view_out": {s: writers[s].dual for s in SPLITS},
         "studies_dropped": counts["studies_dropped"],
         "laterals_dropped": counts["laterals_dropped"],
+        "images_in": int((table["frontal_path"] != "").sum() + (table["lateral_path"] != "").sum()),
         "images_decoded": counts["decoded"],
         "images_rejected": len(rej),
         "rejected_by_reason": {str(k): int(v) for k, v in rej["reason"].value_counts().items()},
@@ -270,10 +276,15 @@ def _grid_item(row: dict[str, Any], front: np.ndarray, lat: np.ndarray | None) -
 
 
 def _clear(out: Path) -> None:
-    """Remove a previous run's shards and index (only those files) from ``out``."""
-    for pattern in (INDEX_FILE, "*.images.npy", "*.meta.parquet"):
+    """Remove a previous run's shards and index (only those files) from ``out``.
+
+    The index goes first, so a folder left half-cleared has no index and is never read. Temporary
+    files (``.<name>.*.tmp``) that a killed run left behind go too: ``out`` is a DVC output.
+    """
+    for pattern in (INDEX_FILE, "*.images.npy", "*.meta.parquet", ".*.tmp"):
         for old in out.glob(pattern):
-            old.unlink()
+            if not old.is_dir():
+                old.unlink()
 
 
 # ----------------------------------------------------------------------------------------------

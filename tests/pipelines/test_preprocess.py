@@ -89,12 +89,17 @@ def test_end_to_end(dataset, tmp_path):
     assert s["dual_view_out"] == {"train": 1, "val": 2, "test": 1}
     assert s["studies_dropped"] == 1 and s["laterals_dropped"] == 1
     assert s["images_decoded"] == 6 + 4  # 6 frontals, 4 laterals
-    assert s["rejected_by_reason"] == {"truncated": 1, "missing_file": 1}
+    # s5's lateral decodes, but goes with its study: listed, so that images in = out + rejected
+    assert s["rejected_by_reason"] == {"truncated": 1, "missing_file": 1, "frontal_rejected": 1}
+    assert s["images_in"] == 7 + 6 == s["images_decoded"] + s["images_rejected"]
     assert s["shards"] == 2 + 1 + 1  # train 3 studies in shards of 2
 
-    rej = result.rejected.set_index("study_key")
-    assert rej.loc["s5", "action"] == "study_dropped" and rej.loc["s5", "view"] == "frontal"
-    assert rej.loc["s2", "action"] == "lateral_dropped" and rej.loc["s2", "path"] == "missing.png"
+    rej = result.rejected.set_index(["study_key", "view"])
+    assert rej.loc[("s5", "frontal"), "action"] == "study_dropped"
+    assert rej.loc[("s5", "lateral"), "action"] == "study_dropped"
+    assert rej.loc[("s5", "lateral"), "path"] == "l5.png"
+    assert rej.loc[("s2", "lateral"), "action"] == "lateral_dropped"
+    assert rej.loc[("s2", "lateral"), "path"] == "missing.png"
     assert not result.rejected.astype(str).apply(lambda c: c.str.contains(PHI[0])).any().any()
 
     index = read_index(out)
@@ -158,7 +163,7 @@ def test_run_preprocess_writes_outputs(dataset, tmp_path):
     assert json.loads((tmp_path / "m.json").read_text())["images_decoded"] == 10
     assert summary["seconds"] > 0 and summary["images_per_s"] > 0
     rej = pd.read_csv(tmp_path / "rej.csv")
-    assert list(rej.columns[:4]) == ["source", "path", "reason", "detail"] and len(rej) == 2
+    assert list(rej.columns[:4]) == ["source", "path", "reason", "detail"] and len(rej) == 3
     with Image.open(tmp_path / "grid.png") as im:
         assert im.size[0] > 300 and im.size[1] > 100
 
