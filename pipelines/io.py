@@ -13,26 +13,59 @@ from typing import Any
 
 import pandas as pd
 
+from pipelines.stage import UserError, describe_os_error
+
 REJECTED_COLUMNS = ("source", "path", "reason", "detail")
+
+
+class OutputError(UserError, OSError):
+    """An output could not be written (full disk, no permission, a file where a folder must be).
+
+    Both a :class:`~pipelines.stage.UserError` (a stage shows it as one line naming the output)
+    and an :class:`OSError` (``errno`` and ``filename`` kept for callers that check them).
+    """
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {describe_os_error(self)}"
 
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
 
-    A reader never sees a half-written file: a crash leaves the old file (or none).
+    A reader never sees a half-written file: a crash leaves the old file (or none), and a
+    killed process leaves at most a hidden ``.<name>.*.tmp`` beside it.
+
+    Raises:
+        OutputError: the folder cannot be made or written, the disk is full, or any other
+            :class:`OSError` while writing ``path``; the message names ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _output_error(exc, path) from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise _output_error(exc, path) from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _output_error(exc: OSError, path: Path) -> OutputError:
+    """``exc`` re-raised as an :class:`OutputError` naming the output ``path``."""
+    err = OutputError(exc.errno, exc.strerror or str(exc) or type(exc).__name__, str(path))
+    if exc.errno is None:  # e.g. pyarrow's "IOError: ...": no errno, the text says it all
+        err.strerror = str(exc) or type(exc).__name__
+    return err
 
 
 def write_json(path: str | Path, data: Any) -> None:
