@@ -142,39 +142,181 @@ def test_fractions_validated():
         PairParams(fractions={"train": 0.5, "val": 0.1, "test": 0.1})
 
 
-@settings(max_examples=40, deadline=None)
-@given(
-    st.lists(
-        st.tuples(
-            st.integers(0, 15),  # patient
-            st.integers(0, 3),  # study within patient
-            st.sampled_from(["PA", "AP", "LATERAL", "OTHER"]),
-        ),
-        min_size=1,
-        max_size=60,
+# --- properties (hypothesis) ------------------------------------------------------------------
+#
+# Tolerance of the split fractions, derived from assign_splits: the N patients (shuffled) are cut
+# at round(c_k * N), c_k the cumulative fractions, so split k gets round(c_k N) - round(c_{k-1} N)
+# patients, and each rounding is off by at most 1/2: |n_k - f_k N| <= 1 patient, and the counts
+# sum to N. The unit is the patient, never the study: a split's share of *studies* can be off by
+# the studies of one patient (|S_k - f_k S| <= m when every patient has m studies), and by more
+# when patients have unequal numbers of studies. With official lists, pinned patients keep their
+# split and the others share the remaining splits in proportion, with the same +-1 bound.
+
+VIEW_NAMES = ["PA", "AP", "LATERAL", "OTHER"]
+SIZES = [(100, 100), (200, 100), (50, 50), (100, 200)]  # equal areas happen: ties by image_id
+
+manifest_rows = st.lists(
+    st.tuples(
+        st.integers(0, 11),  # patient
+        st.integers(0, 3),  # study of that patient
+        st.sampled_from(VIEW_NAMES),
+        st.sampled_from(SIZES),
+        st.booleans(),  # the study id is shared with other patients' (a conflict when it is)
+        st.sampled_from([0.0, 1.0, np.nan]),  # one finding's label on this image
     ),
+    min_size=1,
+    max_size=50,
+)
+fraction_weights = st.tuples(*[st.integers(0, 10)] * 3).filter(any)
+
+
+def fractions_of(weights: tuple[int, int, int]) -> dict[str, float]:
+    return {s: w / sum(weights) for s, w in zip(("train", "val", "test"), weights, strict=True)}
+
+
+def hostile_manifest(rows) -> pd.DataFrame:
+    return manifest(
+        [
+            image(
+                f"img{i:02d}",
+                f"p{p}",
+                f"shared{s}" if shared else f"p{p}s{s}",
+                view,
+                *size,
+                Effusion=label,
+            )
+            for i, (p, s, view, size, shared, label) in enumerate(rows)
+        ]
+    )
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    manifest_rows,
     st.integers(0, 2**16),
+    fraction_weights,
+    st.sampled_from(["keep_frontal_only", "require_both"]),
     st.randoms(use_true_random=False),
 )
-def test_pairing_properties(rows, seed, rnd):
-    m = manifest([image(f"img{i}", f"p{p}", f"p{p}s{s}", v) for i, (p, s, v) in enumerate(rows)])
-    studies, rejected, _ = pair_studies(m, PairParams(), seed)
+def test_pairing_properties(rows, seed, weights, missing_view, rnd):
+    m = hostile_manifest(rows)
+    params = PairParams(fractions=fractions_of(weights), missing_view=missing_view)
+    studies, rejected, summary = pair_studies(m, params, seed)
+    by_id = m.set_index("image_id")
+
+    # every image lands in at most one study, and is used or rejected, never both
     used = [*studies["frontal_id"], *studies.loc[studies["has_lateral"], "lateral_id"]]
-    # every image lands in at most one study, and is used or rejected
     assert len(used) == len(set(used))
+    assert not set(used) & set(rejected["image_id"])
     assert sorted(used + list(rejected["image_id"])) == sorted(m["image_id"])
+    assert rejected["image_id"].is_unique and rejected["detail"].str.len().gt(0).all()
+    # ... and in a study of its own: its study key, a frontal view as frontal, lateral as lateral
+    for row in studies.itertuples():
+        assert by_id.loc[row.frontal_id, "study_key"] == row.study_key
+        assert by_id.loc[row.frontal_id, "view"] == row.frontal_view in ("PA", "AP")
+        if row.has_lateral:
+            assert by_id.loc[row.lateral_id, "study_key"] == row.study_key
+            assert by_id.loc[row.lateral_id, "view"] == "LATERAL"
+    assert studies["study_key"].is_unique
+    if missing_view == "require_both":
+        assert studies["has_lateral"].all()
+    # a study keyed to two patients is never kept
+    patients_per_study = m.groupby("study_key")["patient_key"].nunique()
+    assert not set(studies["study_key"]) & set(patients_per_study.index[patients_per_study > 1])
+    # study label: the maximum over the study's images, NaN only where none is annotated
+    want = m.groupby("study_key")["Effusion"].max()
+    np.testing.assert_array_equal(
+        studies["Effusion"].to_numpy(), want.loc[studies["study_key"]].to_numpy()
+    )
+
+    # no patient crosses splits; every kept patient has one
     check_no_leak(studies)
-    # independent of row order
+    assert studies["split"].isin(["train", "val", "test"]).all()
+    # split fractions hold within one patient per split
+    per_split = studies.drop_duplicates("patient_key")["split"].value_counts()
+    n = studies["patient_key"].nunique()
+    for split, frac in params.fractions.items():
+        assert abs(per_split.get(split, 0) - frac * n) <= 1
+
+    # the result does not depend on row order
     order = list(range(len(m)))
     rnd.shuffle(order)
-    again, _, _ = pair_studies(m.iloc[order].reset_index(drop=True), PairParams(), seed)
+    shuffled = m.iloc[order].reset_index(drop=True)
+    shuffled.attrs = m.attrs
+    again, rejected_again, summary_again = pair_studies(shuffled, params, seed)
     pd.testing.assert_frame_equal(studies, again)
+    key = ["image_id"]
+    pd.testing.assert_frame_equal(
+        rejected.sort_values(key).reset_index(drop=True),
+        rejected_again.sort_values(key).reset_index(drop=True),
+    )
+    assert {k: v for k, v in summary.items() if k != "seconds"} == {
+        k: v for k, v in summary_again.items() if k != "seconds"
+    }
 
 
-@given(st.integers(1, 400), st.integers(0, 1000))
-@settings(max_examples=40, deadline=None)
-def test_split_fractions_hold_within_rounding(n, seed):
-    splits = assign_splits(pd.Series([f"p{i}" for i in range(n)]), PairParams().fractions, seed)
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 500), st.integers(0, 1000), fraction_weights)
+def test_split_fractions_hold_within_one_patient(n, seed, weights):
+    fractions = fractions_of(weights)
+    splits = assign_splits(pd.Series([f"p{i}" for i in range(n)]), fractions, seed)
     counts = splits.value_counts()
-    for name, frac in PairParams().fractions.items():
+    assert counts.sum() == n and splits.notna().all() and splits.index.is_unique
+    for name, frac in fractions.items():
         assert abs(counts.get(name, 0) - frac * n) <= 1
+        if frac == 0:
+            assert counts.get(name, 0) == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.integers(0, 60), min_size=1, max_size=120),
+    st.integers(0, 1000),
+    st.randoms(use_true_random=False),
+)
+def test_split_is_a_function_of_the_patient_set(patients, seed, rnd):
+    """Duplicates and order of the input patient keys change nothing."""
+    keys = pd.Series([f"p{p}" for p in patients])
+    first = assign_splits(keys, PairParams().fractions, seed)
+    shuffled = list(keys) + list(keys)
+    rnd.shuffle(shuffled)
+    pd.testing.assert_series_equal(
+        first, assign_splits(pd.Series(shuffled), PairParams().fractions, seed)
+    )
+    assert sorted(first.index) == sorted(set(keys))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(5, 200),
+    st.integers(0, 1000),
+    st.lists(st.tuples(st.integers(0, 199), st.sampled_from(["val", "test"])), max_size=20),
+)
+def test_pinned_patients_keep_their_split_and_the_rest_share_the_others(n, seed, pins):
+    keys = [f"p{i:03d}" for i in range(n)]
+    pinned = {keys[i]: split for i, split in pins if i < n}
+    fractions = PairParams().fractions
+    splits = assign_splits(pd.Series(keys), fractions, seed, pinned)
+    assert all(splits[k] == v for k, v in pinned.items())
+    free = splits.drop(index=list(pinned))
+    open_splits = [s for s in ("train", "val", "test") if s not in set(pinned.values())]
+    assert set(free) <= set(open_splits)
+    total = sum(fractions[s] for s in open_splits)
+    counts = free.value_counts()
+    for split in open_splits:
+        assert abs(counts.get(split, 0) - fractions[split] / total * len(free)) <= 1
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(3, 60), st.integers(1, 4), st.integers(0, 1000))
+def test_study_fractions_hold_within_one_patients_studies(n_patients, m, seed):
+    """m studies per patient: a split holds its share of studies within m (1 patient x m)."""
+    rows = [
+        image(f"i{p}_{s}", f"p{p:03d}", f"s{p}_{s}", "PA")
+        for p in range(n_patients)
+        for s in range(m)
+    ]
+    studies, _, _ = pair_studies(manifest(rows), PairParams(), seed)
+    counts = studies["split"].value_counts()
+    for split, frac in PairParams().fractions.items():
+        assert abs(counts.get(split, 0) - frac * len(studies)) <= m
