@@ -27,6 +27,8 @@ from __future__ import annotations
 import io
 import re
 import shutil
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -427,6 +429,18 @@ def rgba() -> np.ndarray:
     return arr
 
 
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares a size and holds no pixels (Pillow refuses it as a bomb at open)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
 def build_csv_corpus(root: Path) -> tuple[list[Case], int, Path]:
     """6 patients x 2 studies of PA + lateral PNGs, plus hostile files and rows."""
     img = root / "images"
@@ -475,10 +489,18 @@ def build_csv_corpus(root: Path) -> tuple[list[Case], int, Path]:
     row("images/missing.png", f"{PHI}T", "T-2", "PA")
     (img / "loop.png").symlink_to(img / "loop.png")
     row("images/loop.png", f"{PHI}T", "T-3", "PA")
+    (img / "bomb.png").write_bytes(png_header_only(100_000, 100_000))
+    row("images/bomb.png", f"{PHI}T", "T-4", "PA")
     cases += [
         Case("text file named .png", "images/text_named.png", "ingest", "unreadable_image"),
         Case("listed image missing", "images/missing.png", "ingest", "missing_file"),
         Case("symlink loop (file)", "images/loop.png", "ingest", "unreadable_image"),
+        Case(
+            "decompression bomb (PNG header: 100000 x 100000)",
+            "images/bomb.png",
+            "ingest",
+            "unreadable_image",
+        ),
         Case(
             "label out of domain (code 2)",
             row(png("lab_a.png"), f"{PHI}L", "L-1", "PA", "2"),
@@ -725,6 +747,7 @@ def test_csv_details_name_the_specific_problem(csv_run: Run) -> None:
     assert rej[lab[0]] == "column 'Cardiomegaly' has value '2'"
     assert rej[lab[1]] == "unknown label 'unicorn'"
     assert "symbolic links" in rej["images/loop.png"]
+    assert "exceeds limit" in rej["images/bomb.png"]
     pre = csv_run.rejected["preprocess"].set_index("path")
     assert pre.loc["images/truncated.png", "action"] == "study_dropped"
 
