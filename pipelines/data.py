@@ -8,6 +8,10 @@ Layout of a prepared folder (written by ``preprocess``; ``augment`` writes the s
                                      (all zeros where the study has no lateral view)
     train-00000.meta.parquet         study_key, patient_key, has_lateral, <findings> (1 / 0 / NaN)
 
+A shard ``name`` is a path relative to the folder: a sharded preprocess run's merge writes an
+index whose entries name shards inside its part folders (``parts/0-of-2/train-00000``), read
+in index order like any other (names may not leave the folder: absolute or ``..`` is refused).
+
 Images stay uint8 on disk and in batches; :func:`pipelines.model.normalize` turns them into
 floats on the training device, which is cheaper than converting on the loader side.
 
@@ -96,7 +100,7 @@ def read_index(root: str | Path) -> dict:
 
     Raises:
         FileNotFoundError: no index (the folder was never completed).
-        ValueError: another format version or label space.
+        ValueError: another format version or label space, or a shard name outside ``root``.
     """
     path = Path(root) / INDEX_FILE
     if not path.is_file():
@@ -106,6 +110,11 @@ def read_index(root: str | Path) -> dict:
         raise ValueError(f"{path}: shard format {index.get('format')}, expected {FORMAT_VERSION}")
     if tuple(index.get("findings", ())) != FINDINGS:
         raise ValueError(f"{path}: label space differs from pipelines.labels.FINDINGS")
+    for entries in index.get("splits", {}).values():
+        for entry in entries:
+            name = Path(entry["name"])
+            if name.is_absolute() or ".." in name.parts:
+                raise ValueError(f"{path}: shard name {entry['name']!r} leaves the folder")
     return index
 
 

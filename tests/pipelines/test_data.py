@@ -140,3 +140,27 @@ def test_make_loader_with_sampler_and_workers(shards):
     batch = next(iter(make_loader(ds, batch_size=3, sampler=sampler, num_workers=1)))
     assert batch["index"].tolist() == [6, 6, 0]
     assert (batch["frontal"][0] == 6).all()
+
+
+def test_index_may_name_shards_in_subfolders(tmp_path):
+    """A sharded preprocess merge: the index names shards inside part folders, in its order."""
+    make_shards(tmp_path / "prep" / "parts" / "0-of-2", {"train": [3]})
+    make_shards(tmp_path / "prep" / "parts" / "1-of-2", {"train": [2], "val": [2]}, start=3)
+    make_shards(tmp_path / "flat", {"train": [4, 1], "val": [2]})
+    splits = {
+        "train": [
+            {"name": "parts/0-of-2/train-00000", "n": 3},
+            {"name": "parts/1-of-2/train-00000", "n": 2},
+        ],
+        "val": [{"name": "parts/1-of-2/val-00000", "n": 2}],
+    }
+    write_index(tmp_path / "prep", S, splits)
+    for split in ("train", "val"):
+        a, b = ShardDataset(tmp_path / "prep", split), ShardDataset(tmp_path / "flat", split)
+        assert list(a.meta["study_key"]) == list(b.meta["study_key"])
+        for key, value in a.get_batch(range(len(a))).items():
+            np.testing.assert_array_equal(value.numpy(), b.get_batch(range(len(b)))[key].numpy())
+
+    write_index(tmp_path / "prep", S, {"train": [{"name": "../flat/train-00000", "n": 4}]})
+    with pytest.raises(ValueError, match="leaves the folder"):
+        read_index(tmp_path / "prep")
