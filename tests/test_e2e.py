@@ -1,0 +1,224 @@
+"""End to end: the whole DAG of dvc.yaml at toy scale, as `make demo` runs it.
+
+The ``pipeline_repo`` fixture (tests/conftest.py) reproduces every stage once per session. These
+tests then check what a team relies on: DVC caches each stage, a training-only change leaves
+the data stages alone, no header PHI reaches any output, the exported model answers ``cxr
+predict`` on a DICOM study, and a second clone gets the same results from the DVC remote
+without recomputing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pandas as pd
+import pydicom
+import pytest
+import yaml
+
+from pipelines.labels import FINDINGS
+from tests.conftest import dvc, git, repro, stage_env
+
+pytestmark = pytest.mark.slow
+
+STAGES = ["synthesize", "ingest", "pair", "preprocess", "augment", "train", "evaluate", "export"]
+PHI_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "AccessionNumber",
+    "InstitutionName",
+    "ReferringPhysicianName",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+)
+
+
+def test_every_stage_ran_and_a_second_repro_skips_them_all(pipeline_repo: Path) -> None:
+    log = (pipeline_repo / "repro.log").read_text()
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in log
+    again = repro(pipeline_repo)
+    assert again.returncode == 0, again.stderr
+    assert "Running stage" not in again.stdout
+    for stage in STAGES:
+        assert f"Stage '{stage}' didn't change, skipping" in again.stdout
+    status = json.loads(dvc(pipeline_repo, "status", "--json").stdout or "{}")
+    assert status == {}
+
+
+def test_a_training_param_change_invalidates_train_only(pipeline_repo: Path) -> None:
+    params_path = pipeline_repo / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    params["train"]["lr"] = params["train"]["lr"] / 2
+    try:
+        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+        status = json.loads(dvc(pipeline_repo, "status", "--json").stdout)
+        # DVC lists the stage whose own inputs changed; downstream reruns follow from train
+        assert set(status) == {"train"}
+        assert '"params.yaml": {"train": "modified"}' in json.dumps(status["train"])
+        dry = subprocess.run(
+            [str(Path(sys.executable).with_name("dvc")), "repro", "--dry"],
+            cwd=pipeline_repo,
+            capture_output=True,
+            text=True,
+            env=stage_env(),
+            check=True,
+        ).stdout
+        # (a dry run cannot know train's outputs will change, so it stops listing there)
+        assert "Running stage 'train'" in dry
+        for stage in ("synthesize", "ingest", "pair", "preprocess", "augment"):
+            assert f"Stage '{stage}' didn't change, skipping" in dry
+    finally:
+        params_path.write_text(original)
+    assert json.loads(dvc(pipeline_repo, "status", "--json").stdout or "{}") == {}
+
+
+def test_outputs_are_what_the_readme_promises(pipeline_repo: Path) -> None:
+    r = pipeline_repo
+    evaluation = json.loads((r / "metrics/evaluate.json").read_text())
+    assert 0.0 <= evaluation["macro_auroc_lo"] <= evaluation["macro_auroc"]
+    assert evaluation["macro_auroc"] <= evaluation["macro_auroc_hi"] <= 1.0
+    html = (r / "outputs/evaluation/report.html").read_text()
+    assert "<img" in html and "http://" not in html and "https://" not in html
+    export = json.loads((r / "metrics/export.json").read_text())
+    assert export["passed"] is True
+    assert {"torchscript", "onnx", "int8", "mobile"} <= set(export["parity"])
+    card = json.loads((r / "models/export/metadata.json").read_text())
+    assert [f for f in card["output"]["findings"]] == list(FINDINGS)
+    for rel in ("plots/preprocess/grid.png", "plots/augment/preview.png"):
+        assert (r / rel).stat().st_size > 1000
+    train = json.loads((r / "metrics/train.json").read_text())
+    assert train["epochs_run"] == 1
+
+
+def _planted_phi(raw: Path) -> set[str]:
+    """Identifying header values of the synthetic DICOMs (and name parts of 5+ letters).
+
+    The UIDs all share the generator's root, so the root stands for all of them (a leaked UID
+    contains it) and keeps the scan fast.
+    """
+    found: set[str] = set()
+    for path in raw.rglob("*.dcm"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        for keyword in PHI_KEYWORDS:
+            value = str(ds.get(keyword, "") or "")
+            if keyword.endswith("UID"):
+                found.add(value.rsplit(".", 1)[0][:26])  # e.g. 1.2.826.0.1.3680043.8.498.
+            elif value:
+                found.add(value)
+            if keyword.endswith("Name"):
+                found.update(part for part in value.split("^") if len(part) >= 5)
+    return found
+
+
+_TENSOR_MEMBER = re.compile(r"/(data|constants)/\d+$")
+
+
+def _contents(path: Path) -> Iterator[bytes]:
+    """The bytes that could carry text: Parquet as CSV, archives member by member, and every
+    file whole, except the payloads of numeric arrays and weight tensors (numbers, not text)."""
+    if path.suffix == ".parquet":
+        yield pd.read_parquet(path).to_csv().encode()
+        return
+    if path.suffix == ".npy":
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        with open(path, "rb") as fh:
+            yield fh.read(256)  # the header
+        if arr.dtype.kind not in "biuf":
+            yield path.read_bytes()
+        return
+    if path.suffix == ".onnx":
+        model = onnx.load(str(path))
+        for init in model.graph.initializer:
+            init.ClearField("raw_data")
+        yield model.SerializeToString()
+        return
+    data = path.read_bytes()
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for name in archive.namelist():
+                yield name.encode()
+                if not _TENSOR_MEMBER.search(name):
+                    yield archive.read(name)
+        return
+    yield data
+
+
+def test_no_header_phi_in_any_output_or_log(pipeline_repo: Path) -> None:
+    phi = _planted_phi(pipeline_repo / "data/raw/synthetic")
+    assert len(phi) > 300  # names, MRNs, birth dates, accessions, institutions, the UID root
+    inputs = ("data/raw/", ".git/", ".dvc/", "pipelines/")
+    scanned, hits = 0, []
+    for path in sorted(pipeline_repo.rglob("*")):
+        rel = path.relative_to(pipeline_repo).as_posix()
+        if path.is_dir() or rel.startswith(inputs):
+            continue
+        scanned += 1
+        for blob in _contents(path):
+            hits += [(rel, s) for s in phi if s.encode() in blob]
+    assert scanned > 60  # manifests, shards, checkpoints, reports, plots, models, logs
+    assert hits == []
+
+
+def test_cxr_predict_reads_a_dicom_study_with_the_exported_model(pipeline_repo: Path) -> None:
+    studies = sorted(p for p in (pipeline_repo / "data/raw/synthetic/dicom").glob("*/*"))
+    study = next(s for s in studies if len(list(s.glob("*.dcm"))) == 2)
+    cxr = Path(sys.executable).with_name("cxr")
+    proc = subprocess.run(
+        [str(cxr), "predict", str(study), "--format", "json"],
+        cwd=pipeline_repo,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)["studies"][0]
+    assert result["views"] == "frontal+lateral"
+    assert list(result["findings"]) == list(FINDINGS)
+    for finding in result["findings"].values():
+        assert 0.0 <= finding["probability"] <= 1.0
+        if abs(finding["probability"] - finding["threshold"]) > 1e-5:  # JSON rounds to 1e-6
+            assert finding["positive"] == (finding["probability"] >= finding["threshold"])
+
+
+def test_a_second_clone_pulls_the_same_results_from_the_remote(
+    pipeline_repo: Path, tmp_path: Path
+) -> None:
+    # a raw input that no stage produces is tracked with `dvc add` (README: real data)
+    extra = pipeline_repo / "data" / "raw" / "site_b"
+    extra.mkdir(parents=True)
+    (extra / "labels.csv").write_text("path,patient,study,view,Effusion\n")
+    assert dvc(pipeline_repo, "add", "data/raw/site_b").returncode == 0
+    git(pipeline_repo, "add", "-A")
+    git(pipeline_repo, "commit", "-qm", "track a raw input")
+    push = dvc(pipeline_repo, "push")
+    assert push.returncode == 0, push.stderr
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(pipeline_repo), str(clone))
+    pull = dvc(clone, "pull")
+    assert pull.returncode == 0, pull.stderr
+    # everything is there and up to date: nothing would rerun
+    assert json.loads(dvc(clone, "status", "--json").stdout or "{}") == {}
+    dry = repro(clone, "--dry")
+    assert "Running stage" not in dry.stdout
+    for rel in (
+        "metrics/evaluate.json",
+        "metrics/export.json",
+        "models/export/model.onnx",
+        "data/raw/site_b/labels.csv",
+    ):
+        assert (clone / rel).read_bytes() == (pipeline_repo / rel).read_bytes()
+    shutil.rmtree(clone)
