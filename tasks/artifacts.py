@@ -304,14 +304,34 @@ PUBLISHERS: dict[str, Callable[[str | Path], list[str]]] = {
 # ------------------------------------------------------------------------------ sweeps
 
 
+def sweep_rows(experiments: list[Mapping[str, Any]], best: str | None = None) -> list[dict]:
+    """One display row per experiment: name, overrides, validation / test macro AUROC, status."""
+    return [
+        {
+            "experiment": e["experiment"],
+            "best": "yes" if best is not None and e["experiment"] == best else "",
+            "overrides": ", ".join(f"{k}={v}" for k, v in (e.get("overrides") or {}).items()),
+            "val_macro_auroc": _r(e.get("val_macro_auroc"), 4),
+            "test_macro_auroc": (
+                _r(e.get("test_macro_auroc"), 4)
+                if e.get("test_macro_auroc") is not None
+                else "not evaluated"
+            ),
+            "status": e.get("status", "ok"),
+            "rev": e.get("rev"),
+        }
+        for e in experiments
+    ]
+
+
 def publish_sweep(rows: list[dict], best: str | None, metric: str) -> list[str]:
-    """Publish a sweep's comparison table (one row per experiment)."""
+    """Publish a sweep's comparison table (rows from :func:`sweep_rows`)."""
     create_table_artifact(
         rows,
         key=SWEEP_KEY,
         description=(
-            f"DVC experiments of the sweep; best by {metric}: {best or 'none'}. "
-            f"Apply it with `dvc exp apply {best or '<name>'}`."
+            f"DVC experiments of the sweep; best by {metric}: {best or 'none'}. Nothing was "
+            f"applied: adopt it with `dvc exp apply {best or '<name>'}`, then commit."
         ),
     )
     return [SWEEP_KEY]
