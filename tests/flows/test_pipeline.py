@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
+import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from flows.pipeline import cxr_pipeline
 from tasks.dvc_stage import StageFailed
+from tests.conftest import dvc
+from tests.flows.repos import clone_pipeline_repo
 
 pytestmark = pytest.mark.slow
 
@@ -47,8 +51,34 @@ def test_failing_stage_fails_the_flow_without_retry(prefect_harness, mini_dvc_re
     (mini_dvc_repo / "dvc.yaml").write_text("stages:\n  bad:\n    cmd: python3 bad.py\n")
     state = cxr_pipeline(repo=str(mini_dvc_repo), return_state=True)
     assert state.is_failed()
-    with pytest.raises(StageFailed, match=r"stage .bad. failed.*no frontal view"):
+    # the flow's failed state names the stage and carries the stage's own error line
+    assert re.search(r"stage 'bad' failed \(exit \d+\): error: no frontal view", state.message)
+    with pytest.raises(StageFailed, match=r"^stage 'bad' failed \(exit \d+\): error: no frontal"):
         state.result()
     runs = asyncio.run(_task_runs(state.state_details.flow_run_id))
     assert runs["bad"].state.is_failed()
     assert runs["bad"].run_count == 1  # a data failure is not retried
+
+
+def test_a_param_that_fails_a_real_stage_fails_it_once_with_its_error(
+    prefect_harness, pipeline_repo, tmp_path
+):
+    repo = clone_pipeline_repo(pipeline_repo, tmp_path / "repo")
+    assert dvc(repo, "checkout", "--with-deps", "augment").returncode == 0  # train's inputs
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["size"] = 8  # below the 64 px DenseNet minimum: rejected by validation
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    state = cxr_pipeline(repo=str(repo), targets=["train"], return_state=True)
+    assert state.is_failed()
+    error = "error: params.yaml: train.size: Input should be greater than or equal to 64"
+    assert re.search(r"stage 'train' failed \(exit \d+\): " + re.escape(error), state.message)
+    with pytest.raises(StageFailed, match=re.escape(error)):
+        state.result()
+    runs = asyncio.run(_task_runs(state.state_details.flow_run_id))
+    upstream = ["synthesize", "ingest", "pair", "preprocess", "augment"]
+    assert set(runs) == {*upstream, "train"}
+    assert {runs[s].state.name for s in upstream} == {"Skipped"}
+    assert runs["train"].state.is_failed()
+    assert error in runs["train"].state.message
+    assert runs["train"].run_count == 1  # a stage failing on its params is not retried

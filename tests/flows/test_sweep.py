@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from flows.sweep import (
 )
 from tasks.artifacts import SWEEP_KEY, sweep_rows
 from tests.conftest import dvc, git
+from tests.flows.repos import clone_pipeline_repo
 
 EXP_SHOW = Path(__file__).parent / "fixtures" / "exp_show.json"
 PATHS = {
@@ -167,17 +166,6 @@ def test_best_is_the_max_of_the_experiments_that_succeeded():
             "rev": "abc1234",
         }
     ]
-
-
-def clone_pipeline_repo(source: Path, dest: Path) -> Path:
-    """A git clone of ``source`` sharing its DVC cache objects by hard links (not its workspace).
-
-    Experiments run in temporary copies restored from the cache, so the clone needs no
-    workspace outputs; ``source`` is left untouched (cache objects are never written in place).
-    """
-    git(source, "clone", "-q", str(source), str(dest))
-    shutil.copytree(source / ".dvc" / "cache", dest / ".dvc" / "cache", copy_function=os.link)
-    return dest
 
 
 async def _artifacts(flow_run_id):
