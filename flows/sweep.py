@@ -57,6 +57,9 @@ from tasks.dvc_stage import dvc_executable
 from tasks.prefect_admin import ensure_concurrency_limit
 
 BEST_METRIC = "val_macro_auroc"
+#: DVC's run cache leaves keys with these names out of a stage's hash, params included
+#: (treeverse/dvc#10296): an experiment changing only such a param restores the baseline's outputs
+RUN_CACHE_BLIND = ("size", "nfiles")
 EXPERIMENT_LINE = re.compile(r"^Reproducing experiment '([^']+)'")
 
 
@@ -99,6 +102,11 @@ def format_value(value: Any) -> str:
     return text
 
 
+def run_cache_blind(overrides: Mapping[str, Any]) -> list[str]:
+    """The overridden params DVC's run cache cannot see (named ``size`` or ``nfiles``)."""
+    return [k for k in overrides if k.rsplit(".", 1)[-1].split(":")[-1] in RUN_CACHE_BLIND]
+
+
 def set_params_args(overrides: Mapping[str, Any]) -> list[str]:
     """``-S key=value`` arguments for one experiment."""
     args: list[str] = []
@@ -138,10 +146,15 @@ def _dvc(repo: Path, *args: str) -> str:
 
 @task(name="queue-experiment", task_run_name="queue {name}", cache_policy=NO_CACHE)
 def queue_experiment(
-    repo: str, name: str, overrides: dict[str, Any], targets: list[str] | None = None
+    repo: str,
+    name: str,
+    overrides: dict[str, Any],
+    targets: list[str] | None = None,
+    force: bool = False,
 ) -> str:
     """Queue one DVC experiment with its params overrides; returns its name."""
-    args = ["exp", "run", "--queue", "-n", name, *set_params_args(overrides), *(targets or [])]
+    args = ["exp", "run", "--queue", "-n", name, *(["--force"] if force else [])]
+    args += [*set_params_args(overrides), *(targets or [])]
     out = _dvc(Path(repo), *args)
     get_run_logger().info("%s", out.strip() or f"queued {name}")
     return name
@@ -298,6 +311,7 @@ def cxr_sweep(
     jobs: int = 1,
     name: str | None = None,
     timeout_s: float | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Run params overrides as DVC experiments and compare them.
 
@@ -312,6 +326,8 @@ def cxr_sweep(
         name: experiment name prefix (default ``sweep-<MMDD-HHMMSS>``); names are
             ``<prefix>-<i>``.
         timeout_s: wall-clock limit for running the whole queue.
+        force: rerun every stage up to ``targets`` in each experiment, ignoring DVC's run cache
+            (needed to sweep a param named ``size``, e.g. ``train.size``: see below).
 
     Returns:
         ``{"experiments": [rows], "best": row or None}``; a row has ``experiment``, ``rev``,
@@ -319,20 +335,31 @@ def cxr_sweep(
 
     Apply the best yourself: ``dvc exp apply <best>`` then commit (nothing is applied here).
 
+    DVC's run cache does not see params named ``size`` or ``nfiles`` (treeverse/dvc#10296): an
+    experiment that changes only ``train.size`` would silently get the baseline's model back. A
+    sweep over such a param is refused unless ``force`` is set.
+
     Raises:
-        ValueError: no overrides and no grid.
+        ValueError: no overrides and no grid, or a ``size`` param without ``force``.
     """
-    logger = get_run_logger()
     runs = [dict(o) for o in overrides or []] + expand_grid(grid)
     if not runs:
         raise ValueError("cxr-sweep: give overrides and/or a grid")
+    blind = sorted({k for run in runs for k in run_cache_blind(run)})
+    if blind and not force:
+        raise ValueError(
+            f"cxr-sweep: DVC's run cache ignores params named size/nfiles ({', '.join(blind)}; "
+            "treeverse/dvc#10296), so these experiments would reuse the baseline's outputs. "
+            "Run with force=True (--force) to rerun every stage of each experiment."
+        )
+    logger = get_run_logger()
     prefix = name or time.strftime("sweep-%m%d-%H%M%S")
     names = [f"{prefix}-{i}" for i in range(1, len(runs) + 1)]
     root = str(Path(repo).resolve())
     limit = ensure_concurrency_limit(workspace_limit_name(repo), 1)
     with concurrency(limit, occupy=1, strict=True):
         for exp_name, exp_overrides in zip(names, runs, strict=True):
-            queue_experiment(root, exp_name, exp_overrides, targets)
+            queue_experiment(root, exp_name, exp_overrides, targets, force)
         errors = run_queue(root, jobs, timeout_s)
         results = collect_experiments(root, names)
     rows = []
@@ -429,6 +456,9 @@ def parse_cli(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--jobs", type=int, default=1, help="experiments in parallel")
     parser.add_argument("--name", default=None, help="experiment name prefix")
     parser.add_argument("--timeout", type=float, default=None, help="seconds for the queue")
+    parser.add_argument(
+        "--force", action="store_true", help="rerun every stage, ignoring DVC's run cache"
+    )
     args = parser.parse_args(argv)
     grid = {}
     for axis in args.grid:
@@ -447,6 +477,7 @@ def parse_cli(argv: list[str] | None = None) -> dict[str, Any]:
         "jobs": args.jobs,
         "name": args.name,
         "timeout_s": args.timeout,
+        "force": args.force,
     }
 
 

@@ -18,6 +18,7 @@ from flows.sweep import (
     format_value,
     parse_cli,
     parse_exp_show,
+    run_cache_blind,
     set_params_args,
 )
 from tasks.artifacts import SWEEP_KEY, sweep_rows
@@ -71,6 +72,17 @@ def test_set_params_args():
     ]
 
 
+def test_a_size_param_is_refused_unless_forced():
+    # DVC's run cache leaves params named size/nfiles out of the stage hash (treeverse/dvc#10296)
+    assert run_cache_blind({"train.size": 96, "train.lr": 0.1, "train.batch_size": 8}) == [
+        "train.size"
+    ]
+    assert run_cache_blind({"params.yaml:preprocess.size": 224}) == ["params.yaml:preprocess.size"]
+    with pytest.raises(ValueError, match=r"ignores params named size/nfiles \(train.size"):
+        cxr_sweep.fn(grid={"train.size": [64, 96]}, repo=".")
+    assert parse_cli(["--grid", "train.size=64,96", "--force"])["force"] is True
+
+
 def test_cli_grid_and_experiments():
     params = parse_cli(
         [
@@ -94,6 +106,7 @@ def test_cli_grid_and_experiments():
         "jobs": 1,
         "name": None,
         "timeout_s": None,
+        "force": False,
     }
     with pytest.raises(SystemExit):
         parse_cli(["--repo", "."])  # nothing to sweep
@@ -214,3 +227,23 @@ def test_sweep_of_two_experiments_on_the_real_dag(prefect_harness, pipeline_repo
     assert [r["best"] for r in table].count("yes") == 1
     assert f"dvc exp apply {result['best']['experiment']}" in mine[0].description
     print(f"sweep of 2 experiments: {elapsed:.0f} s")
+
+
+def test_dvc_run_cache_is_blind_to_a_param_named_size(mini_dvc_repo):
+    """Why the sweep refuses `size` params: DVC restores stale outputs (treeverse/dvc#10296).
+
+    When this test fails, the installed DVC hashes such params again: drop RUN_CACHE_BLIND.
+    """
+    script = "import yaml\np = yaml.safe_load(open('params.yaml'))['make']\n"
+    script += "open('numbers.txt', 'w').write(f\"{p['size']} {p['count']}\")\n"
+    (mini_dvc_repo / "make.py").write_text(script)
+    params = mini_dvc_repo / "params.yaml"
+    params.write_text("make:\n  size: 3\n  count: 3\n")
+    assert dvc(mini_dvc_repo, "repro", "make").returncode == 0
+    params.write_text("make:\n  size: 5\n  count: 3\n")
+    out = dvc(mini_dvc_repo, "repro", "make")
+    assert "is cached - skipping run" in out.stdout
+    assert (mini_dvc_repo / "numbers.txt").read_text() == "3 3"  # stale: size 5 never ran
+    params.write_text("make:\n  size: 5\n  count: 4\n")  # any other param is seen
+    assert "Running stage 'make'" in dvc(mini_dvc_repo, "repro", "make").stdout
+    assert (mini_dvc_repo / "numbers.txt").read_text() == "5 4"
