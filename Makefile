@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
+export DVC_NO_ANALYTICS := 1
 # dvc.yaml's stage commands call `python`: the venv's
 export PATH := $(abspath $(BIN)):$(PATH)
 

@@ -13,7 +13,8 @@ else in the process:
   PTQ (x86 qconfig, same calibration batches), traced and frozen. torchao pt2e is not timed: it
   needs ``torchao`` and is fast only after a ~150 s ``torch.compile`` (DESIGN.md §6).
 
-Per image size (``--sizes``, default: the demo's ``preprocess.size`` from params.yaml, and 224):
+Per image size (``--sizes``, default: the demo's ``preprocess.image_size`` from params.yaml,
+and 224):
 when ``models/best.pt`` and ``data/prepared`` exist at that size, the trained model is used and
 each path's test macro AUROC is computed on up to ``--auroc-studies`` test studies; otherwise the
 model has random weights (AUROC n/a) and the inputs are smooth random images (int8 calibrated on
@@ -94,7 +95,7 @@ def smooth_batch(rng: np.random.Generator, n: int, size: int) -> Batch:
 def demo_size() -> int:
     try:
         params = yaml.safe_load((ROOT / "params.yaml").read_text())
-        return int(params["preprocess"]["size"])
+        return int(params["preprocess"]["image_size"])
     except (OSError, KeyError, TypeError, ValueError):
         return 128
 

@@ -92,7 +92,9 @@ def wait_healthy(api_url: str, timeout_s: float = 90.0) -> None:
 def local_server(port: int | None = None, home: Path | None = None) -> Iterator[str]:
     """Run ``prefect server start`` on 127.0.0.1 and yield its API URL; stop it on exit."""
     port = port or free_port()
-    env = os.environ | SERVER_ENV
+    api = f"http://127.0.0.1:{port}/api"
+    # the UI calls the API at PREFECT_UI_API_URL (default :4200): point it at this port
+    env = os.environ | SERVER_ENV | {"PREFECT_UI_API_URL": api}
     if home is not None:
         env["PREFECT_HOME"] = str(home)
     prefect = Path(sys.executable).with_name("prefect")
@@ -102,7 +104,6 @@ def local_server(port: int | None = None, home: Path | None = None) -> Iterator[
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    api = f"http://127.0.0.1:{port}/api"
     try:
         wait_healthy(api)
         yield api

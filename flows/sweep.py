@@ -327,7 +327,8 @@ def cxr_sweep(
             ``<prefix>-<i>``.
         timeout_s: wall-clock limit for running the whole queue.
         force: rerun every stage up to ``targets`` in each experiment, ignoring DVC's run cache
-            (needed to sweep a param named ``size``, e.g. ``train.size``: see below).
+            (needed to sweep a param named ``size``: see below; this project names them
+            ``image_size``, which DVC sees).
 
     Returns:
         ``{"experiments": [rows], "best": row or None}``; a row has ``experiment``, ``rev``,
@@ -336,7 +337,7 @@ def cxr_sweep(
     Apply the best yourself: ``dvc exp apply <best>`` then commit (nothing is applied here).
 
     DVC's run cache does not see params named ``size`` or ``nfiles`` (treeverse/dvc#10296): an
-    experiment that changes only ``train.size`` would silently get the baseline's model back. A
+    experiment that changes only such a param would silently get the baseline's model back. A
     sweep over such a param is refused unless ``force`` is set.
 
     Raises:

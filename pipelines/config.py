@@ -28,7 +28,10 @@ class ConfigError(ValueError):
 class StageParams(BaseModel):
     """Base of every stage's params: unknown keys are errors, values are validated."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Python code may pass a field by name (`size=`); params.yaml goes by alias (`image_size`)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True
+    )
 
 
 class BaseParams(StageParams):
@@ -60,6 +63,11 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     return data
 
 
+#: Keys DVC's run cache drops from a stage's hash at any depth (treeverse/dvc#10296): a param
+#: named like this could change without its stage rerunning, so params.yaml never uses them.
+RUN_CACHE_BLIND_KEYS: tuple[str, ...] = ("size", "nfiles")
+
+
 def parse_section(cls: type[T], name: str, params: dict[str, Any], source: str = "params") -> T:
     """Validate ``params[name]`` against ``cls``.
 
@@ -69,8 +77,17 @@ def parse_section(cls: type[T], name: str, params: dict[str, Any], source: str =
     raw = params.get(name) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: section '{name}' must be a mapping")
+    blind = sorted(set(raw) & set(RUN_CACHE_BLIND_KEYS))
+    if blind:
+        key = blind[0]
+        raise ConfigError(
+            f"{source}: {name}.{key}: a param may not be named '{key}' (DVC's run cache leaves "
+            f"such keys out of the stage hash and would reuse stale outputs, treeverse/dvc#10296)"
+            + (f"; use {name}.image_size" if key == "size" else "")
+        )
     try:
-        return cls.model_validate(raw)
+        # by alias only: a params file says `image_size`, Python code may say `size=`
+        return cls.model_validate(raw, by_alias=True, by_name=False)
     except ValidationError as exc:
         problems = "; ".join(
             f"{name}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()

@@ -2,7 +2,7 @@
 
 Every study's frontal and lateral image is decoded once (:mod:`pipelines.imaging`: modality and
 VOI LUT, MONOCHROME1 inverted, aspect kept by black padding, antialiased resize to
-``preprocess.size``) and stored with its labels in shards (:mod:`pipelines.data` layout), so
+``preprocess.image_size``) and stored with its labels in shards (:mod:`pipelines.data` layout), so
 training never decodes an image and every run that changes only training params reuses them.
 
 - Parallel: a process pool (``workers``, 0 = every core; forked on Linux) decodes ``chunk``
@@ -75,7 +75,7 @@ class PreprocessParams(StageParams):
 
     studies: str = "data/studies/studies.parquet"
     data_root: str | None = None  # None: the table's attrs["data_root"]
-    size: int = Field(128, ge=8, le=2048)
+    size: int = Field(128, ge=8, le=2048, alias="image_size")
     shard_size: int = Field(512, ge=1)  # studies per shard (buffer: shard_size * 2 * size**2 B)
     workers: int = Field(0, ge=0)  # 0 = all cores
     chunk: int = Field(8, ge=1)  # studies per worker task

@@ -971,7 +971,7 @@ class SynthesizeParams(StageParams):
     out: Path = Path("data/raw/synthetic")
     studies: int = Field(1200, ge=1)
     max_studies_per_patient: int = Field(3, ge=1)
-    size: int = Field(256, ge=32, le=4096)
+    size: int = Field(256, ge=32, le=4096, alias="image_size")
     prevalence: float | dict[str, float] = 0.2
     lateral_missing: float = Field(0.1, ge=0.0, le=1.0)
     seed: int = 7

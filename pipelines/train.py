@@ -84,7 +84,8 @@ class TrainParams(StageParams):
     metrics: str = "metrics/train.json"
     live: str = "dvclive/train"
     tensorboard: str = "runs/train"
-    size: int | None = Field(64, ge=MIN_SIZE)  # input px, resized on the fly; null = prepared
+    # input px, resized on the fly; null = the prepared size
+    size: int | None = Field(64, ge=MIN_SIZE, alias="image_size")
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(16, ge=2)
     lr: float = Field(2e-3, gt=0)

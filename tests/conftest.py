@@ -15,6 +15,7 @@ REAL_CXR = ROOT.parent / "shared" / "real-cxr"
 os.environ.setdefault("CXR_SALT", "test-salt-not-secret")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
 @pytest.fixture
@@ -85,9 +86,9 @@ def mini_dvc_repo(tmp_path: Path) -> Path:
 # --------------------------------------------------------------------------------------------
 
 TINY_PARAMS: dict[str, dict] = {
-    "synthesize": {"studies": 150, "size": 64},
-    "preprocess": {"size": 64},
-    "train": {"size": 64, "epochs": 1, "progress": False, "deterministic": False},
+    "synthesize": {"studies": 150, "image_size": 64},
+    "preprocess": {"image_size": 64},
+    "train": {"image_size": 64, "epochs": 1, "progress": False, "deterministic": False},
     "evaluate": {"bootstrap_resamples": 200},
     "export": {"calibration_studies": 16},
 }

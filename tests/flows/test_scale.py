@@ -18,7 +18,7 @@ from tests.pipelines.test_preprocess import assert_same_prepared, make_dataset
 
 pytestmark = pytest.mark.slow
 
-PARAMS = {"size": 32, "shard_size": 2, "workers": 1, "grid": 4}
+PARAMS = {"image_size": 32, "shard_size": 2, "workers": 1, "grid": 4}
 DVC_YAML = """stages:
   preprocess:
     cmd: python -m pipelines.preprocess

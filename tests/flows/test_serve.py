@@ -67,12 +67,12 @@ PHI_TAGS = (
 def server(tmp_path_factory) -> Iterator[str]:
     """One real ``prefect server start`` on a free loopback port for the module."""
     home = tmp_path_factory.mktemp("prefect-server")
-    port = free_port()
-    with pytest.MonkeyPatch.context() as env:
-        # the UI asks the API at PREFECT_UI_API_URL, which defaults to port 4200, not --port
-        env.setenv("PREFECT_UI_API_URL", f"http://127.0.0.1:{port}/api")
-        with local_server(port=port, home=home) as api, temporary_settings({PREFECT_API_URL: api}):
-            yield api
+    # local_server points the UI at its own port (the screenshot test shows it reaching the API)
+    with (
+        local_server(port=free_port(), home=home) as api,
+        temporary_settings({PREFECT_API_URL: api}),
+    ):
+        yield api
 
 
 @contextmanager

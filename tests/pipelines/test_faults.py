@@ -108,7 +108,7 @@ def test_sigkill_mid_preprocess_then_rerun_equals_uninterrupted(
     studies.to_parquet(table)
     section = {
         "studies": str(table),
-        "size": SIZE,
+        "image_size": SIZE,
         "shard_size": 2,  # 30 shards: the kill lands long before the last
         "workers": 1,
         "grid": 2,

@@ -194,8 +194,8 @@ def test_bad_inputs_are_user_errors(dataset, tmp_path):
         preprocess_studies(bad, root, tmp_path / "o", params())
     with pytest.raises(UserError, match="studies table not found"):
         run_preprocess(params(studies=str(tmp_path / "nope.parquet")))
-    with pytest.raises(ConfigError, match=r"preprocess\.size"):
-        parse_section(PreprocessParams, "preprocess", {"preprocess": {"size": 2}})
+    with pytest.raises(ConfigError, match=r"preprocess\.image_size"):
+        parse_section(PreprocessParams, "preprocess", {"preprocess": {"image_size": 2}})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,7 +342,7 @@ def test_cli_part_and_merge(dataset, tmp_path, monkeypatch, capsys):
 
     studies, _ = dataset
     studies.to_parquet(tmp_path / "studies.parquet")
-    section = params(studies="studies.parquet").model_dump()
+    section = params(studies="studies.parquet").model_dump(by_alias=True)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"preprocess": section}))
     monkeypatch.chdir(tmp_path)
     main(["--part", "1", "--parts", "2", "--workers", "1"])

@@ -400,7 +400,7 @@ def test_params_validation():
 def test_main_writes_the_summary_metrics(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path("params.yaml").write_text(
-        "synthesize:\n  out: data/raw/synthetic\n  studies: 3\n  size: 32\n  workers: 1\n"
+        "synthesize:\n  out: data/raw/synthetic\n  studies: 3\n  image_size: 32\n  workers: 1\n"
     )
     main()
     summary = json.loads(Path("metrics/synthesize.json").read_text())

@@ -201,7 +201,7 @@ def test_train_writes_outputs_and_the_logged_auroc_is_the_best_models(tmp_path):
 
 
 def _write_stage(tmp: Path, params: TrainParams, resume: bool = False) -> Path:
-    raw = {"base": {"seed": 5}, "train": params.model_dump() | {"resume": resume}}
+    raw = {"base": {"seed": 5}, "train": params.model_dump(by_alias=True) | {"resume": resume}}
     (tmp / "params.yaml").write_text(yaml.safe_dump(raw))
     return tmp
 
