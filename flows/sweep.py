@@ -437,6 +437,7 @@ def parse_cli(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         prog="python -m flows.sweep",
         description="Queue params overrides as DVC experiments, run them, compare them.",
+        epilog="Nothing is applied to the workspace: adopt the best with `dvc exp apply <name>`.",
     )
     parser.add_argument(
         "--grid",

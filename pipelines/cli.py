@@ -193,6 +193,17 @@ def run(
     _echo_summary(outcome)
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def sweep(ctx: typer.Context) -> None:
+    """Run params sweeps as DVC experiments (the `cxr-sweep` flow); see `cxr sweep --help`."""
+    from flows.sweep import main as sweep_main
+
+    sweep_main(list(ctx.args))
+
+
 @app.command()
 def serve() -> None:
     """Start a local Prefect server (127.0.0.1:4200) and serve the scheduled pipeline."""

@@ -194,6 +194,25 @@ def test_cxr_predict_reads_a_dicom_study_with_the_exported_model(pipeline_repo: 
             assert finding["positive"] == (finding["probability"] >= finding["threshold"])
 
 
+def test_cxr_report_rerenders_the_stage_report_without_the_model(pipeline_repo: Path) -> None:
+    cxr = Path(sys.executable).with_name("cxr")
+    proc = subprocess.run(
+        [str(cxr), "report", "--out", "outputs/rerendered"],
+        cwd=pipeline_repo,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    stage = json.loads((pipeline_repo / "metrics/evaluate.json").read_text())
+    again = json.loads((pipeline_repo / "outputs/rerendered/metrics.json").read_text())
+    # same predictions, resamples and seed: the same figures
+    for key in ("macro_auroc", "macro_auroc_lo", "macro_auroc_hi"):
+        assert again[key] == stage[key]
+    assert (pipeline_repo / "outputs/rerendered/report.html").stat().st_size > 10_000
+    shutil.rmtree(pipeline_repo / "outputs/rerendered")
+
+
 def test_a_second_clone_pulls_the_same_results_from_the_remote(
     pipeline_repo: Path, tmp_path: Path
 ) -> None:

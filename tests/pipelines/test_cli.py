@@ -60,3 +60,21 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: ") and "bad.csv" in proc.stderr
+
+
+def test_sweep_passes_its_arguments_to_the_sweep_flow():
+    result = runner.invoke(app, ["sweep", "--help"])
+    assert result.exit_code == 0
+    assert "--grid KEY=V1,V2,..." in result.output and "dvc exp apply" in result.output
+
+
+def test_predict_and_report_name_what_is_missing(tmp_path):
+    missing = tmp_path / "nope"
+    result = runner.invoke(app, ["predict", str(missing), "--model", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: ") and "Traceback" not in result.output
+    result = runner.invoke(
+        app, ["report", "--out", str(tmp_path / "r"), "--predictions", str(missing)]
+    )
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {missing}: predictions file not found"
