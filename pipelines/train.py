@@ -54,6 +54,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, S
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 from tqdm import tqdm
 
+from pipelines.augment import AugmentParams, OnlineAugment
 from pipelines.config import BaseParams, ConfigError, StageParams, load_params, parse_section
 from pipelines.data import INDEX_FILE, ShardDataset, make_loader
 from pipelines.io import atomic_path, write_json
@@ -107,6 +108,9 @@ class TrainParams(StageParams):
     resume: bool = False
     progress: bool = True
     seed: int | None = None  # null = base.seed
+    # apply the `augment` section's policy to every training batch on the device (fresh draws
+    # each epoch; the augment stage's offline copies still join the train split when present)
+    online_augment: bool = False
     model: ModelParams = ModelParams(view_dropout=0.2)
 
 
@@ -246,6 +250,7 @@ class Trainer:
     grad_clip: float = 0.0
     rank: int = 0
     world: int = 1
+    augment: nn.Module | None = None  # online augmentation of training batches (uint8 in)
     scaler: torch.amp.GradScaler = field(init=False)
 
     def __post_init__(self) -> None:
@@ -263,24 +268,32 @@ class Trainer:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """uint8 batch -> normalised, resized (channels_last) views, mask and labels on device."""
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+    def inputs(
+        self, batch: dict[str, torch.Tensor], augment: bool = False
+    ) -> tuple[torch.Tensor, ...]:
+        """uint8 batch -> normalised, resized (channels_last) views, mask and labels on device.
 
-        def view(key: str) -> torch.Tensor:
+        With ``augment`` and an online policy, each view is augmented first (a missing lateral
+        stays blank); validation never asks for it.
+        """
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        has_lateral = batch["has_lateral"].to(self.device, non_blocking=True)
+
+        def view(key: str, mask: torch.Tensor | None = None) -> torch.Tensor:
             x = batch[key].to(self.device, non_blocking=True)
+            if augment and self.augment is not None:
+                x = self.augment(x, mask) * 255.0  # [0, 1] floats back to the uint8 scale
             return to_model_input(x, self.size).contiguous(memory_format=fmt)
 
         frontal = view("frontal")
         frontal_only = getattr(self.net, "fusion", None) == "frontal"
-        lateral = frontal if frontal_only else view("lateral")  # frontal-only ignores it
-        has_lateral = batch["has_lateral"].to(self.device, non_blocking=True)
+        lateral = frontal if frontal_only else view("lateral", has_lateral.bool())
         labels = batch["labels"].to(self.device, non_blocking=True)
         return frontal, lateral, has_lateral, labels
 
     def step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One optimisation step; returns the (detached) loss."""
-        frontal, lateral, has_lateral, labels = self.inputs(batch)
+        frontal, lateral, has_lateral, labels = self.inputs(batch, augment=True)
         with self.autocast():
             logits = self.model(frontal, lateral, has_lateral)
         loss = self.loss_fn(logits.float(), labels)
@@ -548,12 +561,13 @@ def _compatible(saved: dict[str, Any], params: TrainParams, path: Path) -> None:
         )
 
 
-def train(params: TrainParams, seed: int) -> TrainResult:
+def train(params: TrainParams, seed: int, augment: AugmentParams | None = None) -> TrainResult:
     """Train (or resume), keep the best epoch by validation macro AUROC, write the outputs.
 
     Args:
         params: the ``train`` section.
         seed: the run's seed (``train.seed`` or ``base.seed``); rank r seeds with ``seed + r``.
+        augment: the policy for ``params.online_augment`` (default: the augment defaults).
 
     Raises:
         UserError: missing or empty prepared data, a checkpoint that does not fit the params.
@@ -568,7 +582,7 @@ def train(params: TrainParams, seed: int) -> TrainResult:
         torch.backends.cudnn.benchmark,
     )
     try:
-        return _train(params, seed, rt)
+        return _train(params, seed, rt, augment)
     finally:  # leave the process as we found it (tests and notebooks call this in-process)
         torch.set_num_threads(saved[0])
         torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
@@ -577,7 +591,9 @@ def train(params: TrainParams, seed: int) -> TrainResult:
             dist.destroy_process_group()
 
 
-def _train(params: TrainParams, seed: int, rt: Runtime) -> TrainResult:
+def _train(
+    params: TrainParams, seed: int, rt: Runtime, augment: AugmentParams | None = None
+) -> TrainResult:
     started = time.perf_counter()
     if params.threads:
         torch.set_num_threads(params.threads)
@@ -610,6 +626,9 @@ def _train(params: TrainParams, seed: int, rt: Runtime) -> TrainResult:
         params.grad_clip,
         rt.rank,
         rt.world,
+        OnlineAugment.from_params(augment or AugmentParams()).to(rt.device)
+        if params.online_augment
+        else None,
     )
 
     ckpt_dir = Path(params.out) / "checkpoints"
@@ -807,7 +826,8 @@ def main(argv: list[str] | None = None) -> None:
         base = parse_section(BaseParams, "base", raw, "params.yaml")
         params = parse_section(TrainParams, args.section, raw, "params.yaml")
         seed = base.seed if params.seed is None else params.seed
-        return train(params, seed).summary
+        policy = parse_section(AugmentParams, "augment", raw, "params.yaml")
+        return train(params, seed, policy if params.online_augment else None).summary
 
     run_stage(go)
 

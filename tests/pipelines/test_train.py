@@ -335,3 +335,45 @@ def test_main_refuses_an_unknown_section(tmp_path, monkeypatch, capsys):
         main(["--section", "train_typo"])
     assert exc.value.code == 2
     assert "params.yaml: no section 'train_typo'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- online augmentation
+
+
+def test_online_augment_changes_training_inputs_only_and_keeps_missing_laterals_blank():
+    from pipelines.augment import OnlineAugment
+    from pipelines.model import build_model
+    from pipelines.train import Trainer
+
+    torch.manual_seed(0)
+    model = build_model(ModelParams())
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    policy = OnlineAugment(rotation_deg=10.0, noise_std=0.05)
+    trainer = Trainer(model, opt, sched, torch.nn.BCEWithLogitsLoss(), torch.device("cpu"))
+    trainer.augment = policy.train()
+    rng = np.random.default_rng(0)
+    batch = {
+        "frontal": torch.from_numpy(rng.integers(30, 220, (4, 1, SIZE, SIZE), dtype=np.uint8)),
+        "lateral": torch.from_numpy(rng.integers(30, 220, (4, 1, SIZE, SIZE), dtype=np.uint8)),
+        "has_lateral": torch.tensor([True, True, False, True]),
+        "labels": torch.zeros(4, len(FINDINGS)),
+    }
+    batch["lateral"][2] = 0  # a missing lateral is stored blank
+    plain = trainer.inputs(batch)
+    again = trainer.inputs(batch)
+    augmented = trainer.inputs(batch, augment=True)
+    for a, b in zip(plain, again, strict=True):  # validation path: deterministic, untouched
+        assert torch.equal(a, b)
+    assert not torch.allclose(augmented[0], plain[0])  # frontal augmented
+    assert not torch.allclose(augmented[1][[0, 1, 3]], plain[1][[0, 1, 3]])
+    torch.testing.assert_close(augmented[1][2], plain[1][2])  # the missing lateral stays blank
+    assert torch.equal(augmented[3], plain[3])
+
+
+def test_train_with_online_augment(tmp_path):
+    make_prepared(tmp_path / "data/prepared", {"train": 8, "val": 6})
+    params = tiny_params(tmp_path, precision="fp32", epochs=1, online_augment=True)
+    summary = train(params, seed=3).summary
+    assert summary["epochs_run"] == 1 and summary["train_pairs"] == 8
+    assert (tmp_path / "models/best.pt").is_file()
