@@ -58,11 +58,14 @@ def read_stage_graph(repo: str | Path = ".", targets: list[str] | None = None) -
         ValueError: a target is not a stage of the repository.
     """
     from dvc.repo import Repo
+    from dvc.stage import PipelineStage
 
     with Repo(str(repo)) as dvc_repo:
-        graph = dvc_repo.index.graph  # edges: stage -> the stage it depends on
+        # dvc.yaml's stages only: a `dvc add`ed input (a .dvc file) is data, not a task
+        stages = [s for s in dvc_repo.index.stages if isinstance(s, PipelineStage)]
+        graph = dvc_repo.index.graph.subgraph(stages)  # edges: stage -> the stage it needs
         names = {stage: stage.name for stage in graph.nodes}
-        position = {stage.name: i for i, stage in enumerate(dvc_repo.index.stages)}
+        position = {stage.name: i for i, stage in enumerate(stages)}
         dag = nx.relabel_nodes(graph, names).reverse()  # edges: dependency -> dependent
     if targets:
         unknown = sorted(set(targets) - set(dag.nodes))

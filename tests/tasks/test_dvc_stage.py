@@ -34,6 +34,19 @@ def test_graph_targets_keep_only_upstream(mini_dvc_repo):
         read_stage_graph(mini_dvc_repo, ["nope"])
 
 
+def test_graph_leaves_dvc_added_inputs_out(mini_dvc_repo):
+    """A `dvc add`ed raw input is a .dvc file stage: data for the DAG, never a task."""
+    from tests.conftest import dvc
+
+    raw = mini_dvc_repo / "raw"
+    raw.mkdir()
+    (raw / "a.txt").write_text("1\n")
+    assert dvc(mini_dvc_repo, "add", "raw").returncode == 0
+    dvc_yaml = mini_dvc_repo / "dvc.yaml"
+    dvc_yaml.write_text(dvc_yaml.read_text().replace("deps: [make.py]", "deps: [make.py, raw]"))
+    assert [s.name for s in read_stage_graph(mini_dvc_repo)] == ["make", "count"]
+
+
 def test_stream_then_up_to_date(mini_dvc_repo):
     logger = logging.getLogger("test")
     assert not stage_is_up_to_date("make", mini_dvc_repo)
