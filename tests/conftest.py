@@ -18,6 +18,36 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
+#: DICOM header keywords that identify a patient or study: never in any output, log or artifact.
+PHI_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "AccessionNumber",
+    "InstitutionName",
+    "ReferringPhysicianName",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+)
+
+
+def dicom_phi_values(folder: Path) -> set[str]:
+    """The identifying header values of every DICOM below ``folder`` (and name parts of 4+
+    letters): what a PHI scan of the outputs must never find."""
+    import pydicom
+
+    values: set[str] = set()
+    for path in sorted(folder.rglob("*.dcm")):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        for keyword in PHI_KEYWORDS:
+            value = str(ds.get(keyword, "") or "").strip()
+            if len(value) >= 4:
+                values.add(value)
+                values.update(p for p in value.split("^") if len(p) >= 4)
+    return values
+
+
 @pytest.fixture
 def real_cxr() -> Path:
     """``../shared/real-cxr`` beside the checkout; skips the test when it is absent."""

@@ -48,19 +48,11 @@ from tasks.artifacts import (
     EXPORT_PARITY_KEY,
     LATERAL_GAIN_KEY,
 )
+from tests.conftest import dicom_phi_values
 
 pytestmark = pytest.mark.slow
 
 STAGES = ["synthesize", "ingest", "pair", "preprocess", "augment", "train", "evaluate", "export"]
-PHI_TAGS = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "AccessionNumber",
-    "InstitutionName",
-    "StudyInstanceUID",
-    "SOPInstanceUID",
-)
 
 
 @pytest.fixture(scope="module")
@@ -258,23 +250,8 @@ def test_real_dag_run_publishes_the_artifacts(real_dag_run):
         assert parity[fmt]["max_abs_dprob"] <= parity[fmt]["tol_max_abs_dprob"]
 
 
-def _phi_values(repo: Path) -> set[str]:
-    """Identifying header values of the synthetic DICOM inputs (what must never show)."""
-    import pydicom
-
-    values: set[str] = set()
-    for path in sorted((repo / "data" / "raw" / "synthetic").rglob("*.dcm")):
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        for tag in PHI_TAGS:
-            value = str(ds.get(tag, "") or "").strip()
-            if len(value) >= 4:
-                values.add(value)
-                values.update(p for p in value.split("^") if len(p) >= 4)  # name parts
-    return values
-
-
 def test_no_phi_in_the_artifacts_or_logs(real_dag_run):
-    phi = _phi_values(real_dag_run.repo)
+    phi = dicom_phi_values(real_dag_run.repo / "data" / "raw" / "synthetic")
     assert len(phi) > 100  # names, ids, accession numbers, birth dates, institutions, UIDs
     texts = [
         f"{a.key}\n{a.description}\n{a.data if isinstance(a.data, str) else json.dumps(a.data)}"
