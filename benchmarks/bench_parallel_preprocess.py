@@ -174,7 +174,7 @@ def main() -> None:
         studies = pd.read_parquet(table)
         work = tmp / "work"
         work.mkdir()
-        section = {"studies": str(table), "size": args.size, "out": "prepared"}
+        section = {"studies": str(table), "image_size": args.size, "out": "prepared"}
         (work / "params.yaml").write_text(yaml.safe_dump({"preprocess": section}))
 
         single: list[tuple[float, float, int]] = []
