@@ -341,26 +341,25 @@ def class_counts(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (y == 1).sum(0), (y == 0).sum(0), np.isnan(y).sum(0)
 
 
-def auroc_per_finding(y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """scikit-learn AUROC per finding, NaN labels excluded; NaN where not estimable."""
+def _per_finding(score: Any, y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """``score(y, p)`` per finding column, NaN labels excluded; NaN where one class only."""
     y, p = _matrix_inputs(y, p)
     out = np.full(y.shape[1], np.nan)
     for f in range(y.shape[1]):
         keep = ~np.isnan(y[:, f])
         if len(np.unique(y[keep, f])) == 2:
-            out[f] = roc_auc_score(y[keep, f], p[keep, f])
+            out[f] = score(y[keep, f], p[keep, f])
     return out
+
+
+def auroc_per_finding(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """scikit-learn AUROC per finding, NaN labels excluded; NaN where not estimable."""
+    return _per_finding(roc_auc_score, y, p)
 
 
 def auprc_per_finding(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     """scikit-learn average precision per finding, NaN labels excluded; NaN where not estimable."""
-    y, p = _matrix_inputs(y, p)
-    out = np.full(y.shape[1], np.nan)
-    for f in range(y.shape[1]):
-        keep = ~np.isnan(y[:, f])
-        if len(np.unique(y[keep, f])) == 2:
-            out[f] = average_precision_score(y[keep, f], p[keep, f])
-    return out
+    return _per_finding(average_precision_score, y, p)
 
 
 def micro_auroc(y: np.ndarray, p: np.ndarray) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -134,14 +135,17 @@ def test_predictions_have_both_modes_for_val_and_test(stage_run):
     assert list(dual["study_key"]) == list(ds.meta["study_key"])
 
 
-def test_scores_equal_a_direct_model_call_and_masking_only_changes_lateral_studies(stage_run):
-    tmp, params, model, _ = stage_run
-    pred = pd.read_parquet(tmp / "outputs" / "predictions.parquet")
+def _stage_and_direct_scores(
+    outputs: Path, prepared: str, model: torch.nn.Module
+) -> tuple[np.ndarray, ...]:
+    """Test-split probabilities from the stage (dual, frontal-only) and from calling the model
+    directly (with the lateral, and with it masked as the stage does), plus ``has_lateral``."""
+    pred = pd.read_parquet(outputs / "predictions.parquet")
     test = pred[pred["split"] == "test"]
     pcols = [f"p_{f}" for f in FINDINGS]
     dual = test[test["mode"] == "dual"][pcols].to_numpy()
     front = test[test["mode"] == "frontal_only"][pcols].to_numpy()
-    ds = ShardDataset(params.prepared, "test")
+    ds = ShardDataset(prepared, "test")
     x_f = to_model_input(torch.from_numpy(_images(ds, 0)), SIZE)
     x_l = to_model_input(torch.from_numpy(_images(ds, 1)), SIZE)
     blank = to_model_input(torch.zeros_like(torch.from_numpy(_images(ds, 1))), SIZE)
@@ -149,9 +153,16 @@ def test_scores_equal_a_direct_model_call_and_masking_only_changes_lateral_studi
         want_dual = torch.sigmoid(model(x_f, x_l, torch.from_numpy(ds.has_lateral))).numpy()
         off = torch.zeros(len(ds), dtype=torch.bool)
         want_front = torch.sigmoid(model(x_f, blank, off)).numpy()
+    return dual, front, want_dual, want_front, ds.has_lateral
+
+
+def test_scores_equal_a_direct_model_call_and_masking_only_changes_lateral_studies(stage_run):
+    tmp, params, model, _ = stage_run
+    dual, front, want_dual, want_front, lateral = _stage_and_direct_scores(
+        tmp / "outputs", params.prepared, model
+    )
     np.testing.assert_allclose(dual, want_dual, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(front, want_front, rtol=1e-5, atol=1e-6)
-    lateral = ds.has_lateral
     np.testing.assert_array_equal(dual[~lateral], front[~lateral])
     assert np.abs(dual[lateral] - front[lateral]).max() > 1e-4
 
@@ -213,22 +224,11 @@ def test_real_checkpoint_end_to_end(tmp_path):
     model = _write_checkpoint(tmp_path / "best.pt")
     params = _params(tmp_path, bootstrap_resamples=20)
     evaluate(params, versions={})
-    pred = pd.read_parquet(tmp_path / "outputs" / "predictions.parquet")
-    test = pred[pred["split"] == "test"]
-    pcols = [f"p_{f}" for f in FINDINGS]
-    dual = test[test["mode"] == "dual"][pcols].to_numpy()
-    front = test[test["mode"] == "frontal_only"][pcols].to_numpy()
-    ds = ShardDataset(params.prepared, "test")
-    x_f = to_model_input(torch.from_numpy(_images(ds, 0)), SIZE)
-    x_l = to_model_input(torch.from_numpy(_images(ds, 1)), SIZE)
-    blank = to_model_input(torch.zeros_like(torch.from_numpy(_images(ds, 1))), SIZE)
-    with torch.no_grad():
-        want_dual = torch.sigmoid(model(x_f, x_l, torch.from_numpy(ds.has_lateral))).numpy()
-        off = torch.zeros(len(ds), dtype=torch.bool)
-        want_front = torch.sigmoid(model(x_f, blank, off)).numpy()
+    dual, front, want_dual, want_front, lateral = _stage_and_direct_scores(
+        tmp_path / "outputs", params.prepared, model
+    )
     np.testing.assert_allclose(dual, want_dual, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(front, want_front, rtol=1e-4, atol=1e-5)
-    lateral = ds.has_lateral
     np.testing.assert_allclose(dual[~lateral], front[~lateral], rtol=1e-5, atol=1e-6)
     assert np.abs(dual[lateral] - front[lateral]).max() > 1e-5
 
