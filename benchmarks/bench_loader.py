@@ -30,12 +30,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pipelines.data import ShardDataset, make_loader, shard_name, write_index, write_shard
+from pipelines.data import (
+    ShardDataset,
+    make_loader,
+    shard_meta,
+    shard_name,
+    write_index,
+    write_shard,
+)
 from pipelines.labels import FINDINGS
 
 
@@ -46,10 +52,9 @@ def write_random_shards(root: Path, n: int, size: int, shard_size: int = 512) ->
         m = min(shard_size, n - lo)
         images = rng.integers(0, 256, size=(m, 2, size, size), dtype=np.uint8)
         labels = rng.choice([0.0, 1.0, np.nan], size=(m, len(FINDINGS)), p=[0.7, 0.2, 0.1])
-        meta = pd.DataFrame(labels.astype(np.float32), columns=list(FINDINGS))
-        meta.insert(0, "has_lateral", rng.random(m) < 0.9)
-        meta.insert(0, "patient_key", [f"p{lo + i}" for i in range(m)])
-        meta.insert(0, "study_key", [f"s{lo + i}" for i in range(m)])
+        keys = range(lo, lo + m)
+        lateral = rng.random(m) < 0.9
+        meta = shard_meta([f"s{i}" for i in keys], [f"p{i}" for i in keys], lateral, labels)
         entries.append(write_shard(root, shard_name("train", k), images, meta))
     write_index(root, size, {"train": entries, "val": [], "test": []})
 

@@ -27,11 +27,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from pipelines.data import ShardDataset, make_loader, shard_name, write_index, write_shard
+from pipelines.data import (
+    ShardDataset,
+    make_loader,
+    shard_meta,
+    shard_name,
+    write_index,
+    write_shard,
+)
 from pipelines.labels import FINDINGS
 from pipelines.losses import build_loss
 from pipelines.model import ModelParams, build_model
@@ -44,10 +50,7 @@ def make_shards(root: Path, n: int, size: int, seed: int = 0) -> Path:
     images = rng.integers(0, 256, (n, 2, size, size), dtype=np.uint8)
     labels = (rng.random((n, len(FINDINGS))) < 0.2).astype(np.float32)
     labels[rng.random(labels.shape) < 0.1] = np.nan
-    meta = pd.DataFrame(labels, columns=list(FINDINGS))
-    meta.insert(0, "study_key", [f"s{i}" for i in range(n)])
-    meta.insert(1, "patient_key", [f"p{i}" for i in range(n)])
-    meta.insert(2, "has_lateral", True)
+    meta = shard_meta([f"s{i}" for i in range(n)], [f"p{i}" for i in range(n)], True, labels)
     write_index(root, size, {"train": [write_shard(root, shard_name("train", 0), images, meta)]})
     return root
 

@@ -55,6 +55,24 @@ def shard_name(split: str, number: int) -> str:
     return f"{split}-{number:05d}"
 
 
+def shard_meta(
+    study_keys: Sequence[str],
+    patient_keys: Sequence[str],
+    has_lateral: np.ndarray | Sequence[bool] | bool,
+    labels: np.ndarray,
+) -> pd.DataFrame:
+    """A shard's meta frame: :data:`META_COLUMNS` in order, one row per study.
+
+    ``labels`` is (N, len(FINDINGS)) with NaN for "not annotated"; ``has_lateral`` may be one
+    bool for every study.
+    """
+    meta = pd.DataFrame(np.asarray(labels, dtype=np.float32), columns=list(FINDINGS))
+    meta.insert(0, "study_key", list(study_keys))
+    meta.insert(1, "patient_key", list(patient_keys))
+    meta.insert(2, "has_lateral", has_lateral)
+    return meta
+
+
 def write_shard(out_dir: str | Path, name: str, images: np.ndarray, meta: pd.DataFrame) -> dict:
     """Write one shard atomically (images first, meta last) and return its index entry.
 

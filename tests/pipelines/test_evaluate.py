@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pipelines.data import ShardDataset, shard_name, write_index, write_shard
+from pipelines.data import ShardDataset, shard_meta, shard_name, write_index, write_shard
 from pipelines.evaluate import (
     EvaluateParams,
     evaluate,
@@ -36,10 +36,9 @@ def _write_prepared(root, counts={"train": 4, "val": 14, "test": 18}, seed=0):  
         images[~has_lateral, 1] = 0
         labels = (rng.random((n, len(FINDINGS))) < 0.4).astype(np.float32)
         labels[rng.random(labels.shape) < 0.1] = np.nan
-        meta = pd.DataFrame(labels, columns=list(FINDINGS))
-        meta.insert(0, "study_key", [f"{split}-s{i:03d}" for i in range(n)])
-        meta.insert(1, "patient_key", [f"{split}-p{i // 2:03d}" for i in range(n)])
-        meta.insert(2, "has_lateral", has_lateral)
+        studies = [f"{split}-s{i:03d}" for i in range(n)]
+        patients = [f"{split}-p{i // 2:03d}" for i in range(n)]
+        meta = shard_meta(studies, patients, has_lateral, labels)
         splits[split] = [write_shard(root, shard_name(split, 0), images, meta)]
     write_index(root, SIZE, splits)
 

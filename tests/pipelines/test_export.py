@@ -8,14 +8,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from pipelines.config import ConfigError, parse_section
-from pipelines.data import shard_name, write_index, write_shard
+from pipelines.data import shard_meta, shard_name, write_index, write_shard
 from pipelines.export import (
     FILES,
     CXRInference,
@@ -84,10 +83,9 @@ def make_prepared(root: Path, size: int = SIZE, counts: dict | None = None) -> P
         images[~has_lateral, 1] = 0
         labels = (rng.random((n, len(FINDINGS))) < 0.4).astype(np.float32)
         labels[rng.random(labels.shape) < 0.1] = np.nan
-        meta = pd.DataFrame(labels, columns=list(FINDINGS))
-        meta.insert(0, "study_key", [f"{PLANTED}-s{i}" for i in range(n)])
-        meta.insert(1, "patient_key", [f"{PLANTED}-p{i}" for i in range(n)])
-        meta.insert(2, "has_lateral", has_lateral)
+        studies = [f"{PLANTED}-s{i}" for i in range(n)]
+        patients = [f"{PLANTED}-p{i}" for i in range(n)]
+        meta = shard_meta(studies, patients, has_lateral, labels)
         splits[split] = [write_shard(root, shard_name(split, 0), images, meta)]
     write_index(root, size, splits)
     return root

@@ -20,7 +20,7 @@ import torch
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from pipelines.data import ShardDataset, shard_name, write_index, write_shard
+from pipelines.data import ShardDataset, shard_meta, shard_name, write_index, write_shard
 from pipelines.labels import FINDINGS
 from pipelines.model import CheckpointError, ModelParams, load_model, to_model_input
 from pipelines.stage import UserError
@@ -54,10 +54,8 @@ def make_prepared(root: Path, counts: dict[str, int], size: int = SIZE, seed: in
         images[:, 0, :16, :16] += (80 * labels[:, 0]).astype(np.uint8)[:, None, None]
         images[:, 1, :16, :16] += (80 * labels[:, 1]).astype(np.uint8)[:, None, None]
         images[~has_lateral, 1] = 0
-        meta = pd.DataFrame(labels, columns=list(FINDINGS))
-        meta.insert(0, "study_key", [f"{split}{i}" for i in range(n)])
-        meta.insert(1, "patient_key", [f"p{split}{i}" for i in range(n)])
-        meta.insert(2, "has_lateral", has_lateral)
+        studies = [f"{split}{i}" for i in range(n)]
+        meta = shard_meta(studies, [f"p{s}" for s in studies], has_lateral, labels)
         splits[split] = [write_shard(root, shard_name(split, 0), images, meta)]
     write_index(root, size, splits)
     return root
