@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.io import atomic_path
+from pipelines.sources.dicom import ACCEPTED_MODALITIES, CHEST_WORDS, dicom_view
 from pipelines.stage import UserError
 
 log = logging.getLogger(__name__)
@@ -61,9 +62,8 @@ Runtime = Literal["auto", "onnxruntime", "torchscript", "lite", "executorch"]
 RUNTIMES: tuple[str, ...] = ("auto", "onnxruntime", "torchscript", "lite", "executorch")
 OutputFormat = Literal["table", "json", "csv"]
 
-#: Radiograph modalities as ingest accepts them (``pipelines.sources.dicom``), plus none.
-RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", ""})
-_CHEST_WORDS = ("CHEST", "THORA", "TORAX", "TORACE", "LUNG", "PULM")
+#: Radiograph modalities as ingest accepts them, plus none (a header without Modality).
+RADIOGRAPH_MODALITIES = ACCEPTED_MODALITIES | {""}
 
 #: Runner: (frontal uint8 (B,1,S,S), lateral uint8 (B,1,S,S), has_lateral bool (B,)) -> (B, F)
 Runner = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -261,8 +261,6 @@ def _read_header(path: Path) -> _Header | None:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    from pipelines.sources.dicom import dicom_view
-
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, EOFError, OSError, ValueError):
@@ -283,7 +281,7 @@ def _read_header(path: Path) -> _Header | None:
 
 
 def _is_chest(body_part: str) -> bool:
-    return not body_part or any(word in body_part for word in _CHEST_WORDS)
+    return not body_part or any(word in body_part for word in CHEST_WORDS)
 
 
 def check_headers(headers: Sequence[_Header], where: str) -> list[_Header]:

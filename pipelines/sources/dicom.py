@@ -292,7 +292,8 @@ def dicom_view(ds: Dataset) -> tuple[str, str]:
 # Per-file checks (run in worker processes)
 # ---------------------------------------------------------------------------------------------
 
-_CHEST_WORDS = ("CHEST", "THORA", "TORAX", "TORACE", "LUNG", "PULMO")
+#: BodyPartExamined fragments that mean a chest (ingest and ``cxr predict`` share them).
+CHEST_WORDS = ("CHEST", "THORA", "TORAX", "TORACE", "LUNG", "PULM")
 # fmt: off
 _NOT_CHEST_WORDS: frozenset[str] = frozenset({
     "ABDOMEN", "ANKLE", "ARM", "BLADDER", "BRAIN", "BREAST", "CALCANEUS", "CLAVICLE", "COCCYX",
@@ -619,7 +620,7 @@ def _check_policy(ds: Dataset, syntax: UID) -> None:
             f"Modality is {_safe(modality, _CS_TEXT)}; accepted: CR, DX, DR",
         )
     body_part = _text(ds, "BodyPartExamined").upper()
-    if body_part and not any(word in body_part for word in _CHEST_WORDS):
+    if body_part and not any(word in body_part for word in CHEST_WORDS):
         words = set(re.split(r"[^A-Z]+", body_part))
         hits = sorted(words & _NOT_CHEST_WORDS)
         if hits:
