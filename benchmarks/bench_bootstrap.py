@@ -3,9 +3,9 @@
 Simulates a test split (default 10,000 studies of 5,000 patients, 14 findings, some labels
 missing) and times, in the same process:
 
-- the vectorised bootstrap of :mod:`pipelines.metrics`: per-finding AUROC + AUPRC replicates
-  (one pass), and the whole :func:`~pipelines.metrics.compute_roc_auc` (AUROC, AUPRC, macro,
-  micro with CIs) for all resamples;
+- the vectorised bootstrap of :mod:`pipelines.evaluation.metrics`: per-finding AUROC + AUPRC
+  replicates (one pass), and the whole :func:`~pipelines.evaluation.metrics.compute_roc_auc`
+  (AUROC, AUPRC, macro, micro with CIs) for all resamples;
 - the baseline: ``sklearn.metrics.roc_auc_score`` per finding on explicitly resampled index
   arrays, looped over a few resamples (``--baseline-resamples``) and extrapolated per resample.
 
@@ -24,8 +24,8 @@ import time
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from pipelines.evaluation.metrics import PatientBootstrap, bootstrap_rank_metrics, compute_roc_auc
 from pipelines.labels import FINDINGS
-from pipelines.metrics import PatientBootstrap, bootstrap_rank_metrics, compute_roc_auc
 
 
 def simulate(studies: int, patients: int, seed: int = 0) -> tuple[np.ndarray, ...]:

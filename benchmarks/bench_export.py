@@ -52,13 +52,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipelines.data import ShardDataset, read_index  # noqa: E402
+from pipelines.evaluation.metrics import macro_auroc  # noqa: E402
 from pipelines.export import (  # noqa: E402
     CXRInference,
     ShardCalibrationReader,
     eager_runner,
     export_onnx,
     export_torchscript,
-    macro_auroc,
     quantize_onnx,
     trace,
 )

@@ -39,7 +39,7 @@ from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.pipeline import workspace_limit_name
-from pipelines.stage import UserError
+from pipelines.errors import UserError
 from tasks.dvc_stage import dvc_executable
 from tasks.prefect_admin import ensure_concurrency_limit
 

@@ -42,10 +42,11 @@ from torch import nn
 
 from pipelines.config import BaseParams, StageParams, load_params, parse_section
 from pipelines.data import INDEX_FILE, read_index, shard_name, write_index, write_shard
+from pipelines.errors import UserError
 from pipelines.io import atomic_path, write_json
 from pipelines.labels import FINDINGS
 from pipelines.schema import SPLITS
-from pipelines.stage import UserError, run_stage
+from pipelines.stage import run_stage
 
 log = logging.getLogger(__name__)
 

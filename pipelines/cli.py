@@ -102,8 +102,9 @@ def report(
     """Re-render the evaluation report from saved predictions (no model needed)."""
     import yaml
 
-    from pipelines.config import ConfigError
-    from pipelines.report import collect_versions, render_report
+    from pipelines.errors import ConfigError
+    from pipelines.evaluation.provenance import collect_versions
+    from pipelines.report import render_report
 
     def go() -> dict:
         section: dict = {}

@@ -18,11 +18,9 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from pipelines.errors import ConfigError
+
 PARAMS_FILE = Path("params.yaml")
-
-
-class ConfigError(ValueError):
-    """A params file is missing, malformed, or has a value of the wrong kind."""
 
 
 class StageParams(BaseModel):

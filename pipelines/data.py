@@ -42,6 +42,7 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+from pipelines.errors import MissingInputError
 from pipelines.io import atomic_path, write_json
 from pipelines.labels import FINDINGS
 
@@ -117,12 +118,12 @@ def read_index(root: str | Path) -> dict:
     """Read and check a prepared folder's index.
 
     Raises:
-        FileNotFoundError: no index (the folder was never completed).
+        MissingInputError: no index (the folder was never completed).
         ValueError: another format version or label space, or a shard name outside ``root``.
     """
     path = Path(root) / INDEX_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no shard index; run the preprocess stage first")
+        raise MissingInputError(f"{path}: no shard index; run the preprocess stage first")
     index = json.loads(path.read_text())
     if index.get("format") != FORMAT_VERSION:
         raise ValueError(f"{path}: shard format {index.get('format')}, expected {FORMAT_VERSION}")

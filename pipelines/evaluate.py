@@ -40,17 +40,13 @@ from torch.utils.data import DataLoader
 
 from pipelines.config import BaseParams, load_params, parse_section
 from pipelines.data import ShardDataset
+from pipelines.errors import UserError
+from pipelines.evaluation.provenance import collect_versions
 from pipelines.io import write_parquet
 from pipelines.labels import FINDINGS
 from pipelines.model import load_model, to_model_input
-from pipelines.report import (
-    FRONTAL_ONLY_METHOD,
-    ReportParams,
-    collect_versions,
-    summarize,
-    write_outputs,
-)
-from pipelines.stage import UserError, run_stage
+from pipelines.report import FRONTAL_ONLY_METHOD, ReportParams, summarize, write_outputs
+from pipelines.stage import run_stage
 
 log = logging.getLogger(__name__)
 

@@ -64,7 +64,6 @@ import hashlib
 import json
 import logging
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -80,10 +79,13 @@ from torch import nn
 
 from pipelines.config import BaseParams, StageParams, load_params, parse_section
 from pipelines.data import ShardDataset, read_index
+from pipelines.errors import ExportError, ParityError
+from pipelines.evaluation.metrics import macro_auroc
+from pipelines.evaluation.provenance import git_commit
 from pipelines.io import write_json
 from pipelines.labels import FINDINGS
 from pipelines.predict import CARD_FILE, INPUT_NAMES, OUTPUT_NAME, Runner, load_runner
-from pipelines.stage import UserError, run_stage
+from pipelines.stage import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +105,6 @@ RUNTIME_OF: dict[str, str] = {
     "mobile": "lite",
     "executorch": "executorch",
 }
-
-
-class ExportError(UserError):
-    """An export cannot be made or its inputs are missing (names the file and the reason)."""
-
-
-class ParityError(ExportError):
-    """An exported model disagrees with the eager model beyond the params tolerance."""
 
 
 class Tolerance(StageParams):
@@ -520,19 +514,6 @@ def export_executorch(module: nn.Module, path: Path, size: int) -> dict[str, Any
 # --------------------------------------------------------------------------- parity
 
 
-def macro_auroc(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Mean AUROC over findings with both classes among non-NaN labels (NaN if none)."""
-    from sklearn.metrics import roc_auc_score
-
-    scores = []
-    for j in range(labels.shape[1]):
-        known = ~np.isnan(labels[:, j])
-        y = labels[known, j]
-        if y.size and 0 < y.sum() < y.size:
-            scores.append(roc_auc_score(y, probs[known, j]))
-    return float(np.mean(scores)) if scores else float("nan")
-
-
 def parity_figures(
     reference: np.ndarray, probs: np.ndarray, labels: np.ndarray
 ) -> dict[str, float]:
@@ -650,16 +631,6 @@ def _dist_version(name: str) -> str | None:
         return None
 
 
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", *args], capture_output=True, text=True, timeout=10, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.strip()
-
-
 def sha256(path: Path) -> str:
     """SHA-256 of a file, streamed."""
     h = hashlib.sha256()
@@ -758,8 +729,7 @@ def versions() -> dict[str, Any]:
     import onnx
     import onnxruntime
 
-    commit = _git("rev-parse", "HEAD")
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    git = git_commit() or {}
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -768,8 +738,8 @@ def versions() -> dict[str, Any]:
         "onnxscript": _dist_version("onnxscript"),
         "executorch": _dist_version("executorch"),
         "cxr_dag": _dist_version("cxr-dag"),
-        "code_commit": commit,
-        "code_dirty": bool(dirty) if dirty is not None else None,
+        "code_commit": git.get("commit"),
+        "code_dirty": git.get("dirty"),
     }
 
 

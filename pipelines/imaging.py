@@ -43,6 +43,8 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipelines.errors import DecodeError
+
 # pydicom warns and logs about odd element values by quoting them, and those values may be
 # names or dates (PHI). Decoding never needs those messages: keep the pydicom logger quiet.
 logging.getLogger("pydicom").setLevel(logging.ERROR)
@@ -68,25 +70,6 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"  # JPEG Extended (Process 2 & 4): 12-bit lossy
-
-
-class DecodeError(Exception):
-    """An image file could not be turned into pixels.
-
-    Attributes:
-        path: the file (as given).
-        reason: a stable code from :data:`REASONS`.
-        detail: a sentence for people; never contains PHI.
-    """
-
-    def __init__(self, path: str | Path, reason: str, detail: str = "") -> None:
-        self.path = str(path)
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{self.path}: {reason}" + (f": {detail}" if detail else ""))
-
-    def __reduce__(self) -> tuple[Any, ...]:  # keeps the attributes across process pools
-        return (type(self), (self.path, self.reason, self.detail))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,20 +13,9 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.stage import UserError, describe_os_error
+from pipelines.errors import OutputError
 
 REJECTED_COLUMNS = ("source", "path", "reason", "detail")
-
-
-class OutputError(UserError, OSError):
-    """An output could not be written (full disk, no permission, a file where a folder must be).
-
-    Both a :class:`~pipelines.stage.UserError` (a stage shows it as one line naming the output)
-    and an :class:`OSError` (``errno`` and ``filename`` kept for callers that check them).
-    """
-
-    def __str__(self) -> str:
-        return f"cannot write {self.filename}: {describe_os_error(self)}"
 
 
 def _current_umask() -> int:

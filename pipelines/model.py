@@ -34,8 +34,8 @@ from torch import nn
 from torchvision.models import DenseNet121_Weights, densenet121
 
 from pipelines.config import StageParams
+from pipelines.errors import CheckpointError
 from pipelines.labels import FINDINGS
-from pipelines.stage import UserError
 
 #: Grey-level normalisation, in [0, 1] units: the means of ImageNet's RGB mean / std, so that
 #: summing the RGB kernels of an ImageNet first convolution sees inputs on the scale it was
@@ -49,10 +49,6 @@ _LEGACY_KEY = re.compile(
 )
 
 Fusion = Literal["concat", "mean", "max"]
-
-
-class CheckpointError(UserError, ValueError):
-    """A weights file or checkpoint that cannot be used (named in the message)."""
 
 
 class ModelParams(StageParams):

@@ -31,10 +31,11 @@ import pandas as pd
 from pydantic import field_validator
 
 from pipelines.config import BaseParams, StageParams, load_params, parse_section
+from pipelines.errors import SplitLeakError, UserError
 from pipelines.io import write_json, write_parquet, write_rejected
 from pipelines.labels import FINDINGS
 from pipelines.schema import FRONTAL_VIEWS, SPLITS, STUDY_COLUMNS
-from pipelines.stage import UserError, run_stage
+from pipelines.stage import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +70,6 @@ class PairParams(StageParams):
         if any(f < 0 for f in v.values()) or not np.isclose(sum(v.values()), 1.0):
             raise ValueError(f"must be >= 0 and sum to 1, got {v}")
         return v
-
-
-class SplitLeakError(UserError):
-    """A patient would appear in two splits."""
 
 
 def _pick(images: pd.DataFrame, frontal: bool) -> pd.DataFrame:

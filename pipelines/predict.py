@@ -47,9 +47,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from pipelines.errors import PredictError
 from pipelines.io import atomic_path
 from pipelines.sources.dicom import ACCEPTED_MODALITIES, CHEST_WORDS, dicom_view
-from pipelines.stage import UserError
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,6 @@ RADIOGRAPH_MODALITIES = ACCEPTED_MODALITIES | {""}
 
 #: Runner: (frontal uint8 (B,1,S,S), lateral uint8 (B,1,S,S), has_lateral bool (B,)) -> (B, F)
 Runner = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-
-
-class PredictError(UserError):
-    """The input, the model or its card cannot be used; the message says which and why."""
 
 
 # --------------------------------------------------------------------------- model + card
@@ -440,7 +436,8 @@ def collect_studies(path: str | Path | Sequence[str | Path]) -> list[StudyInput]
 
 
 def _decode(path: Path, size: int, no_window: str = "bits") -> np.ndarray:
-    from pipelines.imaging import DecodeError, prepare_image
+    from pipelines.errors import DecodeError
+    from pipelines.imaging import prepare_image
 
     try:
         image = prepare_image(path, size, no_window=no_window)  # type: ignore[arg-type]

@@ -47,11 +47,12 @@ from pydantic import Field
 
 from pipelines.config import StageParams, load_section
 from pipelines.data import INDEX_FILE, read_index, shard_name, write_index, write_shard
-from pipelines.imaging import DecodeError, cpu_count, prepare_many
+from pipelines.errors import DecodeError, UserError
+from pipelines.imaging import cpu_count, prepare_many
 from pipelines.io import REJECTED_COLUMNS, write_json, write_rejected
 from pipelines.labels import FINDINGS
 from pipelines.schema import SPLITS
-from pipelines.stage import UserError, run_stage
+from pipelines.stage import run_stage
 
 log = logging.getLogger(__name__)
 

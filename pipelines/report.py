@@ -5,9 +5,10 @@ Input: a predictions table (``outputs/evaluation/predictions.parquet``), one row
 (1 / 0 / NaN) and ``p_<finding>`` (probability) for every finding. ``mode`` is ``dual`` (both
 views) or ``frontal_only`` (the same model with the lateral view masked).
 
-:func:`summarize` computes everything (:mod:`pipelines.metrics`): per-finding AUROC / AUPRC with
-patient-bootstrap CIs on the test split, macro and micro AUROC, validation-chosen operating
-points applied to test, calibration, and the paired dual vs frontal-only AUROC differences.
+:func:`summarize` computes everything (:mod:`pipelines.evaluation.metrics`): per-finding AUROC /
+AUPRC with patient-bootstrap CIs on the test split, macro and micro AUROC, validation-chosen
+operating points applied to test, calibration, and the paired dual vs frontal-only AUROC
+differences.
 :func:`write_outputs` writes the DVC metrics JSON, the thresholds JSON, the curve CSVs (DVC
 plots), a self-contained HTML report (figures as embedded PNGs, inline CSS, no network
 resources) and a Markdown summary. :func:`render_report` does both into one folder: it is what
@@ -24,7 +25,6 @@ import html
 import io
 import json
 import logging
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,15 +32,13 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import yaml
 from matplotlib.figure import Figure
 from pydantic import Field
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from pipelines.config import StageParams
-from pipelines.io import atomic_path, write_json
-from pipelines.labels import FINDINGS
-from pipelines.metrics import (
+from pipelines.errors import ReportError
+from pipelines.evaluation.metrics import (
     NOT_ESTIMABLE,
     DiscriminationReport,
     Estimate,
@@ -57,7 +55,8 @@ from pipelines.metrics import (
     verdict_of,
     youden_threshold,
 )
-from pipelines.stage import UserError
+from pipelines.io import atomic_path, write_json
+from pipelines.labels import FINDINGS
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +67,6 @@ FRONTAL_ONLY_METHOD = (
     "(has_lateral = False and a blank lateral image), exactly as it sees a study that has no "
     "lateral view"
 )
-
-
-class ReportError(UserError, ValueError):
-    """The predictions table cannot be evaluated (the message names the file and the reason)."""
 
 
 class ReportParams(StageParams):
@@ -492,68 +487,6 @@ def write_curves(ev: Evaluation, plots_dir: str | Path) -> list[Path]:
                 table.to_csv(tmp, index=False, float_format="%.6g")
             written.append(path)
     return written
-
-
-# --------------------------------------------------------------------------------------------
-# Versions
-# --------------------------------------------------------------------------------------------
-
-
-def git_commit(cwd: str | Path = ".") -> dict[str, Any] | None:
-    """``{"commit": sha, "dirty": bool}`` of the working tree, or None outside git."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
-        )
-        if sha.returncode != 0:
-            return None
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return {"commit": sha.stdout.strip(), "dirty": bool(status.stdout.strip())}
-
-
-def dvc_hashes(paths: Sequence[str], lock_path: str | Path = "dvc.lock") -> dict[str, str]:
-    """md5 of each path as recorded in ``dvc.lock`` by the stage that produced it.
-
-    Paths that no stage lists among its outputs (or a missing lock file) are left out.
-    """
-    lock_path = Path(lock_path)
-    if not lock_path.is_file():
-        return {}
-    try:
-        lock = yaml.safe_load(lock_path.read_text()) or {}
-    except yaml.YAMLError:
-        log.warning("%s: not valid YAML; DVC hashes left out of the report", lock_path)
-        return {}
-    wanted = {str(Path(p)): p for p in paths}
-    found: dict[str, str] = {}
-    for stage in (lock.get("stages") or {}).values():
-        for out in stage.get("outs") or []:
-            key = str(Path(str(out.get("path", ""))))
-            if key in wanted and out.get("md5"):
-                found[wanted[key]] = str(out["md5"])
-    return found
-
-
-def collect_versions(
-    inputs: Sequence[str] = (), lock_path: str | Path = "dvc.lock", cwd: str | Path = "."
-) -> dict[str, Any]:
-    """Git commit and the DVC hashes of ``inputs``, for the report's versions section."""
-    versions: dict[str, Any] = {}
-    git = git_commit(cwd)
-    if git:
-        versions["git"] = git
-    hashes = dvc_hashes(inputs, Path(cwd) / lock_path)
-    if hashes:
-        versions["dvc"] = hashes
-    return versions
 
 
 # --------------------------------------------------------------------------------------------

@@ -47,7 +47,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from pydantic import Field
-from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
@@ -55,20 +54,15 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Samp
 from tqdm import tqdm
 
 from pipelines.augment import AugmentParams, OnlineAugment
-from pipelines.config import BaseParams, ConfigError, StageParams, load_params, parse_section
+from pipelines.config import BaseParams, StageParams, load_params, parse_section
 from pipelines.data import INDEX_FILE, ShardDataset, make_loader
+from pipelines.errors import CheckpointError, ConfigError, UserError
+from pipelines.evaluation.metrics import auroc_per_finding, mean_estimable
 from pipelines.io import atomic_path, write_json
 from pipelines.labels import FINDINGS
 from pipelines.losses import build_loss
-from pipelines.model import (
-    PIXEL_MEAN,
-    PIXEL_STD,
-    CheckpointError,
-    ModelParams,
-    build_model,
-    to_model_input,
-)
-from pipelines.stage import UserError, run_stage
+from pipelines.model import PIXEL_MEAN, PIXEL_STD, ModelParams, build_model, to_model_input
+from pipelines.stage import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -197,26 +191,17 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 # ---------------------------------------------------------------------------------- metrics
 
 
-def macro_auroc(labels: np.ndarray, scores: np.ndarray) -> tuple[float, dict[str, float | None]]:
-    """Macro AUROC over findings, each over its known labels (NaN left out).
-
-    A finding without both classes among its known labels gets ``None`` and is left out of the
-    mean; the mean is NaN when no finding can be scored.
+def val_auroc(labels: np.ndarray, scores: np.ndarray) -> tuple[float, dict[str, float | None]]:
+    """Validation macro AUROC and the per-finding AUROC (None where not estimable).
 
     Args:
         labels: (N, F) 1 / 0 / NaN.
         scores: (N, F) any monotone score (logits or probabilities).
     """
-    per: dict[str, float | None] = {}
-    for j, name in enumerate(FINDINGS[: labels.shape[1]]):
-        known = ~np.isnan(labels[:, j])
-        y = labels[known, j]
-        if y.size == 0 or y.min() == y.max():
-            per[name] = None
-            continue
-        per[name] = float(roc_auc_score(y, scores[known, j]))
-    scored = [v for v in per.values() if v is not None]
-    return (float(np.mean(scored)) if scored else math.nan), per
+    per = auroc_per_finding(labels, scores)
+    names = FINDINGS[: labels.shape[1]]
+    by_name = {f: None if np.isnan(v) else float(v) for f, v in zip(names, per, strict=True)}
+    return mean_estimable(per), by_name
 
 
 # ---------------------------------------------------------------------------------- the loop
@@ -366,7 +351,7 @@ class Trainer:
         order = np.argsort(idx, kind="stable")
         logits, labels = logits[order], labels[order]
         loss = float(self.loss_fn(torch.from_numpy(logits), torch.from_numpy(labels)))
-        macro, per = macro_auroc(labels, logits)
+        macro, per = val_auroc(labels, logits)
         return {"loss": loss, "macro_auroc": macro, "auroc": per, "pairs": len(idx)}
 
 

@@ -20,7 +20,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
-from pipelines.stage import UserError
+from pipelines.errors import UserError
 
 LOCK_MARKERS = ("Unable to acquire lock", "is busy, it is being blocked by")
 

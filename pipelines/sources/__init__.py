@@ -16,14 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines.errors import SourceError
 from pipelines.io import Rejection
 from pipelines.labels import UncertainPolicy
 
 SOURCES: tuple[str, ...] = ("dicom", "nih", "chexpert", "mimic", "padchest", "openi", "csv")
-
-
-class SourceError(ValueError):
-    """The input as a whole cannot be read (names the file and the reason)."""
 
 
 @dataclass(frozen=True)

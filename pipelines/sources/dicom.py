@@ -94,11 +94,12 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from pipelines.errors import SourceError
 from pipelines.io import Rejection
 from pipelines.keys import get_salt, make_key
 from pipelines.labels import FINDINGS, UncertainPolicy, apply_uncertain_policy
 from pipelines.schema import canonical_view, conform_manifest
-from pipelines.sources import ReadOptions, SourceError, SourceResult
+from pipelines.sources import ReadOptions, SourceResult
 
 SOURCE = "dicom"
 logger = logging.getLogger(__name__)

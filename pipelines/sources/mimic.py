@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines.errors import SourceError
 from pipelines.labels import CHEXPERT_TO_FINDINGS
-from pipelines.sources import ReadOptions, SourceError, SourceResult
+from pipelines.sources import ReadOptions, SourceResult
 from pipelines.sources.common import (
     Rows,
     coded_labels,

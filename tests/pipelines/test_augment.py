@@ -19,8 +19,9 @@ from pipelines.augment import (
     run_augment,
     sample_seed,
 )
-from pipelines.config import ConfigError, parse_section
+from pipelines.config import parse_section
 from pipelines.data import ShardDataset, read_index
+from pipelines.errors import ConfigError
 from tests.pipelines.test_data import make_shards
 
 S = 32

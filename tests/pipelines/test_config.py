@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.config import ConfigError, parse_section
+from pipelines.config import parse_section
+from pipelines.errors import ConfigError
 from pipelines.preprocess import PreprocessParams
 from pipelines.synthetic import SynthesizeParams
 from pipelines.train import TrainParams

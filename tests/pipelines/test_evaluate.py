@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pipelines.data import ShardDataset, shard_meta, shard_name, write_index, write_shard
+from pipelines.errors import CheckpointError, UserError
 from pipelines.evaluate import (
     EvaluateParams,
     evaluate,
@@ -18,11 +19,10 @@ from pipelines.evaluate import (
     resolve_device,
     score_dataset,
 )
+from pipelines.evaluation.metrics import auroc_per_finding
 from pipelines.labels import FINDINGS
-from pipelines.metrics import auroc_per_finding
-from pipelines.model import CheckpointError, ModelParams, build_model, to_model_input
+from pipelines.model import ModelParams, build_model, to_model_input
 from pipelines.report import FRONTAL_ONLY_METHOD, render_report
-from pipelines.stage import UserError
 
 SIZE = 32  # eval-mode batch norm uses running statistics: 32 px is enough
 

@@ -13,19 +13,19 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from pipelines.config import ConfigError, parse_section
+from pipelines.config import parse_section
 from pipelines.data import shard_meta, shard_name, write_index, write_shard
+from pipelines.errors import ConfigError, ParityError
+from pipelines.evaluation.metrics import macro_auroc
 from pipelines.export import (
     FILES,
     CXRInference,
     ExportParams,
-    ParityError,
     Tolerance,
     batchnorm_to_depthwise_conv,
     check_parity,
     executorch_available,
     export_all,
-    macro_auroc,
     parity_figures,
     read_thresholds,
 )

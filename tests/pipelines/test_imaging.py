@@ -20,9 +20,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from pipelines.errors import DecodeError
 from pipelines.imaging import (
     REASONS,
-    DecodeError,
     prepare_image,
     read_image,
     sniff_format,

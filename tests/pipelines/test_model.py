@@ -7,11 +7,11 @@ import pytest
 import torch
 from torchvision.models import DenseNet121_Weights, densenet121
 
+from pipelines.errors import CheckpointError
 from pipelines.labels import FINDINGS
 from pipelines.model import (
     PIXEL_MEAN,
     PIXEL_STD,
-    CheckpointError,
     ModelParams,
     build_model,
     densenet_trunk,

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipelines.errors import SplitLeakError
 from pipelines.labels import FINDINGS
-from pipelines.pair import PairParams, SplitLeakError, assign_splits, check_no_leak, pair_studies
+from pipelines.pair import PairParams, assign_splits, check_no_leak, pair_studies
 from pipelines.schema import STUDY_COLUMNS, conform_manifest
 
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
+from pipelines.errors import PredictError
 from pipelines.export import CXRInference, export_onnx, export_torchscript, model_card, trace
 from pipelines.imaging import prepare_image
 from pipelines.io import write_json
 from pipelines.labels import FINDINGS
 from pipelines.predict import (
-    PredictError,
     collect_studies,
     find_study_views,
     format_predictions,

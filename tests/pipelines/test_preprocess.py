@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipelines.config import ConfigError, parse_section
+from pipelines.config import parse_section
 from pipelines.data import ShardDataset, read_index
+from pipelines.errors import ConfigError, UserError
 from pipelines.imaging import prepare_image
 from pipelines.io import write_rejected
 from pipelines.labels import FINDINGS
@@ -29,7 +30,6 @@ from pipelines.preprocess import (
     run_preprocess,
 )
 from pipelines.schema import SPLITS, STUDY_COLUMNS
-from pipelines.stage import UserError
 from tests.pipelines.test_imaging import PHI, phantom, write_dicom
 
 SIZE = 32

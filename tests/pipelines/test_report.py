@@ -12,14 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipelines.errors import ReportError
+from pipelines.evaluation.metrics import auroc_per_finding, youden_threshold
+from pipelines.evaluation.provenance import collect_versions, dvc_hashes, git_commit
 from pipelines.labels import FINDINGS
-from pipelines.metrics import auroc_per_finding, youden_threshold
 from pipelines.report import (
-    ReportError,
     ReportParams,
-    collect_versions,
-    dvc_hashes,
-    git_commit,
     metrics_dict,
     render_report,
     report_params,

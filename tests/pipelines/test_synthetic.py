@@ -15,7 +15,8 @@ import pytest
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRLittleEndian
 
-from pipelines.config import ConfigError, parse_section
+from pipelines.config import parse_section
+from pipelines.errors import ConfigError
 from pipelines.labels import FINDINGS
 from pipelines.synthetic import (
     FRONTAL_ONLY_FINDINGS,

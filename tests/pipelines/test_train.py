@@ -21,18 +21,18 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from pipelines.data import ShardDataset, shard_meta, shard_name, write_index, write_shard
+from pipelines.errors import CheckpointError, UserError
 from pipelines.labels import FINDINGS
-from pipelines.model import CheckpointError, ModelParams, load_model, to_model_input
-from pipelines.stage import UserError
+from pipelines.model import ModelParams, load_model, to_model_input
 from pipelines.train import (
     TrainParams,
     build_scheduler,
     load_checkpoint,
-    macro_auroc,
     rng_state,
     save_checkpoint,
     set_rng_state,
     train,
+    val_auroc,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,13 +91,13 @@ def test_macro_auroc_matches_sklearn_and_skips_unscorable_findings():
     labels[:, 1] = [1, 0, np.nan, np.nan, 0, 1]
     labels[:, 2] = [1, 1, 1, 1, np.nan, 1]  # one class only
     scores = np.random.default_rng(1).normal(size=labels.shape)
-    macro, per = macro_auroc(labels, scores)
+    macro, per = val_auroc(labels, scores)
     a0 = roc_auc_score(labels[:, 0], scores[:, 0])
     a1 = roc_auc_score([1, 0, 0, 1], scores[[0, 1, 4, 5], 1])
     assert per[FINDINGS[0]] == pytest.approx(a0) and per[FINDINGS[1]] == pytest.approx(a1)
     assert per[FINDINGS[2]] is None and per[FINDINGS[3]] is None
     assert macro == pytest.approx((a0 + a1) / 2)
-    assert math.isnan(macro_auroc(labels[:, 2:], scores[:, 2:])[0])
+    assert math.isnan(val_auroc(labels[:, 2:], scores[:, 2:])[0])
 
 
 def test_scheduler_warms_up_linearly_then_decays_to_the_floor():
@@ -186,7 +186,7 @@ def test_train_writes_outputs_and_the_logged_auroc_is_the_best_models(tmp_path):
             to_model_input(batch["lateral"], SIZE),
             batch["has_lateral"],
         )
-    macro, _ = macro_auroc(batch["labels"].numpy(), logits.numpy())
+    macro, _ = val_auroc(batch["labels"].numpy(), logits.numpy())
     assert summary["val_macro_auroc"] == pytest.approx(macro, abs=1e-6)
 
     ckpt = load_checkpoint(tmp_path / "models/checkpoints/last.pt")

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from pipelines.errors import SourceError
 from pipelines.labels import FINDINGS
-from pipelines.sources import ReadOptions, SourceError
+from pipelines.sources import ReadOptions
 from pipelines.sources.common import (
     Rows,
     coded_labels,

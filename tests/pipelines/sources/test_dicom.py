@@ -33,11 +33,12 @@ from pydicom.uid import (
 )
 
 import pipelines.sources.dicom as dicom_mod
+from pipelines.errors import SourceError
 from pipelines.io import rejected_frame
 from pipelines.keys import make_key
 from pipelines.labels import FINDINGS
 from pipelines.schema import MANIFEST_COLUMNS
-from pipelines.sources import ReadOptions, SourceError, get_reader
+from pipelines.sources import ReadOptions, get_reader
 from pipelines.sources.dicom import VIEW_CODES, dicom_view, read, read_study_labels
 
 SALT = b"unit-test-salt"

@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from pipelines.errors import SourceError
 from pipelines.keys import make_key
 from pipelines.labels import CHEXPERT_TO_FINDINGS, FINDINGS
 from pipelines.schema import MANIFEST_COLUMNS
-from pipelines.sources import ReadOptions, SourceError
+from pipelines.sources import ReadOptions
 from pipelines.sources.mimic import read
 
 REAL = Path(__file__).resolve().parents[3] / ".." / "shared" / "real-cxr"

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipelines.errors import SourceError
 from pipelines.keys import make_key
 from pipelines.labels import FINDINGS
 from pipelines.schema import MANIFEST_COLUMNS
-from pipelines.sources import ReadOptions, SourceError, get_reader
+from pipelines.sources import ReadOptions, get_reader
 from pipelines.sources.nih import read
 
 REAL = Path(__file__).resolve().parents[3] / ".." / "shared" / "real-cxr"

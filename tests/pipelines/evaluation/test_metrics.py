@@ -8,7 +8,7 @@ from scipy.stats import norm
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from pipelines.metrics import (
+from pipelines.evaluation.metrics import (
     NOT_ESTIMABLE,
     BootstrapROCAUC,
     Estimate,

@@ -357,6 +357,22 @@ def auroc_per_finding(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     return _per_finding(roc_auc_score, y, p)
 
 
+def mean_estimable(values: np.ndarray) -> float:
+    """The macro mean: the mean of the finite (estimable) values; NaN when there is none."""
+    values = np.asarray(values, dtype=np.float64)
+    scored = values[np.isfinite(values)]
+    return float(np.mean(scored)) if scored.size else float("nan")
+
+
+def macro_auroc(y: np.ndarray, p: np.ndarray) -> float:
+    """Mean of :func:`auroc_per_finding` over the estimable findings; NaN when none is.
+
+    The one macro AUROC of the project: training's model selection, evaluation and the export
+    parity check all call it.
+    """
+    return mean_estimable(auroc_per_finding(y, p))
+
+
 def auprc_per_finding(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     """scikit-learn average precision per finding, NaN labels excluded; NaN where not estimable."""
     return _per_finding(average_precision_score, y, p)
