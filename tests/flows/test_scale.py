@@ -14,7 +14,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from flows.scale import StepFailed, cxr_preprocess_parallel, preprocess_parallel
 from pipelines.preprocess import PARTS_DIR, PreprocessParams, preprocess_studies
 from tests.conftest import dvc
-from tests.pipelines.test_preprocess import assert_same_prepared, make_dataset
+from tests.pipelines.preprocess.helpers import assert_same_prepared, make_dataset
 
 pytestmark = pytest.mark.slow
 
