@@ -17,8 +17,9 @@ import numpy as np
 from pydicom.uid import generate_uid
 
 from pipelines.labels import FINDINGS
+from pipelines.synthetic.anatomy import Anatomy, next_study, sample_anatomy
+from pipelines.synthetic.findings import CHRONIC_FINDINGS
 from pipelines.synthetic.params import SynthesizeParams
-from pipelines.synthetic.render import CHRONIC_FINDINGS, Anatomy, next_study, sample_anatomy
 
 _FIRST_TEXT = (  # alternating male / female
     "James Mary Robert Patricia John Jennifer Michael Linda David Elizabeth William Barbara "

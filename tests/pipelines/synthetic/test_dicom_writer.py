@@ -7,8 +7,9 @@ import pydicom
 import pytest
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from pipelines.synthetic.anatomy import sample_anatomy
 from pipelines.synthetic.dicom_writer import write_dicom
-from pipelines.synthetic.render import render_view, sample_anatomy
+from pipelines.synthetic.render import render_view
 
 
 def display(ds: pydicom.Dataset) -> np.ndarray:

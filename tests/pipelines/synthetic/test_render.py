@@ -6,24 +6,9 @@ import numpy as np
 import pytest
 
 from pipelines.labels import FINDINGS
-from pipelines.synthetic.render import (
-    FRONTAL_ONLY_FINDINGS,
-    LATERAL_ONLY_FINDINGS,
-    VISIBILITY,
-    next_study,
-    render_view,
-    sample_anatomy,
-)
-
-
-def test_visibility_table():
-    assert set(VISIBILITY) == set(FINDINGS)
-    assert len(LATERAL_ONLY_FINDINGS) >= 3
-    for f in LATERAL_ONLY_FINDINGS:
-        assert VISIBILITY[f] == {"frontal": False, "lateral": True}
-    for f in FRONTAL_ONLY_FINDINGS:
-        assert VISIBILITY[f] == {"frontal": True, "lateral": False}
-    assert all(any(v.values()) for v in VISIBILITY.values())
+from pipelines.synthetic.anatomy import next_study, sample_anatomy
+from pipelines.synthetic.findings import VISIBILITY
+from pipelines.synthetic.render import render_view
 
 
 def _pair(seed: int, view: str, findings: frozenset[str], size: int = 64) -> np.ndarray:
