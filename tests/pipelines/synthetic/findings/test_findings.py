@@ -1,4 +1,4 @@
-"""Tests for the findings of the synthetic chest (pipelines/synthetic/findings/)."""
+"""Tests for the registry of findings and the tables derived from it (findings/__init__.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipelines.labels import FINDINGS
-from pipelines.synthetic.anatomy import next_study, sample_anatomy
+from pipelines.synthetic.anatomy import sample_anatomy
 from pipelines.synthetic.findings import (
     CHRONIC_FINDINGS,
     FRONTAL_ONLY_FINDINGS,
@@ -14,7 +14,7 @@ from pipelines.synthetic.findings import (
     REGISTRY,
     VISIBILITY,
 )
-from pipelines.synthetic.findings.base import Finding, register
+from pipelines.synthetic.findings.base import Finding
 from pipelines.synthetic.render import render_view
 
 
@@ -64,41 +64,3 @@ def test_each_finding_class_draws_on_the_views_its_visibility_says(name):
         assert type(finding).prepare_pa is Finding.prepare_pa
     if not finding.lateral:
         assert type(finding).draw_lateral is Finding.draw_lateral
-
-
-@pytest.mark.parametrize("name", FINDINGS)
-def test_params_follow_the_study_or_for_chronic_findings_the_patient(name):
-    finding = REGISTRY[name]
-    anatomy = sample_anatomy(np.random.default_rng(3))
-    assert finding.params(anatomy) == finding.params(anatomy)
-    later = next_study(anatomy, np.random.default_rng(4))
-    assert (finding.params(later) == finding.params(anatomy)) == finding.chronic
-
-
-def test_register_refuses_a_bad_finding_class():
-    class Unknown(Finding):
-        name = "Fracture"
-
-    class Twice(Finding):
-        name = "Hernia"
-
-    class Nowhere(Finding):
-        name = "Hernia"
-        frontal = lateral = False
-
-    class Hidden(Finding):
-        name = "Hernia"
-        frontal = False
-
-        def draw_pa(self, A, fr, p):
-            pass
-
-    with pytest.raises(ValueError, match="not in pipelines.labels.FINDINGS"):
-        register(Unknown)
-    with pytest.raises(ValueError, match="registered twice"):
-        register(Twice)
-    with pytest.raises(ValueError, match="no view"):
-        register(Nowhere)
-    with pytest.raises(ValueError, match="not visible"):
-        register(Hidden)
-    assert list(REGISTRY) == list(FINDINGS)
