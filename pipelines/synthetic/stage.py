@@ -1,0 +1,135 @@
+"""The ``synthesize`` DVC stage: plan the studies, render and write them, then ``labels.csv``.
+
+It writes::
+
+    <out>/dicom/<hex per patient>/<hex per study>/<hex>.dcm   one PA and (usually) one lateral
+    <out>/labels.csv                                          study_uid + the 14 findings (0/1)
+
+Folder and file names are random hex from the seeded generator: they carry no PHI and no id.
+The DICOM headers do carry fake but realistic PHI (they are raw inputs for the ingest stage).
+The output is built in a hidden ``.<out>.partial`` folder and renamed into place at the end.
+Images are rendered in worker processes; the files do not depend on how many.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from pipelines.config import load_section
+from pipelines.io import atomic_path, write_json
+from pipelines.labels import FINDINGS
+from pipelines.synthetic.dicom_writer import write_dicom
+from pipelines.synthetic.params import SynthesizeParams
+from pipelines.synthetic.plan import plan_studies
+from pipelines.synthetic.render import render_view
+
+METRICS_PATH = Path("metrics/synthesize.json")
+
+
+def _write_studies(root: str, size: int, jobs: list[dict[str, Any]]) -> int:
+    """Render and write a chunk of studies (runs in a worker process). Returns images written."""
+    with threadpool_limits(limits=1):  # tiny BLAS calls: threads only add overhead
+        written = 0
+        for job in jobs:
+            findings = frozenset(job["findings"])
+            for image in job["images"]:
+                rng = np.random.default_rng(image["seed"])
+                pixels = render_view(rng, size, image["view"], findings, job["anatomy"])
+                write_dicom(Path(root) / "dicom" / image["file"], pixels, **image["kw"])
+                written += 1
+    return written
+
+
+def _is_ours(path: Path) -> bool:
+    return path.is_dir() and {p.name for p in path.iterdir()} <= {"dicom", "labels.csv"}
+
+
+def _write_images(partial: Path, size: int, jobs: list[dict[str, Any]], workers: int) -> int:
+    """Render and write every image under ``partial/dicom``, in ``workers`` processes."""
+    n_chunks = min(len(jobs), workers * 8)
+    chunks = [jobs[k::n_chunks] for k in range(n_chunks)]
+    if workers == 1 or len(chunks) == 1:
+        return sum(_write_studies(str(partial), size, c) for c in chunks)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return sum(
+            pool.map(
+                _write_studies,
+                [str(partial)] * len(chunks),
+                [size] * len(chunks),
+                chunks,
+            )
+        )
+
+
+def _write_labels(path: Path, jobs: list[dict[str, Any]]) -> None:
+    """``labels.csv``: one row per study, its UID and 0/1 per finding."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["study_uid", *FINDINGS])
+        for job in jobs:
+            writer.writerow([job["study_uid"], *(int(f in job["findings"]) for f in FINDINGS)])
+
+
+def synthesize(params: SynthesizeParams) -> dict[str, Any]:
+    """Write the synthetic dataset to ``params.out`` (replacing an earlier one).
+
+    Args:
+        params: the stage parameters.
+
+    Returns:
+        A summary: studies, patients, images, lateral_missing (studies without a lateral view),
+        positives per finding, size, seconds.
+
+    Raises:
+        ValueError: ``params.out`` exists and holds something else than this stage's output.
+    """
+    start = time.perf_counter()
+    out = Path(params.out)
+    if out.exists() and not _is_ours(out):
+        raise ValueError(
+            f"{out}: exists and is not a synthesize output (dicom/, labels.csv); "
+            "refusing to replace it"
+        )
+    jobs = plan_studies(params)
+    partial = out.parent / f".{out.name}.partial"
+    if partial.exists():
+        shutil.rmtree(partial)
+    (partial / "dicom").mkdir(parents=True)
+    images = _write_images(partial, params.size, jobs, params.workers or os.cpu_count() or 1)
+    _write_labels(partial / "labels.csv", jobs)
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+
+    return {
+        "studies": len(jobs),
+        "patients": len({j["patient"] for j in jobs}),
+        "images": images,
+        "lateral_missing": sum(not j["has_lateral"] for j in jobs),
+        "positives": {f: sum(f in j["findings"] for j in jobs) for f in FINDINGS},
+        "size": params.size,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def main() -> None:
+    """Run the stage with the ``synthesize`` section of ``params.yaml``."""
+    try:
+        params = load_section(SynthesizeParams, "synthesize")
+        summary = synthesize(params)
+        write_json(METRICS_PATH, summary)
+    except (ValueError, OSError) as exc:  # ConfigError is a ValueError
+        raise SystemExit(f"synthesize: {exc}") from None
+    print(
+        f"synthesize: {summary['studies']} studies, {summary['patients']} patients, "
+        f"{summary['images']} images in {summary['seconds']:.1f} s -> {params.out}"
+    )
