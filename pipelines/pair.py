@@ -31,10 +31,11 @@ import pandas as pd
 from pydantic import field_validator
 
 from pipelines.config import BaseParams, StageParams, load_params, parse_section
+from pipelines.dicom.view import FRONTAL_VIEWS
 from pipelines.errors import SplitLeakError, UserError
 from pipelines.io import write_json, write_parquet, write_rejected
 from pipelines.labels import FINDINGS
-from pipelines.schema import FRONTAL_VIEWS, SPLITS, STUDY_COLUMNS
+from pipelines.schema import SPLITS, STUDY_COLUMNS
 from pipelines.stage import run_stage
 
 log = logging.getLogger(__name__)

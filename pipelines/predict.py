@@ -3,7 +3,7 @@
 ``PATH`` is one of:
 
 - a **DICOM study folder** (searched recursively): the frontal and lateral images are chosen from
-  the headers (:func:`pipelines.sources.dicom.dicom_view`);
+  the headers (:func:`pipelines.dicom.view.dicom_view`);
 - **a pair of image files** ``(frontal, lateral)`` or one frontal image: DICOM, PNG or JPEG,
   recognised by content;
 - a **CSV of studies** with a ``frontal`` column, an optional ``lateral`` column and an optional
@@ -43,18 +43,16 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from pipelines.dicom.policy import CHEST_WORDS, RADIOGRAPH_MODALITIES
+from pipelines.dicom.view import dicom_view
 from pipelines.errors import PredictError
 from pipelines.io import atomic_path
 from pipelines.runners import load_runner, read_model_card
-from pipelines.sources.dicom import ACCEPTED_MODALITIES, CHEST_WORDS, dicom_view
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "models/export/model.onnx"
 OutputFormat = Literal["table", "json", "csv"]
-
-#: Radiograph modalities as ingest accepts them, plus none (a header without Modality).
-RADIOGRAPH_MODALITIES = ACCEPTED_MODALITIES | {""}
 
 
 # --------------------------------------------------------------------------- study discovery
