@@ -13,12 +13,17 @@ Images are decoded by :func:`pipelines.imaging.prepare_image`, the code that pre
 (modality + VOI LUT, MONOCHROME1 inverted, resized to the model card's size), so a study is seen
 here exactly as the model saw its training data.
 
+DICOM headers are checked with ingest's rules (:mod:`pipelines.dicom.policy`): only radiographs
+count (Modality CR, DX or DR, or no Modality), and a study whose BodyPartExamined names a
+non-chest part (and no chest word) is refused, so predict refuses exactly the studies ingest
+rejects as ``not_chest``; a blank, ``PORTABLE`` or ``UNKNOWN`` body part is accepted.
+
 View choice in a DICOM folder (deterministic, documented here and in the output's ``frontal``
-and ``lateral`` columns): only radiographs count (Modality CR, DX or DR, or no Modality);
-the **frontal** image is a PA view if there is one, else an AP view; the **lateral** is a LATERAL
-(LL / RL ...) view. Among several candidates of the same kind the one with the most pixels wins,
-then the lowest (SeriesNumber, InstanceNumber), then the first path in sorted order. Views
-``OTHER`` (oblique, unknown) are not used.
+and ``lateral`` columns) is the pair stage's rule (:mod:`pipelines.dicom.choice`): the
+**frontal** image is a PA view if there is one, else an AP view, then the one with the most
+pixels (rows x columns), then the first path in string order; the **lateral** is a LATERAL
+(LL / RL ...) view, the one with the most pixels, then the first path. Views ``OTHER``
+(oblique, unknown) are not used.
 
 Models are loaded by :mod:`pipelines.runners` (onnxruntime by default, so no PyTorch is needed
 at inference); the model card beside the model gives the image size, the finding names and the
@@ -42,10 +47,14 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydicom.errors import InvalidDicomError
 
-from pipelines.dicom.policy import CHEST_WORDS, RADIOGRAPH_MODALITIES
-from pipelines.dicom.view import dicom_view
-from pipelines.errors import PredictError
+from pipelines.dicom.choice import best_index
+from pipelines.dicom.header import HEADER_TAGS, integer, quiet, read_header, text
+from pipelines.dicom.policy import RADIOGRAPH_MODALITIES, is_chest
+from pipelines.dicom.view import FRONTAL_VIEWS, dicom_view
+from pipelines.errors import DecodeError, PredictError
+from pipelines.imaging import prepare_image, sniff_format
 from pipelines.io import atomic_path
 from pipelines.runners import load_runner, read_model_card
 
@@ -72,60 +81,43 @@ class StudyInput:
 class _Header:
     path: Path
     view: str
-    pixels: int
-    order: tuple[int, int]
+    width: int  # Columns
+    height: int  # Rows
     modality: str
     body_part: str
     patient: str  # compared only, never printed
     study_uid: str  # compared only, never printed
 
 
-def _text(ds: Any, keyword: str) -> str:
-    value = getattr(ds, keyword, "")
-    return "" if value is None else str(value).strip()
-
-
-def _int(ds: Any, keyword: str) -> int:
-    try:
-        return int(getattr(ds, keyword, 0) or 0)
-    except (TypeError, ValueError):
-        return 0
-
-
 def _read_header(path: Path) -> _Header | None:
     """The header of a DICOM image, or None for a file that is not a DICOM image."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, EOFError, OSError, ValueError):
-        return None
-    if "Rows" not in ds or "Columns" not in ds:  # DICOMDIR, reports, presentation states
-        return None
-    view, _raw = dicom_view(ds)
-    return _Header(
-        path=path,
-        view=view,
-        pixels=_int(ds, "Rows") * _int(ds, "Columns"),
-        order=(_int(ds, "SeriesNumber"), _int(ds, "InstanceNumber")),
-        modality=_text(ds, "Modality").upper(),
-        body_part=_text(ds, "BodyPartExamined").upper(),
-        patient=_text(ds, "PatientID"),
-        study_uid=_text(ds, "StudyInstanceUID"),
-    )
-
-
-def _is_chest(body_part: str) -> bool:
-    return not body_part or any(word in body_part for word in CHEST_WORDS)
+    with quiet():  # values are converted on access: keep pydicom's value-quoting warnings off
+        try:
+            ds = read_header(path, HEADER_TAGS)
+        except (InvalidDicomError, EOFError, OSError, ValueError):
+            return None
+        if "Rows" not in ds or "Columns" not in ds:  # DICOMDIR, reports, presentation states
+            return None
+        view, _raw = dicom_view(ds)
+        return _Header(
+            path=path,
+            view=view,
+            width=integer(ds, "Columns", 0, strict=False) or 0,
+            height=integer(ds, "Rows", 0, strict=False) or 0,
+            modality=text(ds, "Modality").upper(),
+            body_part=text(ds, "BodyPartExamined").upper(),
+            patient=text(ds, "PatientID"),
+            study_uid=text(ds, "StudyInstanceUID"),
+        )
 
 
 def check_headers(headers: Sequence[_Header], where: str) -> list[_Header]:
     """Keep the radiographs of one chest study; raise on anything else.
 
     Raises:
-        PredictError: no radiograph (e.g. a CT series), a non-chest body part, several patients
-            or several studies. Identifying values are compared, never printed.
+        PredictError: no radiograph (e.g. a CT series), a non-chest body part (ingest's rule,
+            :func:`pipelines.dicom.policy.non_chest_part`), several patients or several studies.
+            Identifying values are compared, never printed.
     """
     radiographs = [h for h in headers if h.modality in RADIOGRAPH_MODALITIES]
     if not radiographs:
@@ -134,7 +126,7 @@ def check_headers(headers: Sequence[_Header], where: str) -> list[_Header]:
             f"{where}: not a chest radiograph study: modality {found}; "
             "predict accepts CR / DX radiographs"
         )
-    not_chest = sorted({h.body_part for h in radiographs if not _is_chest(h.body_part)})
+    not_chest = sorted({h.body_part for h in radiographs if not is_chest(h.body_part)})
     if not_chest:
         raise PredictError(
             f"{where}: not a chest study: BodyPartExamined is {', '.join(not_chest)}"
@@ -154,9 +146,17 @@ def check_headers(headers: Sequence[_Header], where: str) -> list[_Header]:
     return radiographs
 
 
-def _best(headers: Sequence[_Header]) -> _Header:
-    """Most pixels, then lowest (SeriesNumber, InstanceNumber), then the path."""
-    return sorted(headers, key=lambda h: (-h.pixels, h.order, str(h.path)))[0]
+def _best(headers: Sequence[_Header], frontal: bool) -> _Header:
+    """The pair stage's choice among candidates (:mod:`pipelines.dicom.choice`)."""
+    candidates = pd.DataFrame(
+        {
+            "view": [h.view for h in headers],
+            "width": [h.width for h in headers],
+            "height": [h.height for h in headers],
+            "path": [str(h.path) for h in headers],
+        }
+    )
+    return headers[best_index(candidates, frontal)]
 
 
 def find_study_views(folder: str | Path) -> StudyInput:
@@ -178,10 +178,8 @@ def find_study_views(folder: str | Path) -> StudyInput:
     if not headers:
         raise PredictError(f"{folder}: no DICOM images found ({len(files)} files looked at)")
     radiographs = check_headers(headers, str(folder))
-    by_view: dict[str, list[_Header]] = {}
-    for h in radiographs:
-        by_view.setdefault(h.view, []).append(h)
-    frontal = by_view.get("PA") or by_view.get("AP")
+    frontal = [h for h in radiographs if h.view in FRONTAL_VIEWS]
+    laterals = [h for h in radiographs if h.view == "LATERAL"]
     if not frontal:
         counts = Counter(h.view for h in radiographs)
         found = ", ".join(f"{v or 'none'} x{n}" for v, n in sorted(counts.items()))
@@ -189,14 +187,12 @@ def find_study_views(folder: str | Path) -> StudyInput:
             f"{folder}: no usable frontal view (PA or AP) among {len(radiographs)} "
             f"radiograph(s); views found: {found}"
         )
-    chosen = _best(frontal)
-    lateral = _best(by_view["LATERAL"]).path if by_view.get("LATERAL") else None
+    chosen = _best(frontal, frontal=True)
+    lateral = _best(laterals, frontal=False).path if laterals else None
     return StudyInput(folder.name or str(folder), chosen.path, lateral, chosen.view)
 
 
 def _is_dicom(path: Path) -> bool:
-    from pipelines.imaging import sniff_format
-
     try:
         return sniff_format(path) == "dicom"
     except Exception:  # unreadable: prepare_image reports it with its reason
@@ -276,9 +272,6 @@ def collect_studies(path: str | Path | Sequence[str | Path]) -> list[StudyInput]
 
 
 def _decode(path: Path, size: int, no_window: str = "bits") -> np.ndarray:
-    from pipelines.errors import DecodeError
-    from pipelines.imaging import prepare_image
-
     try:
         image = prepare_image(path, size, no_window=no_window)  # type: ignore[arg-type]
     except DecodeError as exc:

@@ -16,10 +16,25 @@ from pipelines.dicom.policy import (
     is_single_frame,
     non_chest_part,
 )
-from pipelines.errors import DecodeError
+from pipelines.errors import DecodeError, PredictError
 from pipelines.imaging import read_image
+from pipelines.predict import find_study_views
 from pipelines.sources.dicom import read
 from tests.pipelines.sources.test_dicom import make_ds, opts, pixels, reasons, write
+
+# BodyPartExamined -> refused (ingest: not_chest; predict: "not a chest study")
+BODY_PARTS: dict[str, bool] = {
+    "": False,
+    "CHEST": False,
+    "PORT CHEST": False,
+    "THORAX": False,
+    "PORTABLE": False,
+    "UNKNOWN": False,
+    "TX": False,
+    "ABDOMEN": True,
+    "KNEE": True,
+    "CHEST ABDOMEN": False,
+}
 
 
 @pytest.mark.parametrize(
@@ -45,6 +60,25 @@ from tests.pipelines.sources.test_dicom import make_ds, opts, pixels, reasons, w
 def test_non_chest_part(body_part: str, word: str) -> None:
     assert non_chest_part(body_part) == word
     assert is_chest(body_part) == (word == "")
+
+
+def test_body_part_rule_ingest_and_predict_agree(tmp_path: Path) -> None:
+    """Ingest rejects (not_chest) exactly the studies that cxr predict refuses."""
+    for i, part in enumerate(BODY_PARTS):
+        ds = make_ds(f"1.2.3.{i}", BodyPartExamined=part, study=f"1.2.9.{i}")
+        write(ds, tmp_path / "ingest" / f"{i}.dcm")
+        write(ds, tmp_path / "predict" / str(i) / "pa.dcm")
+    ingest = reasons(read(tmp_path / "ingest", opts()))
+    for i, (part, refused) in enumerate(BODY_PARTS.items()):
+        by_ingest = ingest.get(f"{i}.dcm") == "not_chest"
+        try:
+            find_study_views(tmp_path / "predict" / str(i))
+            by_predict = False
+        except PredictError as exc:
+            assert "not a chest study" in str(exc)
+            by_predict = True
+        assert by_ingest == by_predict == refused, part
+    assert set(ingest.values()) == {"not_chest"}  # no other reason in this table
 
 
 def test_chest_body_parts_are_accepted(tmp_path: Path) -> None:

@@ -185,11 +185,11 @@ def test_a_view_position_out_of_the_code_string_charset_is_not_echoed() -> None:
     assert dicom_view(ds) == ("OTHER", "non-standard ViewPosition")
 
 
-def test_the_view_map_needs_no_pydicom() -> None:
+def test_the_view_map_and_the_choice_need_no_pydicom() -> None:
     """Table readers, the pair stage and PNG / JPEG decoding run without importing pydicom."""
     code = (
         "import sys\n"
-        "import pipelines.dicom.view, pipelines.imaging, pipelines.pair\n"
+        "import pipelines.dicom.choice, pipelines.dicom.view, pipelines.imaging, pipelines.pair\n"
         "import pipelines.sources.csv\n"
         "print('pydicom' in sys.modules)\n"
     )
