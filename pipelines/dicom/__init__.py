@@ -6,6 +6,7 @@
 - :mod:`~pipelines.dicom.choice`: which frontal / lateral image of a study is used (pair and
   ``cxr predict``);
 - :mod:`~pipelines.dicom.integrity`: byte-level checks of the Pixel Data without decoding it;
+- :mod:`~pipelines.dicom.pixels`: DICOM pixels to a display-ready float image;
 - :mod:`~pipelines.dicom.reasons`: the reason codes of a rejected file.
 
 The package imports nothing on its own: :mod:`~pipelines.dicom.view` and

@@ -1,9 +1,8 @@
 """What a usable chest radiograph is: modality, body part, photometric, frames, transfer syntax.
 
 The ingest reader (:func:`check_image`, every rule) and ``cxr predict`` (modality and body part)
-share these rules; the decoder (:mod:`pipelines.imaging`) reads the photometric
-interpretations of :data:`DECODABLE_PHOTOMETRIC`, so that ingest accepts only what preprocess
-can decode.
+share these rules; the decoder (:mod:`pipelines.dicom.pixels`) shares the photometric and frame
+rules, so that ingest accepts only what preprocess can decode.
 
 Body part (:func:`non_chest_part`): a blank BodyPartExamined is accepted; so is one holding a
 chest word (``CHEST``, ``THORAX``, ``PORT CHEST``, ``CHEST ABDOMEN`` ...); one naming a known
