@@ -88,7 +88,7 @@ def test_chest_body_parts_are_accepted(tmp_path: Path) -> None:
     assert len(result.manifest) == 6 and result.rejected == []
 
 
-def test_radiograph_modalities() -> None:
+def test_radiograph_modalities_follow_ingest() -> None:
     assert {"CR", "DX", "DR"} == ACCEPTED_MODALITIES
     assert ACCEPTED_MODALITIES | {""} == RADIOGRAPH_MODALITIES
 
