@@ -63,7 +63,7 @@ from pipelines.export import (  # noqa: E402
     trace,
 )
 from pipelines.model import ModelParams, build_model, load_model, to_model_input  # noqa: E402
-from pipelines.predict import load_runner  # noqa: E402
+from pipelines.runners import load_runner  # noqa: E402
 
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]
 Runner = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]

@@ -84,7 +84,7 @@ from pipelines.evaluation.metrics import macro_auroc
 from pipelines.evaluation.provenance import git_commit
 from pipelines.io import write_json
 from pipelines.labels import FINDINGS
-from pipelines.predict import CARD_FILE, INPUT_NAMES, OUTPUT_NAME, Runner, load_runner
+from pipelines.runners import CARD_FILE, INPUT_NAMES, OUTPUT_NAME, Runner, load_runner
 from pipelines.stage import run_stage
 
 log = logging.getLogger(__name__)

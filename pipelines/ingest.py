@@ -15,11 +15,12 @@ from typing import Any
 import pandas as pd
 
 from pipelines.config import StageParams, load_section
+from pipelines.dicom.view import VIEWS
 from pipelines.errors import SourceError
 from pipelines.io import rejected_frame, write_json, write_parquet, write_rejected
 from pipelines.keys import get_salt
 from pipelines.labels import FINDINGS, UncertainPolicy
-from pipelines.schema import VIEWS, conform_manifest
+from pipelines.schema import conform_manifest
 from pipelines.sources import SOURCES, ReadOptions, get_reader
 from pipelines.stage import run_stage
 

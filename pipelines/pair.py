@@ -5,8 +5,10 @@ Rules, all deterministic and independent of row order:
 - Views: ``PA``/``AP`` images are frontal candidates, ``LATERAL`` images lateral candidates;
   ``OTHER`` images are not used (listed in ``rejected.csv`` as ``other_view``).
 - A study with several frontal images keeps one: PA before AP, then the largest image
-  (width x height), then the smallest ``image_id``. Several laterals: the largest, then the
-  smallest ``image_id``. The others are listed as ``extra_frontal`` / ``extra_lateral``.
+  (width x height), then the first path (string order). Several laterals: the largest, then the
+  first path. The others are listed as ``extra_frontal`` / ``extra_lateral``. The rule is
+  :mod:`pipelines.dicom.choice`, which ``cxr predict`` uses too; the path, not the salted
+  ``image_id``, breaks ties, so the choice does not depend on the secret salt.
 - ``missing_view: keep_frontal_only`` keeps studies without a lateral (``has_lateral`` False);
   ``require_both`` drops them (``missing_lateral``). A study with no frontal view is never kept
   (``no_frontal``): the frontal view is the one every model input needs.
@@ -31,10 +33,12 @@ import pandas as pd
 from pydantic import field_validator
 
 from pipelines.config import BaseParams, StageParams, load_params, parse_section
+from pipelines.dicom.choice import RANK, rank_images
+from pipelines.dicom.view import FRONTAL_VIEWS
 from pipelines.errors import SplitLeakError, UserError
 from pipelines.io import write_json, write_parquet, write_rejected
 from pipelines.labels import FINDINGS
-from pipelines.schema import FRONTAL_VIEWS, SPLITS, STUDY_COLUMNS
+from pipelines.schema import SPLITS, STUDY_COLUMNS
 from pipelines.stage import run_stage
 
 log = logging.getLogger(__name__)
@@ -45,9 +49,9 @@ DETAILS: dict[str, str] = {
     "cannot be placed in one patient's split",
     "other_view": "the view is not PA, AP or lateral",
     "extra_frontal": "another frontal image of the study was chosen (PA before AP, then the "
-    "larger image, then the smaller image id)",
+    "larger image, then the first path)",
     "extra_lateral": "another lateral image of the study was chosen (the larger image, then the "
-    "smaller image id)",
+    "first path)",
     "no_frontal": "the study has no PA or AP image; a lateral view alone is not used",
     "missing_lateral": "the study has no lateral view and pair.missing_view is require_both",
 }
@@ -70,16 +74,6 @@ class PairParams(StageParams):
         if any(f < 0 for f in v.values()) or not np.isclose(sum(v.values()), 1.0):
             raise ValueError(f"must be >= 0 and sum to 1, got {v}")
         return v
-
-
-def _pick(images: pd.DataFrame, frontal: bool) -> pd.DataFrame:
-    """Rank candidate images within each study; rank 0 is the one kept."""
-    order = images.assign(
-        _pa=(images["view"] != "PA").astype(int) if frontal else 0,
-        _area=-(images["width"].astype("int64") * images["height"].astype("int64")),
-    ).sort_values(["study_key", "_pa", "_area", "image_id"], kind="mergesort")
-    order["_rank"] = order.groupby("study_key", sort=False).cumcount()
-    return order.drop(columns=["_pa", "_area"])
 
 
 def _study_labels(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -179,12 +173,12 @@ def pair_studies(
     images = manifest[~conflict]
 
     reject(images[images["view"] == "OTHER"], "other_view")
-    frontal = _pick(images[images["view"].isin(FRONTAL_VIEWS)], frontal=True)
-    lateral = _pick(images[images["view"] == "LATERAL"], frontal=False)
-    reject(frontal[frontal["_rank"] > 0], "extra_frontal")
-    reject(lateral[lateral["_rank"] > 0], "extra_lateral")
-    frontal = frontal[frontal["_rank"] == 0].set_index("study_key")
-    lateral = lateral[lateral["_rank"] == 0].set_index("study_key")
+    frontal = rank_images(images[images["view"].isin(FRONTAL_VIEWS)], frontal=True)
+    lateral = rank_images(images[images["view"] == "LATERAL"], frontal=False)
+    reject(frontal[frontal[RANK] > 0], "extra_frontal")
+    reject(lateral[lateral[RANK] > 0], "extra_lateral")
+    frontal = frontal[frontal[RANK] == 0].set_index("study_key")
+    lateral = lateral[lateral[RANK] == 0].set_index("study_key")
 
     lateral_only = lateral.index.difference(frontal.index)
     reject(lateral.loc[lateral_only].reset_index(), "no_frontal")

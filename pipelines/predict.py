@@ -3,7 +3,7 @@
 ``PATH`` is one of:
 
 - a **DICOM study folder** (searched recursively): the frontal and lateral images are chosen from
-  the headers (:func:`pipelines.sources.dicom.dicom_view`);
+  the headers (:func:`pipelines.dicom.view.dicom_view`);
 - **a pair of image files** ``(frontal, lateral)`` or one frontal image: DICOM, PNG or JPEG,
   recognised by content;
 - a **CSV of studies** with a ``frontal`` column, an optional ``lateral`` column and an optional
@@ -13,19 +13,21 @@ Images are decoded by :func:`pipelines.imaging.prepare_image`, the code that pre
 (modality + VOI LUT, MONOCHROME1 inverted, resized to the model card's size), so a study is seen
 here exactly as the model saw its training data.
 
+DICOM headers are checked with ingest's rules (:mod:`pipelines.dicom.policy`): only radiographs
+count (Modality CR, DX or DR, or no Modality), and a study whose BodyPartExamined names a
+non-chest part (and no chest word) is refused, so predict refuses exactly the studies ingest
+rejects as ``not_chest``; a blank, ``PORTABLE`` or ``UNKNOWN`` body part is accepted.
+
 View choice in a DICOM folder (deterministic, documented here and in the output's ``frontal``
-and ``lateral`` columns): only radiographs count (Modality CR, DX or DR, or no Modality);
-the **frontal** image is a PA view if there is one, else an AP view; the **lateral** is a LATERAL
-(LL / RL ...) view. Among several candidates of the same kind the one with the most pixels wins,
-then the lowest (SeriesNumber, InstanceNumber), then the first path in sorted order. Views
-``OTHER`` (oblique, unknown) are not used.
+and ``lateral`` columns) is the pair stage's rule (:mod:`pipelines.dicom.choice`): the
+**frontal** image is a PA view if there is one, else an AP view, then the one with the most
+pixels (rows x columns), then the first path in string order; the **lateral** is a LATERAL
+(LL / RL ...) view, the one with the most pixels, then the first path. Views ``OTHER``
+(oblique, unknown) are not used.
 
-Runtimes: onnxruntime by default, so no PyTorch is needed at inference; ``torchscript`` and
-``lite`` (``.ptl``) import torch lazily. The model card ``metadata.json`` beside the model gives
-the image size, the finding names and the validation-chosen thresholds.
-
-The decoding and header modules are imported where used, so that loading a model
-(:func:`load_runner`, which the export stage reuses for its parity checks) needs neither.
+Models are loaded by :mod:`pipelines.runners` (onnxruntime by default, so no PyTorch is needed
+at inference); the model card beside the model gives the image size, the finding names and the
+validation-chosen thresholds.
 
 Errors about the input (a folder with no usable frontal view, images of several patients or
 studies in one folder, a non-chest study, an unreadable image, a missing model card) raise
@@ -37,182 +39,29 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydicom.errors import InvalidDicomError
 
-from pipelines.errors import PredictError
+from pipelines.dicom.choice import best_index
+from pipelines.dicom.header import HEADER_TAGS, integer, quiet, read_header, text
+from pipelines.dicom.policy import RADIOGRAPH_MODALITIES, is_chest
+from pipelines.dicom.view import FRONTAL_VIEWS, dicom_view
+from pipelines.errors import DecodeError, PredictError
+from pipelines.imaging import prepare_image, sniff_format
 from pipelines.io import atomic_path
-from pipelines.sources.dicom import ACCEPTED_MODALITIES, CHEST_WORDS, dicom_view
+from pipelines.runners import load_runner, read_model_card
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "models/export/model.onnx"
-CARD_FILE = "metadata.json"
-INPUT_NAMES: tuple[str, str, str] = ("frontal", "lateral", "has_lateral")
-OUTPUT_NAME = "probabilities"
-
-Runtime = Literal["auto", "onnxruntime", "torchscript", "lite", "executorch"]
-RUNTIMES: tuple[str, ...] = ("auto", "onnxruntime", "torchscript", "lite", "executorch")
 OutputFormat = Literal["table", "json", "csv"]
-
-#: Radiograph modalities as ingest accepts them, plus none (a header without Modality).
-RADIOGRAPH_MODALITIES = ACCEPTED_MODALITIES | {""}
-
-#: Runner: (frontal uint8 (B,1,S,S), lateral uint8 (B,1,S,S), has_lateral bool (B,)) -> (B, F)
-Runner = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-
-
-# --------------------------------------------------------------------------- model + card
-
-
-def read_model_card(model: str | Path) -> dict[str, Any]:
-    """Read ``metadata.json`` beside an exported model.
-
-    Raises:
-        PredictError: the model or its card is missing or unreadable.
-    """
-    model = Path(model)
-    if not model.is_file():
-        raise PredictError(f"{model}: model file not found (run the export stage, or pass --model)")
-    card_path = model.parent / CARD_FILE
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PredictError(f"{card_path}: model card not found beside the model") from None
-    except json.JSONDecodeError as exc:
-        raise PredictError(f"{card_path}: model card is not valid JSON ({exc.msg})") from None
-    for key in ("input", "output"):
-        if key not in card:
-            raise PredictError(f"{card_path}: model card lacks its '{key}' section")
-    return card
-
-
-def resolve_runtime(model: str | Path, runtime: str = "auto") -> str:
-    """The runtime for a model file: ``auto`` picks by suffix (.onnx, .ptl, .pte, else TorchScript).
-
-    Raises:
-        PredictError: an unknown runtime name.
-    """
-    if runtime not in RUNTIMES:
-        raise PredictError(f"unknown runtime '{runtime}'; choose one of {', '.join(RUNTIMES)}")
-    if runtime != "auto":
-        return runtime
-    suffix = Path(model).suffix.lower()
-    return {".onnx": "onnxruntime", ".ptl": "lite", ".pte": "executorch"}.get(suffix, "torchscript")
-
-
-def load_runner(model: str | Path, runtime: str = "auto", threads: int | None = None) -> Runner:
-    """Load an exported model into a callable over numpy batches.
-
-    Args:
-        model: the exported file (``model.onnx``, ``model.int8.onnx``, ``model.ts.pt``,
-            ``model.ptl`` or ``model.pte``).
-        runtime: ``auto`` (by suffix), ``onnxruntime``, ``torchscript``, ``lite`` or
-            ``executorch``. Only onnxruntime runs without PyTorch.
-        threads: intra-op threads (None: the runtime's default).
-
-    Returns:
-        ``runner(frontal, lateral, has_lateral) -> probabilities`` (float32, (B, F)); images
-        uint8 (B, 1, S, S), has_lateral bool (B,).
-
-    Raises:
-        PredictError: the file is missing or the runtime cannot load it.
-    """
-    model = Path(model)
-    if not model.is_file():
-        raise PredictError(f"{model}: model file not found")
-    runtime = resolve_runtime(model, runtime)
-    try:
-        if runtime == "onnxruntime":
-            return _onnx_runner(model, threads)
-        if runtime == "executorch":
-            return _executorch_runner(model)
-        return _torch_runner(model, lite=runtime == "lite", threads=threads)
-    except PredictError:
-        raise
-    except ImportError as exc:
-        raise PredictError(f"{model}: runtime '{runtime}' is not installed ({exc.name})") from None
-    except Exception as exc:  # a corrupt or foreign file: one line, not a traceback
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PredictError(f"{model}: {runtime} cannot load it: {first[:300]}") from None
-
-
-def _onnx_runner(model: Path, threads: int | None) -> Runner:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    if tuple(names) != INPUT_NAMES:
-        raise PredictError(f"{model}: inputs {names}, expected {list(INPUT_NAMES)}")
-
-    def run(frontal: np.ndarray, lateral: np.ndarray, has_lateral: np.ndarray) -> np.ndarray:
-        feed = {
-            "frontal": np.ascontiguousarray(frontal, dtype=np.uint8),
-            "lateral": np.ascontiguousarray(lateral, dtype=np.uint8),
-            "has_lateral": np.ascontiguousarray(has_lateral, dtype=bool),
-        }
-        return session.run([OUTPUT_NAME], feed)[0].astype(np.float32, copy=False)
-
-    return run
-
-
-def _torch_runner(model: Path, lite: bool, threads: int | None) -> Runner:
-    import torch  # lazily: onnxruntime inference needs no PyTorch
-
-    if threads:
-        torch.set_num_threads(threads)
-    with warnings.catch_warnings():  # "torch.jit.load is deprecated": said in the model card
-        warnings.simplefilter("ignore", FutureWarning)
-        if lite:
-            from torch.jit.mobile import _load_for_lite_interpreter
-
-            module = _load_for_lite_interpreter(str(model), map_location="cpu")
-        else:
-            module = torch.jit.load(str(model), map_location="cpu").eval()
-
-    def run(frontal: np.ndarray, lateral: np.ndarray, has_lateral: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            out = module(
-                torch.from_numpy(np.ascontiguousarray(frontal, dtype=np.uint8)),
-                torch.from_numpy(np.ascontiguousarray(lateral, dtype=np.uint8)),
-                torch.from_numpy(np.ascontiguousarray(has_lateral, dtype=bool)),
-            )
-        return out.float().numpy()
-
-    return run
-
-
-def _executorch_runner(model: Path) -> Runner:
-    import torch
-    from executorch.runtime import Runtime  # optional package (see pipelines.export)
-
-    method = Runtime.get().load_program(str(model)).load_method("forward")
-
-    def run(frontal: np.ndarray, lateral: np.ndarray, has_lateral: np.ndarray) -> np.ndarray:
-        outs = []
-        for i in range(len(frontal)):  # exported for batch 1 (pipelines.export)
-            out = method.execute(
-                [
-                    torch.from_numpy(np.ascontiguousarray(frontal[i : i + 1], dtype=np.uint8)),
-                    torch.from_numpy(np.ascontiguousarray(lateral[i : i + 1], dtype=np.uint8)),
-                    torch.from_numpy(np.ascontiguousarray(has_lateral[i : i + 1], dtype=bool)),
-                ]
-            )
-            outs.append(out[0].float().numpy())
-        return np.concatenate(outs) if outs else np.zeros((0, 0), dtype=np.float32)
-
-    return run
 
 
 # --------------------------------------------------------------------------- study discovery
@@ -232,60 +81,43 @@ class StudyInput:
 class _Header:
     path: Path
     view: str
-    pixels: int
-    order: tuple[int, int]
+    width: int  # Columns
+    height: int  # Rows
     modality: str
     body_part: str
     patient: str  # compared only, never printed
     study_uid: str  # compared only, never printed
 
 
-def _text(ds: Any, keyword: str) -> str:
-    value = getattr(ds, keyword, "")
-    return "" if value is None else str(value).strip()
-
-
-def _int(ds: Any, keyword: str) -> int:
-    try:
-        return int(getattr(ds, keyword, 0) or 0)
-    except (TypeError, ValueError):
-        return 0
-
-
 def _read_header(path: Path) -> _Header | None:
     """The header of a DICOM image, or None for a file that is not a DICOM image."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, EOFError, OSError, ValueError):
-        return None
-    if "Rows" not in ds or "Columns" not in ds:  # DICOMDIR, reports, presentation states
-        return None
-    view, _raw = dicom_view(ds)
-    return _Header(
-        path=path,
-        view=view,
-        pixels=_int(ds, "Rows") * _int(ds, "Columns"),
-        order=(_int(ds, "SeriesNumber"), _int(ds, "InstanceNumber")),
-        modality=_text(ds, "Modality").upper(),
-        body_part=_text(ds, "BodyPartExamined").upper(),
-        patient=_text(ds, "PatientID"),
-        study_uid=_text(ds, "StudyInstanceUID"),
-    )
-
-
-def _is_chest(body_part: str) -> bool:
-    return not body_part or any(word in body_part for word in CHEST_WORDS)
+    with quiet():  # values are converted on access: keep pydicom's value-quoting warnings off
+        try:
+            ds = read_header(path, HEADER_TAGS)
+        except (InvalidDicomError, EOFError, OSError, ValueError):
+            return None
+        if "Rows" not in ds or "Columns" not in ds:  # DICOMDIR, reports, presentation states
+            return None
+        view, _raw = dicom_view(ds)
+        return _Header(
+            path=path,
+            view=view,
+            width=integer(ds, "Columns", 0, strict=False) or 0,
+            height=integer(ds, "Rows", 0, strict=False) or 0,
+            modality=text(ds, "Modality").upper(),
+            body_part=text(ds, "BodyPartExamined").upper(),
+            patient=text(ds, "PatientID"),
+            study_uid=text(ds, "StudyInstanceUID"),
+        )
 
 
 def check_headers(headers: Sequence[_Header], where: str) -> list[_Header]:
     """Keep the radiographs of one chest study; raise on anything else.
 
     Raises:
-        PredictError: no radiograph (e.g. a CT series), a non-chest body part, several patients
-            or several studies. Identifying values are compared, never printed.
+        PredictError: no radiograph (e.g. a CT series), a non-chest body part (ingest's rule,
+            :func:`pipelines.dicom.policy.non_chest_part`), several patients or several studies.
+            Identifying values are compared, never printed.
     """
     radiographs = [h for h in headers if h.modality in RADIOGRAPH_MODALITIES]
     if not radiographs:
@@ -294,7 +126,7 @@ def check_headers(headers: Sequence[_Header], where: str) -> list[_Header]:
             f"{where}: not a chest radiograph study: modality {found}; "
             "predict accepts CR / DX radiographs"
         )
-    not_chest = sorted({h.body_part for h in radiographs if not _is_chest(h.body_part)})
+    not_chest = sorted({h.body_part for h in radiographs if not is_chest(h.body_part)})
     if not_chest:
         raise PredictError(
             f"{where}: not a chest study: BodyPartExamined is {', '.join(not_chest)}"
@@ -314,9 +146,17 @@ def check_headers(headers: Sequence[_Header], where: str) -> list[_Header]:
     return radiographs
 
 
-def _best(headers: Sequence[_Header]) -> _Header:
-    """Most pixels, then lowest (SeriesNumber, InstanceNumber), then the path."""
-    return sorted(headers, key=lambda h: (-h.pixels, h.order, str(h.path)))[0]
+def _best(headers: Sequence[_Header], frontal: bool) -> _Header:
+    """The pair stage's choice among candidates (:mod:`pipelines.dicom.choice`)."""
+    candidates = pd.DataFrame(
+        {
+            "view": [h.view for h in headers],
+            "width": [h.width for h in headers],
+            "height": [h.height for h in headers],
+            "path": [str(h.path) for h in headers],
+        }
+    )
+    return headers[best_index(candidates, frontal)]
 
 
 def find_study_views(folder: str | Path) -> StudyInput:
@@ -338,10 +178,8 @@ def find_study_views(folder: str | Path) -> StudyInput:
     if not headers:
         raise PredictError(f"{folder}: no DICOM images found ({len(files)} files looked at)")
     radiographs = check_headers(headers, str(folder))
-    by_view: dict[str, list[_Header]] = {}
-    for h in radiographs:
-        by_view.setdefault(h.view, []).append(h)
-    frontal = by_view.get("PA") or by_view.get("AP")
+    frontal = [h for h in radiographs if h.view in FRONTAL_VIEWS]
+    laterals = [h for h in radiographs if h.view == "LATERAL"]
     if not frontal:
         counts = Counter(h.view for h in radiographs)
         found = ", ".join(f"{v or 'none'} x{n}" for v, n in sorted(counts.items()))
@@ -349,14 +187,12 @@ def find_study_views(folder: str | Path) -> StudyInput:
             f"{folder}: no usable frontal view (PA or AP) among {len(radiographs)} "
             f"radiograph(s); views found: {found}"
         )
-    chosen = _best(frontal)
-    lateral = _best(by_view["LATERAL"]).path if by_view.get("LATERAL") else None
+    chosen = _best(frontal, frontal=True)
+    lateral = _best(laterals, frontal=False).path if laterals else None
     return StudyInput(folder.name or str(folder), chosen.path, lateral, chosen.view)
 
 
 def _is_dicom(path: Path) -> bool:
-    from pipelines.imaging import sniff_format
-
     try:
         return sniff_format(path) == "dicom"
     except Exception:  # unreadable: prepare_image reports it with its reason
@@ -436,9 +272,6 @@ def collect_studies(path: str | Path | Sequence[str | Path]) -> list[StudyInput]
 
 
 def _decode(path: Path, size: int, no_window: str = "bits") -> np.ndarray:
-    from pipelines.errors import DecodeError
-    from pipelines.imaging import prepare_image
-
     try:
         image = prepare_image(path, size, no_window=no_window)  # type: ignore[arg-type]
     except DecodeError as exc:

@@ -1,22 +1,18 @@
-"""Column contracts between stages (DESIGN.md §3).
+"""Column contracts between stages.
 
 Manifest (ingest out, ``manifest.parquet``): one row per image. Studies (pair out,
 ``studies.parquet``): one row per study. Keys are salted hashes (:mod:`pipelines.keys`); paths are
-relative to the data root recorded in ``df.attrs["data_root"]``.
+relative to the data root recorded in ``df.attrs["data_root"]``. Views are those of
+:data:`pipelines.dicom.view.VIEWS`.
 """
 
 from __future__ import annotations
-
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from pipelines.labels import FINDINGS
 
-View = Literal["PA", "AP", "LATERAL", "OTHER"]
-VIEWS: tuple[str, ...] = ("PA", "AP", "LATERAL", "OTHER")
-FRONTAL_VIEWS: tuple[str, ...] = ("PA", "AP")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
@@ -47,52 +43,6 @@ STUDY_COLUMNS: tuple[str, ...] = (
     *FINDINGS,
     "split",  # train, val, test
 )
-
-
-_VIEW_ALIASES: dict[str, str] = {
-    "PA": "PA",
-    "POSTERO_ANTERIOR": "PA",
-    "POSTEROANTERIOR": "PA",
-    "POSTERO-ANTERIOR": "PA",
-    "AP": "AP",
-    "ANTERO_POSTERIOR": "AP",
-    "ANTEROPOSTERIOR": "AP",
-    "ANTERO-POSTERIOR": "AP",
-    "AP_HORIZONTAL": "AP",  # PadChest: supine AP
-    "AP SUPINE": "AP",
-    "APS": "AP",
-    "LL": "LATERAL",
-    "RL": "LATERAL",
-    "L": "LATERAL",
-    "LAT": "LATERAL",
-    "LATERAL": "LATERAL",
-    "LEFT LATERAL": "LATERAL",
-    "RIGHT LATERAL": "LATERAL",
-    "LATERAL-LEFT": "LATERAL",
-    "LATERAL-RIGHT": "LATERAL",
-}
-
-
-def canonical_view(raw: object) -> str:
-    """Map a source's view text to ``PA``, ``AP``, ``LATERAL`` or ``OTHER``.
-
-    Case and surrounding blanks are ignored; anything unrecognised (oblique, ``UNK``, blank,
-    ``COSTAL``) is ``OTHER``.
-    """
-    if raw is None or (isinstance(raw, float) and np.isnan(raw)):
-        return "OTHER"
-    return _VIEW_ALIASES.get(str(raw).strip().upper().replace("  ", " "), "OTHER")
-
-
-def canonical_views(raw: pd.Series) -> pd.Series:
-    """Vectorised :func:`canonical_view` (each distinct value is mapped once)."""
-    text = raw.astype("string").str.strip().str.upper().fillna("")
-    return text.map(lambda v: _VIEW_ALIASES.get(v, "OTHER")).astype("string")
-
-
-def empty_manifest() -> pd.DataFrame:
-    """A typed, empty manifest frame."""
-    return conform_manifest(pd.DataFrame(columns=list(MANIFEST_COLUMNS)))
 
 
 def conform_manifest(df: pd.DataFrame) -> pd.DataFrame:

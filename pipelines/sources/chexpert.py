@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipelines.dicom.view import canonical_views
 from pipelines.labels import CHEXPERT_TO_FINDINGS
-from pipelines.schema import canonical_views
 from pipelines.sources import ReadOptions, SourceResult
 from pipelines.sources.common import (
     Rows,

@@ -36,11 +36,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image, UnidentifiedImageError
 
+from pipelines.dicom.view import canonical_views
 from pipelines.errors import SourceError
 from pipelines.io import Rejection
 from pipelines.keys import get_salt, make_keys
 from pipelines.labels import FINDINGS, UncertainPolicy, apply_uncertain_policy
-from pipelines.schema import canonical_views, conform_manifest
+from pipelines.schema import conform_manifest
 from pipelines.sources import ReadOptions, SourceResult
 
 __all__ = [

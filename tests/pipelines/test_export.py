@@ -97,7 +97,7 @@ def fresh_process_probs(model: Path, runtime: str, batch: dict) -> tuple[np.ndar
     np.savez(work.with_suffix(".npz"), **batch)
     code = (
         "import sys, numpy as np\n"
-        "from pipelines.predict import load_runner\n"
+        "from pipelines.runners import load_runner\n"
         "d = np.load(sys.argv[1])\n"
         "run = load_runner(sys.argv[2], sys.argv[3], threads=1)\n"
         "np.save(sys.argv[4], run(d['frontal'], d['lateral'], d['has_lateral']))\n"

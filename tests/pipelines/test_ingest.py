@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from pipelines.dicom.view import VIEWS
 from pipelines.errors import SourceError
 from pipelines.ingest import IngestParams, ingest, run_ingest
 from pipelines.keys import get_salt
 from pipelines.labels import FINDINGS
-from pipelines.schema import MANIFEST_COLUMNS, VIEWS
+from pipelines.schema import MANIFEST_COLUMNS
 from pipelines.sources import ReadOptions
 
 

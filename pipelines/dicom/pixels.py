@@ -1,0 +1,258 @@
+"""DICOM pixels to a display-ready float image (dense = bright, float32 in [0, 1]).
+
+pydicom 3 decodes, with the pylibjpeg / pyjpegls plugins for JPEG baseline, extended, lossless,
+JPEG 2000 and JPEG-LS (RLE natively). Then:
+
+1. the modality LUT (Modality LUT Sequence, or Rescale Slope / Intercept);
+2. the VOI LUT: the first VOI LUT Sequence item if present, else the first Window Center / Width
+   (with its VOI LUT Function: LINEAR, LINEAR_EXACT, SIGMOID). Both are
+   :func:`pydicom.pixels.apply_modality_lut` / :func:`pydicom.pixels.apply_voi_lut`;
+3. scaled to [0, 1] by the VOI output range (the window's ``y_min .. y_max``; for a LUT,
+   ``0 .. 2**bits - 1`` of its descriptor, widened if the data exceed it), or, with no VOI, by
+   the range the stored bits can hold after the modality LUT (``no_window="bits"``) or by the
+   image's own min / max (``no_window="minmax"``);
+4. ``MONOCHROME1`` inverted (``1 - x``). A Presentation LUT Shape is not applied on top: in
+   DX/CR objects it restates the photometric interpretation (INVERSE with MONOCHROME1).
+
+For integer pixels of up to 16 bits, steps 1-4 are computed once over every possible stored
+value (at most 65,536 entries) and applied as one table look-up, which is exact (the steps are
+pointwise) and much faster than transforming every pixel in float64.
+
+Colour (RGB; YBR, which pydicom converts to RGB) becomes luminance (ITU-R 601, :data:`LUMA`).
+The photometric and frame rules are :mod:`pipelines.dicom.policy`'s, which ingest applies too.
+
+Failures raise :class:`~pipelines.errors.DecodeError` with a reason of
+:data:`pipelines.imaging.REASONS` and a detail that never carries header values of identifying
+tags (PHI). pydicom is imported on the first DICOM read, so that importing
+:mod:`pipelines.imaging` for PNG / JPEG needs none.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from pipelines.errors import DecodeError
+
+NoWindow = Literal["bits", "minmax"]
+
+#: ITU-R 601 luma weights of R, G, B.
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_MONO = ("MONOCHROME1", "MONOCHROME2")
+_JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"  # JPEG Extended (Process 2 & 4): 12-bit lossy
+
+
+def read_dicom(path: Path, no_window: NoWindow = "bits") -> np.ndarray:
+    """Decode a DICOM image to float32 (H, W) in [0, 1], dense = bright.
+
+    Args:
+        path: the file.
+        no_window: how an image without a VOI LUT or window is scaled (module docstring).
+
+    Raises:
+        DecodeError: ``truncated``, ``no_pixel_data``, ``multi_frame``,
+            ``unsupported_photometric``, ``unsupported_transfer_syntax`` or ``decode_failed``.
+    """
+    from pipelines.dicom.header import quiet
+
+    with quiet():
+        ds = _read_dataset(path)
+        photometric = _check_decodable(ds, path)
+        tsyntax, ts_name = _check_decoder(ds, path)
+        try:
+            arr = ds.pixel_array
+        except Exception as exc:
+            raise _pixel_error(path, exc, tsyntax, ts_name, ds) from None
+
+        if arr.ndim == 3 and arr.shape[-1] == 3:  # RGB / YBR (pydicom converts YBR to RGB)
+            bits = int(ds.get("BitsStored", 8) or 8)
+            img = (arr.astype(np.float32) @ LUMA) / float(2**bits - 1)
+            return np.clip(img, 0.0, 1.0, out=img)
+        if arr.ndim != 2:
+            raise DecodeError(path, "decode_failed", f"unexpected pixel array shape {arr.shape}")
+        try:
+            return _mono_to_unit(arr, ds, no_window, invert=photometric == "MONOCHROME1")
+        except DecodeError:
+            raise
+        except Exception as exc:  # malformed LUTs and the like
+            raise DecodeError(
+                path, "decode_failed", f"modality/VOI LUT: {type(exc).__name__}: {exc}"[:300]
+            ) from None
+
+
+def _read_dataset(path: Path) -> Any:
+    """The whole data set, with pixels (header parse errors quote values: report the type)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, force=True)
+    except Exception as exc:
+        reason = "truncated" if isinstance(exc, EOFError) else "decode_failed"
+        detail = f"DICOM header unreadable ({type(exc).__name__})"
+        raise DecodeError(path, reason, detail) from None
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if len(ds) == 0:
+            raise DecodeError(path, "truncated", "the file ends inside the DICOM header")
+        if "Rows" in ds and "Columns" in ds:
+            raise DecodeError(path, "truncated", "image attributes but the file has no pixels")
+        raise DecodeError(path, "no_pixel_data", "DICOM object without pixel data")
+    return ds
+
+
+def _check_decodable(ds: Any, path: Path) -> str:
+    """One frame of a photometric interpretation the policy accepts; returns that one."""
+    from pipelines.dicom.policy import is_decodable_photometric, is_single_frame
+
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if not is_single_frame(frames):
+        raise DecodeError(path, "multi_frame", f"{frames} frames; expected one radiograph")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if not is_decodable_photometric(photometric):
+        raise DecodeError(path, "unsupported_photometric", f"{photometric} images")
+    return photometric
+
+
+def _check_decoder(ds: Any, path: Path) -> tuple[Any, str]:
+    """The transfer syntax (declared in the file meta for a bare data set, so that pydicom can
+    decode it) and its name; an installed decoder for a compressed one."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.pixels import get_decoder
+
+    from pipelines.dicom.header import transfer_syntax
+
+    tsyntax = transfer_syntax(ds)
+    if tsyntax is not None and not getattr(ds, "file_meta", {}).get("TransferSyntaxUID"):
+        if getattr(ds, "file_meta", None) is None:
+            ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = tsyntax
+    ts_name = f"{tsyntax.name} ({tsyntax})" if tsyntax else "unknown transfer syntax"
+    if tsyntax is not None and tsyntax.is_compressed:
+        try:
+            decoder = get_decoder(tsyntax)
+        except NotImplementedError:
+            raise DecodeError(
+                path, "unsupported_transfer_syntax", f"{ts_name}: no decoder exists"
+            ) from None
+        if not decoder.is_available:
+            missing = "; ".join(decoder.missing_dependencies)
+            raise DecodeError(path, "unsupported_transfer_syntax", f"{ts_name}: needs {missing}")
+    return tsyntax, ts_name
+
+
+def _pixel_error(path: Path, exc: Exception, tsyntax: Any, ts_name: str, ds: Any) -> DecodeError:
+    """Map a pydicom pixel-decoding exception to a reason (messages are about pixels, no PHI)."""
+    msg = str(exc)
+    low = msg.lower()
+    if str(tsyntax) == _JPEG_EXTENDED and int(ds.get("BitsStored", 8) or 8) > 8:
+        return DecodeError(
+            path,
+            "unsupported_transfer_syntax",
+            f"12-bit lossy JPEG ({ts_name}): no installed decoder could decode it",
+        )
+    if isinstance(exc, NotImplementedError):
+        return DecodeError(path, "unsupported_transfer_syntax", f"{ts_name}: {msg}"[:300])
+    if "less than expected" in low or "truncat" in low or "insufficient" in low:
+        return DecodeError(path, "truncated", msg[:300])
+    return DecodeError(path, "decode_failed", f"{ts_name}: {type(exc).__name__}: {msg}"[:300])
+
+
+def _voi_lut_item(ds: Any) -> Any | None:
+    seq = ds.get("VOILUTSequence")
+    if not seq:
+        return None
+    item = seq[0]
+    if item.get("LUTDescriptor") is None or item.get("LUTData") is None:
+        return None
+    return item
+
+
+def _mono_transfer(values: np.ndarray, ds: Any, no_window: NoWindow, observed: Any) -> np.ndarray:
+    """Modality LUT, VOI LUT / window and scaling to [0, 1] of an array of stored values.
+
+    Args:
+        values: stored pixel values (the whole image, or every possible value for a table).
+        ds: the dataset.
+        no_window: scaling when there is no VOI.
+        observed: (min, max) stored values actually present (for ``minmax``).
+    """
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels.processing import apply_windowing
+
+    x = apply_modality_lut(values, ds)
+    lut = _voi_lut_item(ds)
+    if lut is not None:
+        if x.dtype.kind == "f":  # rescaled: the LUT is indexed by (integral) modality values
+            x = np.rint(x).astype(np.int64)
+        y = apply_voi_lut(x, ds, index=0, prefer_lut=True).astype(np.float64)
+        bits = int(lut.LUTDescriptor[2])
+        lo, hi = 0.0, float(2**bits - 1)
+        data_max = float(np.max(np.asarray(y))) if y.size else hi
+        if data_max > hi:  # descriptor understates the entries' depth
+            hi = float(2 ** math.ceil(math.log2(data_max + 1)) - 1)
+        return _unit(y, lo, hi)
+    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        try:
+            # the window's output range y_min .. y_max: probe it with -inf / +inf, in one call
+            probed = np.concatenate([np.asarray(x, dtype=np.float64).ravel(), [-np.inf, np.inf]])
+            with np.errstate(over="ignore"):
+                y = apply_windowing(probed, ds, index=0)
+            return _unit(y[:-2].reshape(np.shape(x)), float(y[-2]), float(y[-1]))
+        except (ValueError, TypeError, IndexError):
+            pass  # a malformed window (width < 1 ...): fall back to the no-window scaling
+    if no_window == "minmax":
+        lo_v, hi_v = observed
+        present = np.asarray(x)[(values >= lo_v) & (values <= hi_v)]
+        return _unit(np.asarray(x, dtype=np.float64), float(present.min()), float(present.max()))
+    return _unit(np.asarray(x, dtype=np.float64), *_stored_range(ds))
+
+
+def _stored_range(ds: Any) -> tuple[float, float]:
+    """The modality-output range the stored bits can hold."""
+    from pydicom.pixels import apply_modality_lut
+
+    if ds.get("ModalityLUTSequence"):
+        bits = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
+        return 0.0, float(2**bits - 1)
+    bits = int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 16) or 16)
+    if int(ds.get("PixelRepresentation", 0) or 0) == 1:
+        ends = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1], dtype=np.int64)
+    else:
+        ends = np.array([0, 2**bits - 1], dtype=np.int64)
+    lo, hi = apply_modality_lut(ends, ds)  # a negative slope swaps them: _unit copes
+    return float(lo), float(hi)
+
+
+def _unit(y: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map ``lo -> 0`` and ``hi -> 1`` (either order), clipped, float32."""
+    if hi == lo:
+        return np.zeros(np.shape(y), dtype=np.float32)
+    out = ((np.asarray(y, dtype=np.float64) - lo) / (hi - lo)).astype(np.float32)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _mono_to_unit(arr: np.ndarray, ds: Any, no_window: NoWindow, invert: bool) -> np.ndarray:
+    """Stored monochrome pixels -> float32 [0, 1], display convention."""
+    observed = None
+    if no_window == "minmax":  # only this scaling needs the pixels' own range
+        observed = (math.floor(float(arr.min())), math.ceil(float(arr.max())))
+    if arr.dtype.kind in "ui" and arr.dtype.itemsize <= 2:
+        # A table over every possible stored value, indexed by the pixels. Unsigned: the values
+        # 0 .. 2**BitsStored - 1 (pixels above are clipped to the top, as pydicom masks them);
+        # signed: all 2**(8 * itemsize) bit patterns in unsigned order, pixels viewed unsigned.
+        unsigned = np.dtype(f"u{arr.dtype.itemsize}")
+        bits = int(ds.get("BitsStored", 0) or 8 * arr.dtype.itemsize)
+        if arr.dtype.kind == "u" and bits < 8 * arr.dtype.itemsize:
+            domain = np.arange(2**bits, dtype=arr.dtype)
+            index = np.minimum(arr, 2**bits - 1)
+        else:
+            domain = np.arange(2 ** (8 * arr.dtype.itemsize), dtype=unsigned).view(arr.dtype)
+            index = arr.view(unsigned)
+        table = _mono_transfer(domain, ds, no_window, observed)
+        if invert:
+            table = 1.0 - table
+        return np.take(table, index)
+    img = _mono_transfer(arr, ds, no_window, observed)
+    return 1.0 - img if invert else img
