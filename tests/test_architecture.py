@@ -118,6 +118,23 @@ def test_stage_deps_cover_every_module_it_imports(stage: str) -> None:
     assert not uncovered, f"dvc.yaml: stage {stage} imports {uncovered} but does not depend on it"
 
 
+@pytest.mark.parametrize("stage", sorted(dvc_stages()))
+def test_stage_deps_list_no_module_it_does_not_import(stage: str) -> None:
+    """A code dep the stage never imports would rerun it for nothing."""
+    spec = dvc_stages()[stage]
+    entry = stage_entry(spec["cmd"])
+    used = closure(entry) | (
+        {entry.parent / "__init__.py"} if entry.name == "__main__.py" else set()
+    )
+    code = [ROOT / d for d in spec.get("deps", []) if str(d).startswith(PACKAGES)]
+    unused = sorted(
+        str(dep.relative_to(ROOT))
+        for dep in code
+        if not any(module == dep or dep in module.parents for module in used)
+    )
+    assert not unused, f"dvc.yaml: stage {stage} depends on {unused} but never imports it"
+
+
 def test_the_dvc_deps_list_no_module_twice() -> None:
     for stage, spec in dvc_stages().items():
         deps = [d for d in spec.get("deps", []) if not str(d).startswith("${")]
