@@ -15,8 +15,7 @@ import pytest
 from pipelines.errors import ReportError
 from pipelines.evaluation.metrics import auroc_per_finding, youden_threshold
 from pipelines.evaluation.provenance import collect_versions, dvc_hashes, git_commit
-from pipelines.labels import FINDINGS
-from pipelines.report import (
+from pipelines.evaluation.report import (
     ReportParams,
     metrics_dict,
     render_report,
@@ -25,6 +24,7 @@ from pipelines.report import (
     thresholds_dict,
     write_curves,
 )
+from pipelines.labels import FINDINGS
 
 LATERAL_SIGNAL = ("Mass", "Consolidation")  # simulated: visible on the lateral view only
 PHI = ("DOE^JOHN", "MRN-998877", "19450317", "ACC-123456", "St. Elsewhere Hospital")
