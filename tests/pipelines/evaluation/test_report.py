@@ -61,6 +61,27 @@ def test_names_notes_and_versions_are_escaped():
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;resnet&gt;" in html
 
 
+def test_html_layout_one_line_per_block(rendered):
+    out, _ = rendered
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert html.startswith("<!DOCTYPE html><html lang=en>") and html.endswith("</html>")
+    lines = html.split("\n")
+    tables = [line for line in lines if "<table>" in line]
+    assert len(tables) == 6  # findings, lateral view, two operating points, versions, params
+    assert all(line.startswith("<table>") and line.endswith("</table>") for line in tables)
+    assert not any(line.strip() == "" for line in lines)
+
+
+def test_sections_say_what_is_missing(predictions):
+    test_dual = predictions[(predictions["split"] == "test") & (predictions["mode"] == "dual")]
+    html = render_html(summarize(test_dual, {"bootstrap_resamples": 5}))
+    assert "<p>Not compared (see the notes above).</p>" in html
+    assert "<p>Not available: no validation predictions.</p>" in html
+    assert "<p>No version information available.</p>" in html
+    assert "AUROC frontal only" not in html and "Lateral view: macro gain" not in html
+    assert html.count('<div class="warn">') == 2
+
+
 CHROMIUM = next(
     (
         p
