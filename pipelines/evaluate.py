@@ -41,11 +41,12 @@ from torch.utils.data import DataLoader
 from pipelines.config import BaseParams, load_params, parse_section
 from pipelines.data import ShardDataset
 from pipelines.errors import UserError
+from pipelines.evaluation.outputs import write_outputs
 from pipelines.evaluation.provenance import collect_versions
+from pipelines.evaluation.summary import FRONTAL_ONLY_METHOD, ReportParams, summarize
 from pipelines.io import write_parquet
 from pipelines.labels import FINDINGS
 from pipelines.model import load_model, to_model_input
-from pipelines.report import FRONTAL_ONLY_METHOD, ReportParams, summarize, write_outputs
 from pipelines.stage import run_stage
 
 log = logging.getLogger(__name__)

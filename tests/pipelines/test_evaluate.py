@@ -20,9 +20,10 @@ from pipelines.evaluate import (
     score_dataset,
 )
 from pipelines.evaluation.metrics import auroc_per_finding
+from pipelines.evaluation.outputs import render_report
+from pipelines.evaluation.summary import FRONTAL_ONLY_METHOD
 from pipelines.labels import FINDINGS
 from pipelines.model import ModelParams, build_model, to_model_input
-from pipelines.report import FRONTAL_ONLY_METHOD, render_report
 
 SIZE = 32  # eval-mode batch norm uses running statistics: 32 px is enough
 

@@ -10,13 +10,11 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from pipelines.evaluation.metrics import (
     NOT_ESTIMABLE,
-    BootstrapROCAUC,
     Estimate,
     PatientBootstrap,
     apply_thresholds,
     auprc_per_finding,
     auroc_per_finding,
-    bootstrap_auroc,
     bootstrap_ece,
     bootstrap_micro_auroc,
     bootstrap_rank_metrics,
@@ -27,10 +25,7 @@ from pipelines.evaluation.metrics import (
     percentile_interval,
     reliability_curve,
     sensitivity_threshold,
-    to_jsonable,
     verdict_of,
-    weighted_auroc,
-    weighted_average_precision,
     youden_threshold,
 )
 
@@ -50,49 +45,32 @@ def _data(n=240, f=3, seed=0, ties=False, missing=0.0):
 # ------------------------------------------------------------------ weighted rank statistics
 
 
-@pytest.mark.parametrize("ties", [False, True])
-@pytest.mark.parametrize("missing", [0.0, 0.2])
-def test_weighted_auroc_and_ap_match_sklearn_with_sample_weights(ties, missing):
-    y, p, _ = _data(n=200, f=1, seed=3, ties=ties, missing=missing)
-    y, p = y[:, 0], p[:, 0]
-    rng = np.random.default_rng(1)
-    w = rng.integers(0, 4, size=(6, len(y))).astype(float)
-    w[0] = 1.0
-    auc = weighted_auroc(y, p, w)
-    ap = weighted_average_precision(y, p, w)
-    keep = ~np.isnan(y)
-    for i in range(len(w)):
-        idx = np.repeat(np.flatnonzero(keep), w[i, keep].astype(int))  # the replicated sample
-        np.testing.assert_allclose(auc[i], roc_auc_score(y[idx], p[idx]), rtol=0, atol=1e-12)
-        np.testing.assert_allclose(
-            ap[i], average_precision_score(y[idx], p[idx]), rtol=0, atol=1e-12
-        )
+def _auroc_replicates(y, p, boot):
+    return bootstrap_rank_metrics(y, p, boot)[0]
 
 
-def test_weighted_auroc_columns_equal_expanded_weights():
-    y, p, keys = _data(n=150, f=1, seed=5)
-    boot = PatientBootstrap(keys, n_resamples=30, seed=2)
-    counts = next(boot.patient_counts())
-    expanded = next(boot.weights())
-    np.testing.assert_allclose(
-        weighted_auroc(y[:, 0], p[:, 0], counts, columns=boot.study_patient),
-        weighted_auroc(y[:, 0], p[:, 0], expanded),
-    )
+def test_one_class_resample_is_nan():
+    # two patients, one with both positives, one with both negatives: a resample that draws the
+    # same patient twice is one-class (NaN), one that draws both ranks them perfectly
+    y = np.array([[1.0], [1.0], [0.0], [0.0]])
+    p = np.array([[0.9], [0.8], [0.3], [0.1]])
+    boot = PatientBootstrap(["a", "a", "b", "b"], n_resamples=60, seed=0)
+    auc, ap = bootstrap_rank_metrics(y, p, boot)
+    counts = np.concatenate(list(boot.patient_counts()))
+    both = (counts > 0).all(axis=1)
+    assert both.any() and not both.all()
+    assert np.isnan(auc[~both, 0]).all()
+    np.testing.assert_array_equal(auc[both, 0], 1.0)
+    assert np.isnan(ap[counts[:, 0] == 0, 0]).all()  # no positive drawn
+    np.testing.assert_array_equal(ap[counts[:, 0] > 0, 0], 1.0)
 
 
-def test_weighted_auroc_one_class_row_is_nan():
-    y = np.array([1.0, 1.0, 0.0, 0.0])
-    p = np.array([0.9, 0.8, 0.3, 0.1])
-    w = np.array([[1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 1, 0]], dtype=float)
-    auc = weighted_auroc(y, p, w)
-    assert np.isnan(auc[:2]).all()
-    assert auc[2] == 1.0
-    assert np.isnan(weighted_average_precision(y, p, w)[1])  # no positive weight
-
-
-def test_weighted_auroc_rejects_shape_mismatch():
-    with pytest.raises(ValueError, match="shape mismatch"):
-        weighted_auroc(np.zeros(3), np.zeros(4), np.ones((1, 3)))
+def test_rank_metrics_reject_shape_mismatch():
+    boot = PatientBootstrap(["a", "b", "c"], n_resamples=5, seed=0)
+    with pytest.raises(ValueError, match="differ in shape"):
+        bootstrap_rank_metrics(np.zeros((3, 1)), np.zeros((4, 1)), boot)
+    with pytest.raises(ValueError, match="bootstrap is over 3 studies"):
+        bootstrap_rank_metrics(np.zeros((4, 1)), np.zeros((4, 1)), boot)
 
 
 # ------------------------------------------------------------------ point estimates
@@ -115,7 +93,9 @@ def test_fixed_data_auroc_by_hand():
     y = np.array([[1, 1, 0, 0, 0]], dtype=float).T
     p = np.array([[0.8, 0.4, 0.1, 0.4, 0.6]]).T
     assert auroc_per_finding(y, p)[0] == pytest.approx(4.5 / 6)
-    assert weighted_auroc(y[:, 0], p[:, 0], np.ones((1, 5)))[0] == pytest.approx(4.5 / 6)
+    # one patient holds every study: each resample draws them all once (unit weights)
+    auc = _auroc_replicates(y, p, PatientBootstrap(["a"] * 5, n_resamples=3, seed=0))
+    np.testing.assert_allclose(auc, 4.5 / 6)
 
 
 def test_labels_other_than_binary_rejected():
@@ -143,20 +123,22 @@ def test_bootstrap_resamples_patients_and_keeps_their_studies_together():
 
 def test_bootstrap_is_deterministic_by_seed():
     y, p, keys = _data(seed=1)
-    a = bootstrap_auroc(y, p, PatientBootstrap(keys, 150, seed=4))
-    b = bootstrap_auroc(y, p, PatientBootstrap(keys, 150, seed=4))
-    c = bootstrap_auroc(y, p, PatientBootstrap(keys, 150, seed=5))
+    a = _auroc_replicates(y, p, PatientBootstrap(keys, 150, seed=4))
+    b = _auroc_replicates(y, p, PatientBootstrap(keys, 150, seed=4))
+    c = _auroc_replicates(y, p, PatientBootstrap(keys, 150, seed=5))
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     assert a.shape == (150, 3)
-    serial = bootstrap_auroc(y, p, PatientBootstrap(keys, 150, seed=4, threads=1))
-    threaded = bootstrap_auroc(y, p, PatientBootstrap(keys, 150, seed=4, threads=3))
+    serial = _auroc_replicates(y, p, PatientBootstrap(keys, 150, seed=4, threads=1))
+    threaded = _auroc_replicates(y, p, PatientBootstrap(keys, 150, seed=4, threads=3))
     np.testing.assert_array_equal(serial, threaded)
     np.testing.assert_array_equal(serial, a)
 
 
-def test_vectorised_bootstrap_equals_sklearn_loop_over_the_same_resamples():
-    y, p, keys = _data(n=120, f=2, seed=9, missing=0.1)
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("missing", [0.0, 0.1])
+def test_vectorised_bootstrap_equals_sklearn_loop_over_the_same_resamples(ties, missing):
+    y, p, keys = _data(n=120, f=2, seed=9, ties=ties, missing=missing)
     boot = PatientBootstrap(keys, n_resamples=40, seed=3)
     auc_s, ap_s = bootstrap_rank_metrics(y, p, boot)
     weights = np.concatenate(list(boot.weights()))
@@ -190,7 +172,7 @@ def test_patient_bootstrap_of_duplicated_images_differs_from_image_bootstrap():
     y2, p2, keys2 = np.repeat(y, 2, 0), np.repeat(p, 2, 0), np.repeat(patients, 2)
 
     def width(yy, pp, keys):
-        lo, hi = percentile_interval(bootstrap_auroc(yy, pp, PatientBootstrap(keys, 1000, 0)))
+        lo, hi = percentile_interval(_auroc_replicates(yy, pp, PatientBootstrap(keys, 1000, 0)))
         return float(hi[0] - lo[0])
 
     single = width(y, p, patients)
@@ -218,7 +200,7 @@ def test_bootstrap_ci_covers_true_auroc_at_nominal_rate():
         y = (rng.random(n_patients) < prevalence).astype(float)[patient]
         score = d * y + u + rng.normal(size=len(patient))
         boot = PatientBootstrap(patient, n_resamples=400, seed=s)
-        lo, hi = percentile_interval(bootstrap_auroc(y[:, None], score[:, None], boot), 0.95)
+        lo, hi = percentile_interval(_auroc_replicates(y[:, None], score[:, None], boot), 0.95)
         hits.append(lo[0] <= true_auc <= hi[0])
     coverage = float(np.mean(hits))
     assert 0.90 <= coverage <= 0.98, coverage
@@ -240,9 +222,8 @@ def test_one_class_finding_is_not_estimable_and_left_out_of_macro():
         assert f.auroc.format() == "not estimable"
     assert b.n_pos == 0 and b.n_neg == 200 and c.n_neg == 0
     assert report.macro_auroc.value == pytest.approx(a.auroc.value)
-    js = to_jsonable(report)
-    assert js["findings"][1]["auroc"]["value"] is None
-    assert "auroc_samples" not in js
+    none = compute_roc_auc(y[:, 1:], p[:, 1:], PatientBootstrap(keys, 20, 0), ["B", "C"])
+    assert none.macro_auroc == Estimate(None, None, None)  # no estimable finding: no macro
 
 
 def test_compute_roc_auc_values_and_intervals():
@@ -258,8 +239,7 @@ def test_compute_roc_auc_values_and_intervals():
     keep = ~np.isnan(y)
     assert report.micro_auroc.value == pytest.approx(roc_auc_score(y[keep], p[keep]))
     assert report.n_patients == len(np.unique(keys))
-    table = report.table()
-    assert list(table["finding"]) == ["A", "B"]
+    assert [row.finding for row in report.findings] == ["A", "B"]
 
 
 def test_percentile_interval_matches_numpy_quantile():
@@ -270,19 +250,6 @@ def test_percentile_interval_matches_numpy_quantile():
     assert hi[1] == pytest.approx(np.quantile(s[10:, 1], 0.95))
     with pytest.raises(ValueError):
         percentile_interval(s, 1.5)
-
-
-def test_bootstrap_class_accumulates_batches():
-    y, p, keys = _data(n=100, f=2, seed=4)
-    metric = BootstrapROCAUC(["A", "B"], n_resamples=50, seed=1)
-    for i in range(0, 100, 30):
-        metric(p[i : i + 30], y[i : i + 30], keys[i : i + 30])
-    agg = metric.aggregate()
-    ref = compute_roc_auc(y, p, PatientBootstrap(keys, 50, 1), ["A", "B"])
-    assert agg.macro_auroc == ref.macro_auroc
-    metric.reset()
-    with pytest.raises(ValueError):
-        metric.aggregate()
 
 
 # ------------------------------------------------------------------ paired difference
@@ -307,7 +274,7 @@ def test_paired_difference_verdicts_and_values():
     assert diffs[0].delta.value == pytest.approx(a_auc[0] - b_auc[0])
     assert macro.value == pytest.approx(a_auc.mean() - b_auc.mean())
     # the paired CI is exactly the percentile interval of per-resample differences
-    sa, sb = bootstrap_auroc(y, p_a, boot), bootstrap_auroc(y, p_b, boot)
+    sa, sb = _auroc_replicates(y, p_a, boot), _auroc_replicates(y, p_b, boot)
     lo, hi = percentile_interval(sa - sb)
     assert diffs[0].delta.lower == pytest.approx(lo[0]) and diffs[2].delta.upper == hi[2]
 

@@ -1,0 +1,383 @@
+"""The evaluation's numbers, computed from a predictions table alone (no model needed).
+
+Input: a predictions table (``outputs/evaluation/predictions.parquet``), one row per
+(split, study, mode) with the columns of :data:`PREDICTION_COLUMNS` plus ``y_<finding>``
+(1 / 0 / NaN) and ``p_<finding>`` (probability) for every finding. ``mode`` is ``dual`` (both
+views) or ``frontal_only`` (the same model with the lateral view masked).
+
+:func:`summarize` checks the table (:func:`validate_predictions`) and computes, with
+:mod:`pipelines.evaluation.metrics`: per-finding AUROC / AUPRC with patient-bootstrap CIs on the
+test split, macro and micro AUROC, validation-chosen operating points applied to test,
+calibration, and the paired dual vs frontal-only AUROC differences. The result is an
+:class:`Evaluation`, which :mod:`pipelines.evaluation.outputs` writes out.
+
+No PHI: unknown columns of the predictions are dropped on input, and an :class:`Evaluation`
+holds aggregates only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from pipelines.config import StageParams
+from pipelines.errors import ReportError
+from pipelines.evaluation.metrics import (
+    NOT_ESTIMABLE,
+    DiscriminationReport,
+    Estimate,
+    OperatingPoint,
+    PairedDifference,
+    PatientBootstrap,
+    apply_thresholds,
+    class_counts,
+    compute_roc_auc,
+    expected_calibration_error,
+    paired_auroc_difference,
+    reliability_curve,
+    sensitivity_threshold,
+    verdict_of,
+    youden_threshold,
+)
+from pipelines.labels import FINDINGS
+
+PREDICTION_COLUMNS: tuple[str, ...] = ("split", "study_key", "patient_key", "has_lateral", "mode")
+MODES: tuple[str, ...] = ("dual", "frontal_only")
+FRONTAL_ONLY_METHOD = (
+    "the same trained model scores each study a second time with its lateral view hidden "
+    "(has_lateral = False and a blank lateral image), exactly as it sees a study that has no "
+    "lateral view"
+)
+#: How operating-point thresholds are chosen on validation (see :class:`ModeResult`).
+RULES: tuple[str, ...] = ("youden", "sensitivity_target")
+
+
+class ReportParams(StageParams):
+    """What the report computes (the metric part of the ``evaluate`` params section).
+
+    Attributes:
+        bootstrap_resamples: patient-level bootstrap resamples for every CI.
+        seed: bootstrap seed.
+        ci_level: CI coverage (0.95 = 95 % intervals).
+        sensitivity_target: the second operating point: the highest validation threshold whose
+            sensitivity reaches this.
+        ece_bins: equal-width probability bins for the calibration error and diagrams.
+        paired_subset: test studies of the dual vs frontal-only comparison: ``with_lateral``
+            (those that have a lateral view: the only ones masking changes) or ``all``.
+        min_positives: findings with fewer test positives are flagged "few positives".
+    """
+
+    bootstrap_resamples: int = Field(2000, ge=1)
+    seed: int = 1337
+    ci_level: float = Field(0.95, gt=0, lt=1)
+    sensitivity_target: float = Field(0.9, gt=0, le=1)
+    ece_bins: int = Field(10, ge=1, le=100)
+    paired_subset: Literal["with_lateral", "all"] = "with_lateral"
+    min_positives: int = Field(10, ge=0)
+
+
+def report_params(params: ReportParams | Mapping[str, Any] | None) -> ReportParams:
+    """``ReportParams`` from a model, or from a mapping (keys it does not know are ignored).
+
+    Args:
+        params: a :class:`ReportParams`, any params model or mapping with its keys, or None
+            (the defaults).
+
+    Returns:
+        The report params.
+
+    Raises:
+        ReportError: a known key has a bad value.
+    """
+    if params is None:
+        return ReportParams()
+    if isinstance(params, ReportParams):
+        return params
+    if isinstance(params, StageParams):
+        params = params.model_dump()
+    known = {k: v for k, v in dict(params).items() if k in ReportParams.model_fields}
+    try:
+        return ReportParams.model_validate(known)
+    except ValueError as exc:
+        raise ReportError(f"report params: {exc}") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# Input
+# --------------------------------------------------------------------------------------------
+
+
+def prediction_findings(predictions: pd.DataFrame) -> list[str]:
+    """Findings with both ``y_<f>`` and ``p_<f>`` columns, in :data:`FINDINGS` order first."""
+    ys = {c[2:] for c in predictions.columns if c.startswith("y_")}
+    ps = {c[2:] for c in predictions.columns if c.startswith("p_")}
+    both = ys & ps
+    return [f for f in FINDINGS if f in both] + sorted(both - set(FINDINGS))
+
+
+def validate_predictions(predictions: pd.DataFrame, source: str = "predictions") -> pd.DataFrame:
+    """Check a predictions table and keep only the columns the report uses.
+
+    Args:
+        predictions: see the module docstring.
+        source: name of the table in error messages (its file path).
+
+    Returns:
+        A copy with the known columns only (and the ``model`` / ``frontal_only`` attrs).
+
+    Raises:
+        ReportError: missing columns, no dual-mode test rows, duplicate rows, probabilities
+            outside [0, 1], labels other than 1 / 0 / NaN, or modes that cover different studies.
+    """
+    missing = [c for c in PREDICTION_COLUMNS if c not in predictions.columns]
+    if missing:
+        raise ReportError(f"{source}: missing columns {missing}")
+    findings = prediction_findings(predictions)
+    if not findings:
+        raise ReportError(f"{source}: no y_<finding> / p_<finding> column pairs")
+    cols = [*PREDICTION_COLUMNS, *(f"y_{f}" for f in findings), *(f"p_{f}" for f in findings)]
+    df = predictions[cols].copy()
+    df["split"] = df["split"].astype(str)
+    df["mode"] = df["mode"].astype(str)
+    df["has_lateral"] = df["has_lateral"].astype(bool)
+    _check_rows(df, source)
+    _check_values(df, findings, source)
+    _check_modes_match(df, source)
+    df.attrs = {k: v for k, v in predictions.attrs.items() if k in ("model", "frontal_only")}
+    return df
+
+
+def _check_rows(df: pd.DataFrame, source: str) -> None:
+    """Known modes, dual test rows, one row per (split, mode, study), keys present."""
+    unknown = sorted(set(df["mode"]) - set(MODES))
+    if unknown:
+        raise ReportError(f"{source}: unknown mode(s) {unknown}; expected {list(MODES)}")
+    if not ((df["split"] == "test") & (df["mode"] == "dual")).any():
+        raise ReportError(f"{source}: no dual-mode rows of the test split to evaluate")
+    dup = df.duplicated(["split", "mode", "study_key"])
+    if dup.any():
+        raise ReportError(f"{source}: {int(dup.sum())} duplicate (split, mode, study_key) rows")
+    if df[["study_key", "patient_key"]].isna().any().any():
+        raise ReportError(f"{source}: missing study_key or patient_key values")
+
+
+def _check_values(df: pd.DataFrame, findings: list[str], source: str) -> None:
+    """Probabilities finite and within [0, 1]; labels 1, 0 or NaN."""
+    p = df[[f"p_{f}" for f in findings]].to_numpy(dtype=np.float64)
+    if not np.isfinite(p).all() or (p < 0).any() or (p > 1).any():
+        raise ReportError(f"{source}: probabilities must be finite and within [0, 1]")
+    y = df[[f"y_{f}" for f in findings]].to_numpy(dtype=np.float64)
+    if (~np.isnan(y) & (y != 0) & (y != 1)).any():
+        raise ReportError(f"{source}: labels must be 1, 0 or empty (NaN)")
+
+
+def _check_modes_match(df: pd.DataFrame, source: str) -> None:
+    """Where a split has rows of both modes, they cover the same studies."""
+    for split, part in df.groupby("split"):
+        sets = [set(part.loc[part["mode"] == m, "study_key"]) for m in MODES]
+        if all(sets) and sets[0] != sets[1]:
+            raise ReportError(f"{source}: split {split}: dual and frontal_only rows differ")
+
+
+def _split(df: pd.DataFrame, split: str, mode: str, order: pd.Index | None = None) -> pd.DataFrame:
+    """The rows of one split and mode indexed by study, sorted or in ``order``'s study order."""
+    part = df[(df["split"] == split) & (df["mode"] == mode)].set_index("study_key")
+    if order is not None and len(part):
+        part = part.loc[order]
+    return part.sort_index() if order is None else part
+
+
+# --------------------------------------------------------------------------------------------
+# Summary
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModeResult:
+    """Everything computed for one scoring mode on the test split.
+
+    Attributes:
+        discrimination: per-finding AUROC / AUPRC with CIs, macro and micro AUROC.
+        thresholds: per finding, the validation-chosen threshold of each of :data:`RULES` and
+            the validation class counts (``val_n_pos``, ``val_n_neg``); empty without
+            validation rows.
+        operating_points: per rule, the thresholds applied to test (empty without validation).
+        ece: per finding, the expected calibration error (a point estimate: no CI).
+        reliability: per finding, the reliability-diagram table.
+        roc, pr: per estimable finding, the ROC and precision-recall curve tables.
+    """
+
+    discrimination: DiscriminationReport
+    thresholds: dict[str, dict[str, float | None]]
+    operating_points: dict[str, list[OperatingPoint]]
+    ece: dict[str, Estimate]
+    reliability: dict[str, pd.DataFrame]
+    roc: dict[str, pd.DataFrame]
+    pr: dict[str, pd.DataFrame]
+
+
+@dataclass
+class Evaluation:
+    """The report's content (see :func:`summarize`)."""
+
+    findings: list[str]
+    params: ReportParams
+    counts: dict[str, int]
+    modes: dict[str, ModeResult]
+    paired: list[PairedDifference] | None = None
+    paired_macro: Estimate | None = None
+    paired_counts: dict[str, int] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def macro_verdict(self) -> str:
+        """Verdict of the paired macro AUROC difference (``not estimable`` if not compared)."""
+        return verdict_of(self.paired_macro) if self.paired_macro is not None else NOT_ESTIMABLE
+
+
+def _arrays(part: pd.DataFrame, findings: list[str], prefix: str) -> np.ndarray:
+    return part[[f"{prefix}_{f}" for f in findings]].to_numpy(np.float64)
+
+
+def _curves(y: np.ndarray, p: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """ROC and precision-recall curve tables of one finding (None when one class only)."""
+    keep = ~np.isnan(y)
+    if len(np.unique(y[keep])) < 2:
+        return None
+    fpr, tpr, thr = roc_curve(y[keep], p[keep])
+    precision, recall, pthr = precision_recall_curve(y[keep], p[keep])
+    roc = pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.where(np.isinf(thr), np.nan, thr)})
+    pr = pd.DataFrame(
+        {"recall": recall, "precision": precision, "threshold": np.r_[pthr, np.nan]}
+    ).iloc[::-1]
+    return roc, pr.reset_index(drop=True)
+
+
+def _thresholds(
+    val: pd.DataFrame, findings: list[str], params: ReportParams
+) -> dict[str, dict[str, float | None]]:
+    """Per finding, the thresholds of each rule chosen on validation (empty without it)."""
+    if not len(val):
+        return {}
+    yv, pv = _arrays(val, findings, "y"), _arrays(val, findings, "p")
+    vpos, vneg, _ = class_counts(yv)
+    return {
+        name: {
+            "youden": youden_threshold(yv[:, f], pv[:, f]),
+            "sensitivity_target": sensitivity_threshold(
+                yv[:, f], pv[:, f], params.sensitivity_target
+            ),
+            "val_n_pos": int(vpos[f]),
+            "val_n_neg": int(vneg[f]),
+        }
+        for f, name in enumerate(findings)
+    }
+
+
+def _mode_result(
+    test: pd.DataFrame,
+    val: pd.DataFrame,
+    findings: list[str],
+    boot: PatientBootstrap,
+    params: ReportParams,
+) -> ModeResult:
+    """Discrimination, operating points, calibration and curves of one mode on test."""
+    y, p = _arrays(test, findings, "y"), _arrays(test, findings, "p")
+    level = params.ci_level
+    disc = compute_roc_auc(y, p, boot, findings, level)
+    thresholds = _thresholds(val, findings, params)
+    ops: dict[str, list[OperatingPoint]] = {}
+    if thresholds:
+        for rule in RULES:
+            chosen = [thresholds[f][rule] for f in findings]
+            ops[rule] = apply_thresholds(y, p, chosen, boot, findings, rule, level)
+    ece, reliability, roc, pr = {}, {}, {}, {}
+    for f, name in enumerate(findings):
+        # ECE is a point estimate: it is biased upwards and resampling adds to the bias, so a
+        # percentile interval can lie entirely above the estimate (seen on simulated data)
+        point = expected_calibration_error(y[:, f], p[:, f], params.ece_bins)
+        ece[name] = Estimate(float(point) if np.isfinite(point) else None, None, None)
+        reliability[name] = reliability_curve(y[:, f], p[:, f], params.ece_bins)
+        curves = _curves(y[:, f], p[:, f])
+        if curves is not None:
+            roc[name], pr[name] = curves
+    return ModeResult(disc, thresholds, ops, ece, reliability, roc, pr)
+
+
+def _compare_modes(
+    ev: Evaluation, test: pd.DataFrame, front: pd.DataFrame, boot: PatientBootstrap
+) -> None:
+    """Set the paired dual vs frontal-only AUROC differences of ``ev`` (or a note why not)."""
+    params = ev.params
+    subset = (
+        test["has_lateral"].to_numpy()
+        if params.paired_subset == "with_lateral"
+        else np.ones(len(test), bool)
+    )
+    if not subset.any():
+        ev.notes.append("No test study has a lateral view: dual vs frontal-only not compared.")
+        return
+    sub_boot = boot.subset(subset)
+    ev.paired, ev.paired_macro = paired_auroc_difference(
+        _arrays(test, ev.findings, "y")[subset],
+        _arrays(test, ev.findings, "p")[subset],
+        _arrays(front, ev.findings, "p")[subset],
+        sub_boot,
+        ev.findings,
+        params.ci_level,
+    )
+    ev.paired_counts = {"studies": int(subset.sum()), "patients": sub_boot.n_patients}
+
+
+def summarize(
+    predictions: pd.DataFrame,
+    params: ReportParams | Mapping[str, Any] | None = None,
+    source: str = "predictions",
+) -> Evaluation:
+    """Compute the whole evaluation from a predictions table.
+
+    Args:
+        predictions: see the module docstring; extra columns are ignored.
+        params: :class:`ReportParams` (or a mapping with its keys).
+        source: name of the table in error messages (its file path).
+
+    Returns:
+        The evaluation: dual-mode results, frontal-only results and the paired comparison
+        where the table has frontal-only rows, and notes on what could not be computed.
+
+    Raises:
+        ReportError: the table is unusable (see :func:`validate_predictions`).
+    """
+    params = report_params(params)
+    df = validate_predictions(predictions, source)
+    findings = prediction_findings(df)
+    test = _split(df, "test", "dual")
+    val = _split(df, "val", "dual")
+    boot = PatientBootstrap(test["patient_key"].to_numpy(), params.bootstrap_resamples, params.seed)
+    counts = {
+        "test_studies": len(test),
+        "test_patients": boot.n_patients,
+        "test_studies_with_lateral": int(test["has_lateral"].sum()),
+        "val_studies": len(val),
+        "val_patients": int(val["patient_key"].nunique()),
+    }
+    modes = {"dual": _mode_result(test, val, findings, boot, params)}
+    ev = Evaluation(findings, params, counts, modes, model=dict(df.attrs.get("model", {})))
+    if not len(val):
+        ev.notes.append("No validation predictions: operating points were not chosen.")
+    front = _split(df, "test", "frontal_only", test.index)
+    if len(front):
+        front_val = _split(df, "val", "frontal_only", val.index if len(val) else None)
+        modes["frontal_only"] = _mode_result(front, front_val, findings, boot, params)
+        _compare_modes(ev, test, front, boot)
+    else:
+        why = df.attrs.get("frontal_only")
+        why = f" ({why})" if why and why != FRONTAL_ONLY_METHOD else ""
+        ev.notes.append(f"No frontal-only predictions{why}: dual vs frontal-only not compared.")
+    return ev
