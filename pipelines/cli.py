@@ -103,8 +103,8 @@ def report(
     import yaml
 
     from pipelines.errors import ConfigError
+    from pipelines.evaluation.outputs import render_report
     from pipelines.evaluation.provenance import collect_versions
-    from pipelines.report import render_report
 
     def go() -> dict:
         section: dict = {}

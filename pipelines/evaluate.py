@@ -20,9 +20,9 @@ Outputs (paths from the ``evaluate`` params section):
   chosen thresholds for the model card), ``plots/evaluate/{roc,pr,calibration}/<finding>.csv``
   (DVC plots), ``outputs/evaluation/report.html`` (self-contained) and ``report.md``.
 
-Everything after scoring is :func:`pipelines.report.summarize` on the saved predictions, so
-``cxr report --predictions outputs/evaluation/predictions.parquet --out DIR`` reproduces it
-without the model.
+Everything after scoring is :func:`pipelines.evaluation.summary.summarize` on the saved
+predictions, so ``cxr report --predictions outputs/evaluation/predictions.parquet --out DIR``
+reproduces it without the model.
 """
 
 from __future__ import annotations

@@ -62,7 +62,26 @@ def imported_names(path: Path) -> frozenset[str]:
                 base = ".".join([*anchor, base] if base else anchor)
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)  # submodules
+        elif isinstance(node, ast.Call) and _is_import_module(node):
+            names.update(_dynamic_targets(node.args[0]))
     return frozenset(names)
+
+
+def _is_import_module(node: ast.Call) -> bool:
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    return name == "import_module" and bool(node.args)
+
+
+def _dynamic_targets(arg: ast.expr) -> set[str]:
+    """``import_module("a.b")`` -> ``a.b``; ``import_module(f"a.b.{x}")`` -> every module of a.b."""
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        return {arg.value}
+    if isinstance(arg, ast.JoinedStr) and arg.values and isinstance(arg.values[0], ast.Constant):
+        package = str(arg.values[0].value).rstrip(".")
+        folder = ROOT.joinpath(*package.split("."))
+        return {f"{package}.{p.stem}" for p in folder.glob("*.py") if p.stem != "__init__"}
+    raise AssertionError(f"import_module({ast.unparse(arg)}): the import graph cannot follow it")
 
 
 def project_imports(path: Path) -> set[Path]:
