@@ -32,15 +32,10 @@ import pandas as pd
 from pipelines.dicom.view import canonical_views
 from pipelines.labels import CHEXPERT_TO_FINDINGS
 from pipelines.sources import ReadOptions, SourceResult
-from pipelines.sources.common import (
-    Rows,
-    coded_labels,
-    extract,
-    find_table,
-    finish,
-    make_source_keys,
-    read_table,
-)
+from pipelines.sources.common import extract, finish, make_source_keys
+from pipelines.sources.label_parsing import coded_labels
+from pipelines.sources.rows import Rows
+from pipelines.sources.tables import find_table, read_table
 
 SOURCE = "chexpert"
 PATH, FRONTAL_LATERAL, AP_PA = "Path", "Frontal/Lateral", "AP/PA"

@@ -29,17 +29,10 @@ import pandas as pd
 
 from pipelines.labels import FINDINGS
 from pipelines.sources import ReadOptions, SourceResult
-from pipelines.sources.common import (
-    Rows,
-    blank,
-    coded_labels,
-    find_table,
-    finish,
-    make_source_keys,
-    read_table,
-    term_labels,
-    view_columns,
-)
+from pipelines.sources.common import finish, make_source_keys, view_columns
+from pipelines.sources.label_parsing import coded_labels, term_labels
+from pipelines.sources.rows import Rows, blank
+from pipelines.sources.tables import find_table, read_table
 
 SOURCE = "csv"
 REQUIRED = ("path", "patient", "study", "view")

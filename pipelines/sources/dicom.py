@@ -267,7 +267,7 @@ def read_study_labels(path: Path, uncertain: UncertainPolicy) -> pd.DataFrame:
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except UnicodeDecodeError:
-        from pipelines.sources.common import utf8_error_message
+        from pipelines.sources.tables import utf8_error_message
 
         raise SourceError(utf8_error_message(path, "labels CSV")) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:

@@ -27,16 +27,10 @@ import pandas as pd
 from pipelines.errors import SourceError
 from pipelines.labels import CHEXPERT_TO_FINDINGS
 from pipelines.sources import ReadOptions, SourceResult
-from pipelines.sources.common import (
-    Rows,
-    coded_labels,
-    find_table,
-    finish,
-    make_source_keys,
-    read_table,
-    to_int,
-    view_columns,
-)
+from pipelines.sources.common import finish, make_source_keys, to_int, view_columns
+from pipelines.sources.label_parsing import coded_labels
+from pipelines.sources.rows import Rows
+from pipelines.sources.tables import find_table, read_table
 
 SOURCE = "mimic"
 DICOM, SUBJECT, STUDY, VIEW = "dicom_id", "subject_id", "study_id", "ViewPosition"

@@ -27,17 +27,11 @@ import pandas as pd
 
 from pipelines.labels import FINDINGS, NIH_NO_FINDING
 from pipelines.sources import ReadOptions, SourceResult
-from pipelines.sources.common import (
-    Rows,
-    find_table,
-    finish,
-    index_images,
-    make_source_keys,
-    read_table,
-    term_labels,
-    to_int,
-    view_columns,
-)
+from pipelines.sources.common import finish, make_source_keys, to_int, view_columns
+from pipelines.sources.files import index_images
+from pipelines.sources.label_parsing import term_labels
+from pipelines.sources.rows import Rows
+from pipelines.sources.tables import find_table, read_table
 
 SOURCE = "nih"
 IMAGE, LABELS, PATIENT, VIEW = "Image Index", "Finding Labels", "Patient ID", "View Position"

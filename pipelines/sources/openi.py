@@ -33,17 +33,10 @@ from pipelines.labels import (
     OPENI_NOT_INDEXED,
 )
 from pipelines.sources import ReadOptions, SourceResult
-from pipelines.sources.common import (
-    Rows,
-    blank,
-    find_table,
-    finish,
-    flat_term_labels,
-    make_source_keys,
-    read_table,
-    to_int,
-    view_columns,
-)
+from pipelines.sources.common import finish, make_source_keys, to_int, view_columns
+from pipelines.sources.label_parsing import flat_term_labels
+from pipelines.sources.rows import Rows, blank
+from pipelines.sources.tables import find_table, read_table
 
 SOURCE = "openi"
 STUDY, IMAGE, PNG, VIEW, MESH = "study_uid", "image_id", "png_name", "view_position", "mesh_major"

@@ -29,17 +29,10 @@ import pandas as pd
 
 from pipelines.labels import PADCHEST_TO_FINDINGS
 from pipelines.sources import ReadOptions, SourceResult
-from pipelines.sources.common import (
-    Rows,
-    blank,
-    find_table,
-    finish,
-    make_source_keys,
-    read_table,
-    term_labels,
-    to_int,
-    view_columns,
-)
+from pipelines.sources.common import finish, make_source_keys, to_int, view_columns
+from pipelines.sources.label_parsing import term_labels
+from pipelines.sources.rows import Rows, blank
+from pipelines.sources.tables import find_table, read_table
 
 SOURCE = "padchest"
 IMAGE, DIR, STUDY, PATIENT = "ImageID", "ImageDir", "StudyID", "PatientID"

@@ -1,0 +1,200 @@
+"""Reading a metadata CSV for a table reader, with errors that name the file and the reason.
+
+Every cell is read as text (blank = ``""``, nothing parsed as NaN), only the columns a reader asks
+for, so free text, birth dates and study dates never enter memory, let alone an output. Failures
+are :class:`~pipelines.errors.SourceError`: missing, empty, wrong delimiter, not UTF-8 (with the
+byte offset and line), malformed rows, required columns missing. Compression (``.gz``, ``.bz2``,
+``.xz``, ``.zip``) is inferred from the name.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import io
+import lzma
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO
+
+import pandas as pd
+
+from pipelines.errors import SourceError
+
+_DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
+_OPENERS: dict[str, Callable[..., object]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+def find_table(input_path: Path, patterns: Sequence[str], what: str) -> Path:
+    """Return ``input_path`` if it is a file, else the single file in it matching ``patterns``.
+
+    Raises:
+        SourceError: the path does not exist, or a folder holds none or several matches.
+    """
+    input_path = Path(input_path)
+    if input_path.is_file():
+        return input_path
+    if not input_path.exists():
+        raise SourceError(f"{input_path}: {what} not found")
+    found = sorted({p for pattern in patterns for p in input_path.glob(pattern) if p.is_file()})
+    if len(found) != 1:
+        names = ", ".join(p.name for p in found) or "none"
+        raise SourceError(
+            f"{input_path}: is a folder; expected exactly one {what} matching "
+            f"{' or '.join(patterns)} in it (found {names}); give the file itself"
+        )
+    return found[0]
+
+
+def read_table(
+    path: Path,
+    required: Sequence[str],
+    optional: Sequence[str] = (),
+    *,
+    what: str = "metadata CSV",
+) -> pd.DataFrame:
+    """Read the ``required`` and present ``optional`` columns of a CSV as stripped-name text.
+
+    Every cell is a ``str`` (blank cells are ``""``, nothing is parsed as NaN), so that reader
+    code decides what a blank means. Compression (``.gz``, ``.bz2``, ``.xz``, ``.zip``) is
+    inferred from the name; a UTF-8 byte-order mark is accepted.
+
+    Args:
+        path: the CSV file.
+        required: columns that must be present.
+        optional: columns read when present.
+        what: how errors name the file's role (``"NIH Data_Entry CSV"`` ...).
+
+    Returns:
+        A frame with a RangeIndex (row ``i`` is line ``i + 2`` of the file).
+
+    Raises:
+        SourceError: file missing or a folder, empty, no data rows, not UTF-8 (with the byte
+            offset and line), one column only (wrong delimiter), malformed (a row with more
+            fields than the header: its values cannot be matched to columns), or required
+            columns missing (all named).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SourceError(f"{path}: {what} not found")
+    if not path.is_file():
+        raise SourceError(f"{path}: {what} is not a file")
+    if path.stat().st_size == 0:
+        raise SourceError(f"{path}: {what} is empty (0 bytes)")
+    header = _read(path, what, nrows=0)
+    names = [str(c).strip() for c in header.columns]
+    missing = [c for c in required if c not in names]
+    if missing:
+        if len(names) == 1 and len(required) > 1:
+            raise SourceError(_delimiter_message(path, names[0], what, required))
+        found = ", ".join(repr(n) for n in names[:40])
+        raise SourceError(
+            f"{path}: {what} lacks required column(s) {', '.join(repr(c) for c in missing)}"
+            f" (found: {found})"
+        )
+    _check_field_counts(path, what, len(header.columns))
+    wanted = set(required) | set(optional)
+    df = _read(path, what, usecols=lambda c: str(c).strip() in wanted, index_col=False)
+    df.columns = [str(c).strip() for c in df.columns]
+    if df.columns.duplicated().any():
+        dup = sorted(set(df.columns[df.columns.duplicated()]))
+        raise SourceError(f"{path}: {what} has the column(s) {dup} more than once")
+    if len(df) == 0:
+        raise SourceError(f"{path}: {what} has a header but no data rows")
+    return df.reset_index(drop=True)
+
+
+def _check_field_counts(path: Path, what: str, n_header: int) -> None:
+    """Fail on the first record with more fields than the header.
+
+    pandas does not: reading chosen columns it drops the surplus, and when the first data row
+    has it, it takes the first fields as an index and shifts every row's values by one column,
+    so a path would be read as a patient id. A surplus field is nearly always an unquoted comma
+    inside a value, which moves every later value of that row into the wrong column.
+    """
+    try:
+        with _open_text(path) as fh:
+            reader = csv.reader(fh)
+            next(reader, None)
+            for record in reader:
+                if len(record) > n_header:
+                    raise SourceError(
+                        f"{path}: {what} is not a well-formed CSV: line {reader.line_num} has "
+                        f"{len(record)} fields but the header has {n_header} (a value with an "
+                        "unquoted comma?); quote such values or fix the row"
+                    )
+    except UnicodeDecodeError as exc:
+        raise SourceError(utf8_error_message(path, what)) from exc
+    except csv.Error as exc:
+        raise SourceError(f"{path}: {what} is not a well-formed CSV: {exc}") from exc
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise SourceError(f"{path}: cannot read {what}: {type(exc).__name__}: {exc}") from exc
+
+
+def _open_text(path: Path) -> IO[str]:
+    """``path`` as UTF-8 text (BOM skipped), decompressed by its suffix as pandas infers it."""
+    suffix = path.suffix.lower()
+    if suffix == ".zip":
+        archive = zipfile.ZipFile(path)
+        names = [n for n in archive.namelist() if not n.endswith("/")]
+        if len(names) != 1:
+            raise SourceError(f"{path}: expected one file in the ZIP archive, found {len(names)}")
+        return io.TextIOWrapper(archive.open(names[0]), encoding="utf-8-sig", newline="")
+    opener = _OPENERS.get(suffix)
+    if opener is not None:
+        return opener(path, "rt", encoding="utf-8-sig", newline="")  # type: ignore[return-value]
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def _read(path: Path, what: str, **kwargs: object) -> pd.DataFrame:
+    try:
+        return pd.read_csv(
+            path,
+            dtype=str,
+            keep_default_na=False,
+            na_filter=False,
+            encoding="utf-8-sig",
+            skipinitialspace=False,
+            **kwargs,
+        )
+    except UnicodeDecodeError as exc:
+        raise SourceError(utf8_error_message(path, what)) from exc
+    except pd.errors.EmptyDataError as exc:
+        raise SourceError(f"{path}: {what} is empty (no header line)") from exc
+    except pd.errors.ParserError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise SourceError(f"{path}: {what} is not a well-formed CSV: {reason}") from exc
+    except (OSError, EOFError) as exc:  # corrupt compression, unreadable file
+        raise SourceError(f"{path}: cannot read {what}: {type(exc).__name__}: {exc}") from exc
+
+
+def utf8_error_message(path: Path, what: str) -> str:
+    """Locate the first byte that is not UTF-8 (only called on failure: reads the whole file)."""
+    opener = _OPENERS.get(path.suffix.lower(), open)
+    with opener(path, "rb") as fh:  # type: ignore[operator]
+        data = fh.read()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        return (
+            f"{path}: {what} is not UTF-8 text: byte 0x{data[err.start]:02x} at byte offset "
+            f"{err.start} (line {line}) is invalid; re-save the file as UTF-8"
+        )
+    return f"{path}: {what} is not UTF-8 text; re-save the file as UTF-8"
+
+
+def _delimiter_message(path: Path, header: str, what: str, required: Sequence[str]) -> str:
+    counts = {d: header.count(d) for d in _DELIMITERS}
+    best = max(counts, key=lambda d: counts[d])
+    looks = (
+        f"it looks {_DELIMITERS[best]}-separated ({best!r})"
+        if counts[best]
+        else "no other delimiter was recognised"
+    )
+    return (
+        f"{path}: {what} header parses as a single column: wrong delimiter? {looks}, but "
+        f"comma-separated values are expected (required columns: {', '.join(required)})"
+    )
