@@ -24,7 +24,8 @@ import time
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from pipelines.evaluation.metrics import PatientBootstrap, bootstrap_rank_metrics, compute_roc_auc
+from pipelines.evaluation.bootstrap import PatientBootstrap
+from pipelines.evaluation.metrics import bootstrap_rank_metrics, compute_roc_auc
 from pipelines.labels import FINDINGS
 
 

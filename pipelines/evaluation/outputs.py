@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from pipelines.errors import ReportError
-from pipelines.evaluation.metrics import NOT_ESTIMABLE, Estimate, FindingScore
+from pipelines.evaluation.bootstrap import Estimate
+from pipelines.evaluation.metrics import NOT_ESTIMABLE, FindingScore
 from pipelines.evaluation.report import render_html, render_markdown
 from pipelines.evaluation.summary import RULES, Evaluation, ReportParams, summarize
 from pipelines.io import atomic_path, write_json

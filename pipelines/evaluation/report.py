@@ -19,6 +19,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from pipelines.evaluation.bootstrap import Estimate
 from pipelines.evaluation.figures import (
     VERDICT_COLOURS,
     data_uri,
@@ -28,7 +29,8 @@ from pipelines.evaluation.figures import (
     figure_reliability,
     figure_roc,
 )
-from pipelines.evaluation.metrics import NOT_ESTIMABLE, Estimate, OperatingPoint
+from pipelines.evaluation.metrics import NOT_ESTIMABLE
+from pipelines.evaluation.operating_points import OperatingPoint
 from pipelines.evaluation.summary import FRONTAL_ONLY_METHOD, Evaluation
 
 TEMPLATE = "report.html.j2"

@@ -28,21 +28,21 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from pipelines.config import StageParams
 from pipelines.errors import ReportError
+from pipelines.evaluation.bootstrap import Estimate, PatientBootstrap
+from pipelines.evaluation.calibration import expected_calibration_error, reliability_curve
 from pipelines.evaluation.metrics import (
     NOT_ESTIMABLE,
     DiscriminationReport,
-    Estimate,
-    OperatingPoint,
     PairedDifference,
-    PatientBootstrap,
-    apply_thresholds,
     class_counts,
     compute_roc_auc,
-    expected_calibration_error,
     paired_auroc_difference,
-    reliability_curve,
-    sensitivity_threshold,
     verdict_of,
+)
+from pipelines.evaluation.operating_points import (
+    OperatingPoint,
+    apply_thresholds,
+    sensitivity_threshold,
     youden_threshold,
 )
 from pipelines.labels import FINDINGS

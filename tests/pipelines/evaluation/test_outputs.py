@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from pipelines.errors import ReportError
-from pipelines.evaluation.metrics import auroc_per_finding, youden_threshold
+from pipelines.evaluation.metrics import auroc_per_finding
+from pipelines.evaluation.operating_points import youden_threshold
 from pipelines.evaluation.outputs import metrics_dict, render_report, thresholds_dict, write_curves
 from pipelines.evaluation.summary import summarize
 from pipelines.labels import FINDINGS
