@@ -20,7 +20,7 @@ changed study does not reshuffle the others. The result is rounded back to uint8
 sample's parameters and noise from a generator on the training device (seeded by the run's seed
 and the rank, see :func:`online_generator`) and applies :func:`transform` to each sample there,
 so every epoch sees fresh variants. For the same draw it gives the offline pixels before their
-uint8 rounding.
+uint8 rounding (the noise itself comes from the generator, not from the draw's noise seed).
 
 Which one: offline copies cost disk and a stage run but nothing at training time, are exactly
 reproducible and cached by DVC, and suit CPU training where every millisecond of the step counts.
@@ -348,9 +348,10 @@ class OnlineAugment(nn.Module):
     """The augment policy applied to a batch on whatever device the batch is on.
 
     Each sample gets its own :class:`Draw` (from :func:`draw_from_uniforms` on uniforms drawn
-    on the batch's device) and Gaussian noise, applied with :func:`transform`: for the same
-    draw, the pixels of :meth:`AugmentPolicy.apply` before its uint8 rounding. Active only in
-    training mode; ``eval()`` makes it the identity.
+    on the batch's device) and Gaussian noise from the same generator, applied with
+    :func:`transform`: without noise, the pixels :meth:`AugmentPolicy.apply` gives for the same
+    draw, before its uint8 rounding. Active only in training mode; ``eval()`` makes it the
+    identity.
 
     Args:
         params: the ``augment`` section (its policy keys).

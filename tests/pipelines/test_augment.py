@@ -309,3 +309,17 @@ def test_online_generator_is_seeded_by_seed_and_rank():
     assert not torch.equal(first(3, 0), first(3, 1)) and not torch.equal(first(3, 0), first(4, 0))
     torch.manual_seed(3)
     assert not torch.equal(first(3, 0), torch.rand(4))  # apart from the global stream
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_online_on_cuda_is_seeded_and_matches_the_cpu_ops():
+    params = AugmentParams(rotation_deg=15, translate=0.1, hflip=True, noise_std=0.0)
+    aug = OnlineAugment(params)
+    x = _batch(4).cuda()
+    a = aug(x, generator=online_generator(0, 0, "cuda"))
+    b = aug(x, generator=online_generator(0, 0, "cuda"))
+    assert a.device.type == "cuda" and torch.equal(a, b)
+    replay = aug.draws(4, "cuda", online_generator(0, 0, "cuda"))
+    cpu = torch.stack([aug.augment_view(x[i].cpu().float() / 255, d) for i, d in enumerate(replay)])
+    torch.testing.assert_close(a.cpu(), cpu, atol=1e-4, rtol=0)
