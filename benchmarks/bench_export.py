@@ -11,7 +11,7 @@ else in the process:
   depthwise Conv, calibrated);
 - **FX int8** (``--fx``, the alternative the stage did not choose): PyTorch FX graph-mode static
   PTQ (x86 qconfig, same calibration batches), traced and frozen. torchao pt2e is not timed: it
-  needs ``torchao`` and is fast only after a ~150 s ``torch.compile`` (DESIGN.md §6).
+  needs ``torchao`` and is fast only after a ~150 s ``torch.compile``.
 
 Per image size (``--sizes``, default: the demo's ``preprocess.image_size`` from params.yaml,
 and 224):

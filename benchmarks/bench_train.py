@@ -41,7 +41,9 @@ from pipelines.data import (
 from pipelines.labels import FINDINGS
 from pipelines.losses import build_loss
 from pipelines.model import ModelParams, build_model
-from pipelines.train import Trainer, TrainParams, build_scheduler, resolve_precision
+from pipelines.runtime import resolve_precision
+from pipelines.train import TrainParams, build_scheduler
+from pipelines.trainer import Trainer
 
 
 def make_shards(root: Path, n: int, size: int, seed: int = 0) -> Path:

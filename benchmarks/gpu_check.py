@@ -3,7 +3,7 @@ waiting on data. Exits cleanly with a message where no CUDA device exists.
 
 1. Bare two-branch DenseNet-121 steps on random tensors already on the GPU (channels_last):
    fp32 against AMP (bf16 where supported, else fp16 with a GradScaler), same size and batch.
-2. The train stage's loop (:class:`pipelines.train.Trainer`) fed from prepared shards on disk
+2. The train stage's loop (:class:`pipelines.trainer.Trainer`) fed from prepared shards on disk
    through ``make_loader`` with ``--workers`` processes and pinned memory: the time each step
    waits for its batch (``next(loader)`` until the batch is ready), as a share of the total.
 
@@ -30,7 +30,9 @@ from bench_train import make_shards, new_model
 from pipelines.data import ShardDataset, make_loader
 from pipelines.labels import FINDINGS
 from pipelines.losses import build_loss
-from pipelines.train import Trainer, TrainParams, build_scheduler, resolve_precision
+from pipelines.runtime import resolve_precision
+from pipelines.train import TrainParams, build_scheduler
+from pipelines.trainer import Trainer
 
 
 def bare_rate(device, size: int, batch: int, precision: str, steps: int, warmup: int = 3):

@@ -1,4 +1,11 @@
-"""augment stage: seeded, versioned augmented copies of the train split, plus online augmentation.
+"""augment stage: seeded, versioned augmented copies of the train split, and the same ops online.
+
+One policy, one implementation of its ops: :func:`transform` applies a :class:`Draw` (affine
+with bilinear sampling and black fill, brightness, contrast, gamma: the
+``torchvision.transforms.v2.functional`` ops) to a float image in [0, 1] on any device, and
+Gaussian noise is added on top. :func:`draw_from_uniforms` turns eight uniforms into a
+:class:`Draw`, so both paths below follow the params with the same distribution. A missing
+lateral (all zeros) stays zeros in both.
 
 **Offline** (this stage, ``python -m pipelines.augment``): ``augment.copies`` variants of every
 train study of the prepared shards are written to ``augment.out`` in the same shard format (meta
@@ -6,30 +13,30 @@ gains a ``copy`` column, 1..copies); training reads originals + copies
 (``ShardDataset([prepared, augmented], "train")``). Each view of each study draws its own
 parameters from a generator seeded by (``base.seed``, ``augment.version``, study key, copy,
 view), never from process or row order, so the same params give bit-identical shards and a
-changed study does not reshuffle the others. The ops are ``torchvision.transforms.v2.functional``
-(affine with bilinear sampling and black fill, brightness, contrast, gamma) plus Gaussian noise,
-on float32 [0, 1], rounded back to uint8. Bump ``version`` whenever the policy's code changes.
-``copies: 0`` writes an empty, valid index. A missing lateral (all zeros) stays zeros.
+changed study does not reshuffle the others. The result is rounded back to uint8. Bump
+``version`` whenever the policy's code changes. ``copies: 0`` writes an empty, valid index.
 
-**Online** (:class:`OnlineAugment`, for the training stage to enable): the same distribution,
-drawn per batch on the training device with ``affine_grid`` / ``grid_sample`` and tensor
-intensity ops, so a GPU run sees fresh variants every epoch at almost no cost.
+**Online** (:class:`OnlineAugment`, ``train.online_augment: true``): the train stage draws each
+sample's parameters and noise from a generator on the training device (seeded by the run's seed
+and the rank, see :func:`online_generator`) and applies :func:`transform` to each sample there,
+so every epoch sees fresh variants. For the same draw it gives the offline pixels before their
+uint8 rounding (the noise itself comes from the generator, not from the draw's noise seed).
 
 Which one: offline copies cost disk and a stage run but nothing at training time, are exactly
 reproducible and cached by DVC, and suit CPU training where every millisecond of the step counts.
 Online gives unlimited variety (no fixed set of copies to overfit) and suits GPU training; its
-draws depend on the training generator, not on study keys. Both follow the params below, but the
-two implementations are not pixel-identical. Horizontal flips are off by default: they move the
-heart to the right, which a real chest radiograph (barring dextrocardia) never shows.
+draws depend on the training generator, not on study keys. Horizontal flips are off by default:
+they move the heart to the right, which a real chest radiograph (barring dextrocardia) never
+shows.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import textwrap
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,7 +88,7 @@ class AugmentParams(StageParams):
 
 
 # ----------------------------------------------------------------------------------------------
-# Offline policy
+# The ops (offline and online)
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,76 @@ class Draw:
     brightness: float
     contrast: float
     gamma: float
-    noise_seed: int
+    noise_seed: int  # offline noise; online noise comes from the training generator
+
+
+N_UNIFORMS = 8  # uniforms in [0, 1) per draw (see draw_from_uniforms)
+
+
+def draw_from_uniforms(params: AugmentParams, u: Sequence[float], noise_seed: int = 0) -> Draw:
+    """The policy's distribution: eight uniforms in [0, 1) -> one :class:`Draw`.
+
+    Args:
+        params: the policy.
+        u: angle, x shift, y shift, flip, scale, brightness, contrast, gamma (in this order).
+        noise_seed: recorded in the draw (the offline noise seed).
+
+    Returns:
+        Angle, shifts uniform in [-r, r]; scale and gamma uniform in their ranges; brightness
+        and contrast factors uniform in [1 - b, 1 + b]; a flip with probability 1/2 where
+        ``hflip`` is on.
+    """
+    p = params
+
+    def between(low: float, high: float, x: float) -> float:
+        return low + (high - low) * x  # what numpy's Generator.uniform computes
+
+    signed = [between(-1.0, 1.0, x) for x in u[:4]]
+    return Draw(
+        angle=float(signed[0] * p.rotation_deg),
+        translate=(float(signed[1] * p.translate), float(signed[2] * p.translate)),
+        scale=float(between(*p.scale, u[4])),
+        flip=bool(p.hflip and signed[3] > 0),
+        brightness=float(between(1 - p.brightness, 1 + p.brightness, u[5])),
+        contrast=float(between(1 - p.contrast, 1 + p.contrast, u[6])),
+        gamma=float(between(*p.gamma, u[7])),
+        noise_seed=int(noise_seed),
+    )
+
+
+def transform(x: torch.Tensor, draw: Draw) -> torch.Tensor:
+    """Apply a draw's geometry and intensity ops (no noise) to one image, on its device.
+
+    Args:
+        x: float (C, H, W) in [0, 1] (square).
+        draw: the parameters.
+
+    Returns:
+        float (C, H, W) in [0, 1]: flip, affine (bilinear, black fill), brightness, contrast,
+        gamma, by ``torchvision.transforms.v2.functional``.
+    """
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    size = x.shape[-1]
+    if draw.flip:
+        x = F.horizontal_flip(x)
+    x = F.affine(
+        x,
+        angle=draw.angle,
+        translate=[draw.translate[0] * size, draw.translate[1] * size],
+        scale=draw.scale,
+        shear=[0.0, 0.0],
+        interpolation=InterpolationMode.BILINEAR,
+        fill=0.0,
+    )
+    x = F.adjust_brightness(x, draw.brightness)
+    x = F.adjust_contrast(x, draw.contrast)
+    return F.adjust_gamma(x, draw.gamma)
+
+
+# ----------------------------------------------------------------------------------------------
+# Offline policy
 
 
 def sample_seed(seed: int, version: int, study_key: str, copy: int, view: str) -> int:
@@ -120,40 +196,13 @@ class AugmentPolicy:
         """The parameters for one view of one copy of one study."""
         p = self.params
         rng = np.random.default_rng(sample_seed(self.seed, p.version, study_key, copy, view))
-        u = rng.uniform(-1.0, 1.0, size=4)
-        return Draw(
-            angle=float(u[0] * p.rotation_deg),
-            translate=(float(u[1] * p.translate), float(u[2] * p.translate)),
-            scale=float(rng.uniform(*p.scale)),
-            flip=bool(p.hflip and u[3] > 0),
-            brightness=float(rng.uniform(1 - p.brightness, 1 + p.brightness)),
-            contrast=float(rng.uniform(1 - p.contrast, 1 + p.contrast)),
-            gamma=float(rng.uniform(*p.gamma)),
-            noise_seed=int(rng.integers(2**63)),
-        )
+        u = rng.random(N_UNIFORMS).tolist()
+        return draw_from_uniforms(p, u, noise_seed=int(rng.integers(2**63)))
 
     def apply(self, image: np.ndarray, draw: Draw) -> np.ndarray:
         """Apply a draw to a uint8 (S, S) image; returns uint8 (S, S)."""
-        from torchvision.transforms.v2 import InterpolationMode
-        from torchvision.transforms.v2 import functional as F
-
-        size = image.shape[-1]
         x = torch.from_numpy(np.array(image, dtype=np.float32)).div_(255.0)[None]
-        if draw.flip:
-            x = F.horizontal_flip(x)
-        x = F.affine(
-            x,
-            angle=draw.angle,
-            translate=[draw.translate[0] * size, draw.translate[1] * size],
-            scale=draw.scale,
-            shear=[0.0, 0.0],
-            interpolation=InterpolationMode.BILINEAR,
-            fill=0.0,
-        )
-        x = F.adjust_brightness(x, draw.brightness)
-        x = F.adjust_contrast(x, draw.contrast)
-        x = F.adjust_gamma(x, draw.gamma)
-        out = x[0].numpy()
+        out = transform(x, draw)[0].numpy()
         if self.params.noise_std > 0:
             noise = np.random.default_rng(draw.noise_seed).standard_normal(out.shape)
             out = out + (self.params.noise_std * noise).astype(np.float32)
@@ -285,43 +334,56 @@ def save_preview(prepared: str | Path, params: AugmentParams, seed: int, path: s
 # Online, batched, on the training device
 
 
-class OnlineAugment(nn.Module):
-    """Random affine + intensity jitter of a batch, on whatever device the batch is on.
+def online_generator(seed: int, rank: int, device: torch.device | str) -> torch.Generator:
+    """The online augmentation's generator on ``device``, seeded by the run's seed and the rank.
 
-    Same parameter meanings as :class:`AugmentParams` (rotation in degrees, translation as a
-    fraction of the side, scale / gamma ranges, brightness / contrast factors, noise std in
-    [0, 1] units). Active only in training mode; ``eval()`` makes it the identity.
+    Its stream is apart from torch's global one (which the model's dropout draws from).
+    """
+    text = f"cxr-augment-online|{seed}|{rank}".encode()
+    generator = torch.Generator(device=device)
+    return generator.manual_seed(int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 1)
+
+
+class OnlineAugment(nn.Module):
+    """The augment policy applied to a batch on whatever device the batch is on.
+
+    Each sample gets its own :class:`Draw` (from :func:`draw_from_uniforms` on uniforms drawn
+    on the batch's device) and Gaussian noise from the same generator, applied with
+    :func:`transform`: without noise, the pixels :meth:`AugmentPolicy.apply` gives for the same
+    draw, before its uint8 rounding. Active only in training mode; ``eval()`` makes it the
+    identity.
 
     Args:
-        rotation_deg, translate, scale, brightness, contrast, gamma, noise_std, hflip: the policy.
+        params: the ``augment`` section (its policy keys).
     """
 
-    def __init__(
-        self,
-        rotation_deg: float = 5.0,
-        translate: float = 0.04,
-        scale: tuple[float, float] = (0.93, 1.07),
-        brightness: float = 0.08,
-        contrast: float = 0.1,
-        gamma: tuple[float, float] = (0.9, 1.1),
-        noise_std: float = 0.01,
-        hflip: bool = False,
-    ):
+    def __init__(self, params: AugmentParams):
         super().__init__()
-        self.rotation = math.radians(rotation_deg)
-        self.translate = translate
-        self.scale = tuple(scale)
-        self.brightness = brightness
-        self.contrast = contrast
-        self.gamma = tuple(gamma)
-        self.noise_std = noise_std
-        self.hflip = hflip
+        self.params = params
 
-    @classmethod
-    def from_params(cls, p: AugmentParams) -> OnlineAugment:
-        """Build from the ``augment`` section."""
-        keys = ("rotation_deg", "translate", "scale", "brightness", "contrast", "gamma")
-        return cls(**{k: getattr(p, k) for k in keys}, noise_std=p.noise_std, hflip=p.hflip)
+    def draws(
+        self, n: int, device: torch.device | str, generator: torch.Generator | None = None
+    ) -> list[Draw]:
+        """The parameters of ``n`` samples, drawn on ``device`` (``generator`` if given)."""
+        u = torch.rand(
+            (n, N_UNIFORMS), generator=generator, device=device, dtype=torch.float64
+        ).tolist()
+        return [draw_from_uniforms(self.params, row) for row in u]
+
+    def augment_view(
+        self, x: torch.Tensor, draw: Draw, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One sample: float (C, H, W) in [0, 1] -> augmented, clamped to [0, 1].
+
+        Args:
+            x: the image.
+            draw: its parameters.
+            noise: standard normal noise of ``x``'s shape (scaled by ``noise_std``); None: none.
+        """
+        y = transform(x, draw)
+        if noise is not None and self.params.noise_std > 0:
+            y = y + self.params.noise_std * noise
+        return y.clamp(0.0, 1.0)
 
     def forward(
         self,
@@ -343,62 +405,18 @@ class OnlineAugment(nn.Module):
         x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
         if not self.training:
             return x
-        b, dev = x.shape[0], x.device
-
-        def uniform(lo: float, hi: float) -> torch.Tensor:
-            return lo + (hi - lo) * torch.rand(b, device=dev, generator=generator)
-
-        draws = {
-            "angle": uniform(-self.rotation, self.rotation),
-            "scale": uniform(*self.scale),
-            "tx": uniform(-self.translate, self.translate),
-            "ty": uniform(-self.translate, self.translate),
-            "flip": (uniform(0.0, 1.0) < 0.5) & self.hflip,
-            "brightness": uniform(1 - self.brightness, 1 + self.brightness),
-            "contrast": uniform(1 - self.contrast, 1 + self.contrast),
-            "gamma": uniform(*self.gamma),
-        }
-        y = self.transform(x, draws)
-        if self.noise_std > 0:
-            y = y + self.noise_std * torch.randn(y.shape, device=dev, generator=generator)
-        y = y.clamp(0.0, 1.0)
-        if mask is not None:
-            y = torch.where(mask.to(dev).view(b, 1, 1, 1), y, x)
-        return y
-
-    @staticmethod
-    def transform(x: torch.Tensor, d: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Apply given per-sample parameters (no noise) to a float batch in [0, 1].
-
-        Args:
-            x: float (B, C, H, W).
-            d: (B,) tensors: ``angle`` (radians, clockwise as torchvision's affine), ``scale``,
-                ``tx`` / ``ty`` (fraction of the side; positive = right / down), ``flip`` (bool),
-                ``brightness``, ``contrast``, ``gamma``.
-        """
-        b = x.shape[0]
-        angle, scale = -d["angle"].float(), d["scale"].float()  # as counter-clockwise
-        flip = torch.where(d["flip"].bool(), -1.0, 1.0).to(x.device)
-        # theta maps output to input coordinates: the inverse of flip -> rotate -> scale ->
-        # shift, in normalised coordinates (which span 2, y pointing down)
-        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        tx, ty = 2 * d["tx"].float(), 2 * d["ty"].float()
-        theta = torch.stack(
-            [
-                torch.stack([cos * flip, -sin * flip, -(cos * tx - sin * ty) * flip], dim=1),
-                torch.stack([sin, cos, -(sin * tx + cos * ty)], dim=1),
-            ],
-            dim=1,
-        )
-        grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
-        y = nn.functional.grid_sample(
-            x, grid, mode="bilinear", padding_mode="zeros", align_corners=False
-        )
-        view = (b, 1, 1, 1)
-        y = y * d["brightness"].float().view(view)
-        mean = y.mean(dim=(1, 2, 3), keepdim=True)
-        y = (y - mean) * d["contrast"].float().view(view) + mean
-        return y.clamp(0.0, 1.0) ** d["gamma"].float().view(view)
+        draws = self.draws(len(x), x.device, generator)
+        noise = None
+        if self.params.noise_std > 0:
+            noise = torch.randn(x.shape, generator=generator, device=x.device)
+        keep = [True] * len(x) if mask is None else mask.bool().tolist()
+        views = [
+            self.augment_view(x[i], draws[i], None if noise is None else noise[i])
+            if keep[i]
+            else x[i]
+            for i in range(len(x))
+        ]
+        return torch.stack(views)
 
 
 # ----------------------------------------------------------------------------------------------

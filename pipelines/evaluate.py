@@ -47,6 +47,7 @@ from pipelines.evaluation.summary import FRONTAL_ONLY_METHOD, ReportParams, summ
 from pipelines.io import write_parquet
 from pipelines.labels import FINDINGS
 from pipelines.model import load_model, to_model_input
+from pipelines.runtime import resolve_device
 from pipelines.stage import run_stage
 
 log = logging.getLogger(__name__)
@@ -78,23 +79,6 @@ class EvaluateParams(ReportParams):
     metrics: str = "metrics/evaluate.json"
     findings_metrics: str = "metrics/evaluate_findings.json"
     plots: str = "plots/evaluate"
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA if available else CPU.
-
-    Raises:
-        UserError: an unknown device, or CUDA asked for where there is none.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise UserError(f"evaluate.device: unknown device {device!r}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"evaluate.device: {device!r} asked for but CUDA is not available")
-    return dev
 
 
 @torch.inference_mode()
@@ -246,7 +230,7 @@ def evaluate(
     Raises:
         CheckpointError, UserError, FileNotFoundError: unusable inputs (see :func:`score_splits`).
     """
-    device = resolve_device(params.device)
+    device = resolve_device(params.device, "evaluate.device")
     predictions = score_splits(params, device)
     out = Path(params.out)
     write_parquet(predictions, out / "predictions.parquet")

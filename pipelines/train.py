@@ -3,11 +3,11 @@
 Reads the ``train`` split of ``data/prepared`` (plus ``data/augmented``'s offline copies when that
 folder holds an index) and the ``val`` split of ``data/prepared``. Per epoch: one pass of AdamW
 with a linear warm-up then cosine learning-rate schedule (per step), gradient clipping and
-autocast (``precision``: ``auto`` = bf16 on a CPU with native bf16, else fp32; on CUDA bf16
-where supported, else fp16 with a GradScaler), then validation: loss and macro AUROC
-(scikit-learn, per finding over the known labels, findings without both classes left out). The
-best epoch by validation macro AUROC is kept; training stops early after ``patience`` epochs
-without improvement.
+autocast (``precision``, see :func:`pipelines.runtime.resolve_precision`), then validation: loss
+and macro AUROC (per finding over the known labels, findings without both classes left out).
+The best epoch by validation macro AUROC is kept; training stops early after ``patience``
+epochs without improvement. With ``online_augment`` every training batch is augmented on the
+device first (:class:`pipelines.augment.OnlineAugment`).
 
 Outputs (rank 0 only)::
 
@@ -18,28 +18,25 @@ Outputs (rank 0 only)::
     dvclive/train/                  dvclive metrics.json + plots/metrics/*.tsv, per epoch
     runs/train/                     TensorBoard event files, per epoch
 
-Resume (``resume: true``) restores model, optimizer, scheduler, scaler, the RNG states of every
-rank (torch, CUDA, NumPy, Python, the DataLoader generator), the epoch, the best metric and the
-early-stop counter from ``last.pt``, then replays the logged history into fresh dvclive /
-TensorBoard logs, so a killed run continued to the end matches an uninterrupted one.
+Resume (``resume: true``) restores a :class:`pipelines.checkpoint.Checkpoint` from ``last.pt``
+(model, optimizer, scheduler, scaler, the RNG states of every rank, the loop state), then
+replays the logged history into fresh dvclive / TensorBoard logs, so a killed run continued to
+the end matches an uninterrupted one.
 
 Distributed: under ``torchrun --nproc_per_node=N -m pipelines.train`` each process takes
-``LOCAL_RANK``; the model is wrapped in DistributedDataParallel (NCCL on CUDA, gloo on CPU), the
-train split goes through a DistributedSampler, validation is split across ranks and gathered so
-every rank computes the same AUROC (hence the same early-stopping decision).
+``LOCAL_RANK`` (:func:`pipelines.runtime.setup_runtime`); the model is wrapped in
+DistributedDataParallel, the train split goes through a DistributedSampler, validation is split
+across ranks and gathered so every rank computes the same AUROC (hence the same early-stopping
+decision).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import random
 import shutil
 import time
-from collections.abc import Iterable
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,25 +45,32 @@ import torch
 import torch.distributed as dist
 from pydantic import Field
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
-from tqdm import tqdm
 
-from pipelines.augment import AugmentParams, OnlineAugment
+from pipelines.augment import AugmentParams, OnlineAugment, online_generator
+from pipelines.checkpoint import (
+    Checkpoint,
+    CheckpointPaths,
+    LoopState,
+    plain_state_dict,
+    rng_state,
+    save_model_file,
+    set_rng_state,
+)
 from pipelines.config import BaseParams, StageParams, load_params, parse_section
 from pipelines.data import INDEX_FILE, ShardDataset, make_loader
 from pipelines.errors import CheckpointError, ConfigError, UserError
-from pipelines.evaluation.metrics import auroc_per_finding, mean_estimable
 from pipelines.io import atomic_path, write_json
 from pipelines.labels import FINDINGS
 from pipelines.losses import build_loss
-from pipelines.model import PIXEL_MEAN, PIXEL_STD, ModelParams, build_model, to_model_input
+from pipelines.model import PIXEL_MEAN, PIXEL_STD, ModelParams, build_model
+from pipelines.runtime import Precision, Runtime, resolve_precision, seed_everything, setup_runtime
 from pipelines.stage import run_stage
+from pipelines.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
 MIN_SIZE = 64  # DenseNet downsamples 32x; below 64 px a 1-sample batch-norm batch fails
 
 
@@ -108,321 +112,6 @@ class TrainParams(StageParams):
     model: ModelParams = ModelParams(view_dropout=0.2)
 
 
-@dataclass
-class Runtime:
-    """Where this process runs: device, rank and world size."""
-
-    device: torch.device
-    rank: int = 0
-    world: int = 1
-    owns_process_group: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-
-def setup_runtime(device: str = "auto") -> Runtime:
-    """Pick the device and join the process group when launched by ``torchrun``.
-
-    Raises:
-        UserError: CUDA asked for but not available.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"train.device is {device!r} but no CUDA device is available")
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
-        torch.cuda.set_device(dev)
-    rt = Runtime(dev, rank=int(os.environ.get("RANK", "0")), world=world)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        rt.owns_process_group = True
-    return rt
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); else oneDNN emulates it."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    try:
-        return any(getattr(torch.cpu, name)() for name in probes if hasattr(torch.cpu, name))
-    except RuntimeError:  # pragma: no cover - private probes; be conservative
-        return False
-
-
-def resolve_precision(precision: Precision, device: torch.device) -> str:
-    """``auto`` -> on CUDA ``bf16`` where supported, else ``fp16``; on CPU ``bf16`` where the
-    CPU has native bf16 (AVX512-BF16 / AMX), else ``fp32``.
-
-    Measured on a 2-core AVX512 CPU without AVX512-BF16 (batch 16, channels_last): bf16
-    autocast ran at 0.45x the speed of fp32 (64 px: 15.6 vs 34.2 pairs/s; 128 px: 4.6 vs
-    10.5), so emulated bf16 is never the default.
-    """
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
-
-
-def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed Python, NumPy and torch; optionally ask torch for deterministic kernels."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
-
-
-# ---------------------------------------------------------------------------------- metrics
-
-
-def val_auroc(labels: np.ndarray, scores: np.ndarray) -> tuple[float, dict[str, float | None]]:
-    """Validation macro AUROC and the per-finding AUROC (None where not estimable).
-
-    Args:
-        labels: (N, F) 1 / 0 / NaN.
-        scores: (N, F) any monotone score (logits or probabilities).
-    """
-    per = auroc_per_finding(labels, scores)
-    names = FINDINGS[: labels.shape[1]]
-    by_name = {f: None if np.isnan(v) else float(v) for f, v in zip(names, per, strict=True)}
-    return mean_estimable(per), by_name
-
-
-# ---------------------------------------------------------------------------------- the loop
-
-
-@dataclass
-class EpochStats:
-    """One training pass: mean loss over pairs, pairs seen (all ranks) and its wall time."""
-
-    loss: float
-    pairs: int
-    seconds: float
-
-    @property
-    def pairs_per_s(self) -> float:
-        return self.pairs / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass
-class Trainer:
-    """Everything a training or validation step needs, with the one batch -> inputs path."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: LRScheduler
-    loss_fn: nn.Module
-    device: torch.device
-    precision: str = "fp32"
-    size: int | None = None
-    channels_last: bool = True
-    grad_clip: float = 0.0
-    rank: int = 0
-    world: int = 1
-    augment: nn.Module | None = None  # online augmentation of training batches (uint8 in)
-    scaler: torch.amp.GradScaler = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-
-    @property
-    def net(self) -> nn.Module:
-        """The bare model (unwrapped from DistributedDataParallel)."""
-        return self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
-
-    def autocast(self):
-        """The autocast context for this precision (none for fp32)."""
-        if self.precision == "fp32":
-            return nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
-
-    def inputs(
-        self, batch: dict[str, torch.Tensor], augment: bool = False
-    ) -> tuple[torch.Tensor, ...]:
-        """uint8 batch -> normalised, resized (channels_last) views, mask and labels on device.
-
-        With ``augment`` and an online policy, each view is augmented first (a missing lateral
-        stays blank); validation never asks for it.
-        """
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        has_lateral = batch["has_lateral"].to(self.device, non_blocking=True)
-
-        def view(key: str, mask: torch.Tensor | None = None) -> torch.Tensor:
-            x = batch[key].to(self.device, non_blocking=True)
-            if augment and self.augment is not None:
-                x = self.augment(x, mask) * 255.0  # [0, 1] floats back to the uint8 scale
-            return to_model_input(x, self.size).contiguous(memory_format=fmt)
-
-        frontal = view("frontal")
-        frontal_only = getattr(self.net, "fusion", None) == "frontal"
-        lateral = frontal if frontal_only else view("lateral", has_lateral.bool())
-        labels = batch["labels"].to(self.device, non_blocking=True)
-        return frontal, lateral, has_lateral, labels
-
-    def step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One optimisation step; returns the (detached) loss."""
-        frontal, lateral, has_lateral, labels = self.inputs(batch, augment=True)
-        with self.autocast():
-            logits = self.model(frontal, lateral, has_lateral)
-        loss = self.loss_fn(logits.float(), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        return loss.detach()
-
-    def train_epoch(self, loader: Iterable[dict], desc: str = "", progress: bool = False):
-        """One pass over ``loader``; the loss is averaged over pairs and across ranks."""
-        self.model.train()
-        total = torch.zeros((), device=self.device)
-        pairs = 0
-        start = time.perf_counter()
-        bar = tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False)
-        for i, batch in enumerate(bar):
-            n = len(batch["labels"])
-            total += self.step(batch) * n
-            pairs += n
-            if progress and i % 10 == 0:
-                bar.set_postfix(loss=f"{total.item() / pairs:.4f}", refresh=False)
-        bar.close()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        seconds = time.perf_counter() - start
-        counts = torch.tensor([total.item(), float(pairs)], dtype=torch.float64)
-        if self.world > 1:
-            counts = counts.to(self.device)
-            dist.all_reduce(counts)
-        loss_sum, n_pairs = counts.tolist()
-        return EpochStats(loss_sum / max(n_pairs, 1), int(n_pairs), seconds)
-
-    @torch.no_grad()
-    def predict(self, loader: Iterable[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(indices, logits, labels) of this rank's share of ``loader``, in eval mode."""
-        net = self.net.eval()
-        idx, logits, labels = [], [], []
-        for batch in loader:
-            frontal, lateral, has_lateral, y = self.inputs(batch)
-            with self.autocast():
-                out = net(frontal, lateral, has_lateral)
-            idx.append(batch["index"].numpy())
-            logits.append(out.float().cpu().numpy())
-            labels.append(y.cpu().numpy())
-        if not idx:
-            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32), np.zeros((0, 0))
-        return np.concatenate(idx), np.concatenate(logits), np.concatenate(labels)
-
-    def validate(self, loader: Iterable[dict]) -> dict[str, Any]:
-        """Validation loss and AUROC over the whole split (gathered from every rank).
-
-        Under DDP the batch-norm running statistics of rank 0 are broadcast first (DDP only
-        syncs buffers at the start of a training forward), so every rank scores with the model
-        that rank 0 saves.
-        """
-        if self.world > 1:
-            for buffer in self.net.buffers():
-                dist.broadcast(buffer, src=0)
-        idx, logits, labels = self.predict(loader)
-        if self.world > 1:
-            parts: list[Any] = [None] * self.world
-            dist.all_gather_object(parts, (idx, logits, labels))
-            parts = [p for p in parts if len(p[0])]
-            idx, logits, labels = (np.concatenate([p[k] for p in parts]) for k in range(3))
-        order = np.argsort(idx, kind="stable")
-        logits, labels = logits[order], labels[order]
-        loss = float(self.loss_fn(torch.from_numpy(logits), torch.from_numpy(labels)))
-        macro, per = val_auroc(labels, logits)
-        return {"loss": loss, "macro_auroc": macro, "auroc": per, "pairs": len(idx)}
-
-
-# ---------------------------------------------------------------------------------- state
-
-
-def _np_rng_state() -> dict[str, Any]:
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {
-        "keys": torch.from_numpy(keys.astype(np.int64)),
-        "pos": int(pos),
-        "has_gauss": int(has_gauss),
-        "gauss": float(gauss),
-    }
-
-
-def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    """This process's RNG states as tensors and plain types (``weights_only``-loadable)."""
-    version, state, gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": _np_rng_state(),
-        "python": {
-            "version": version,
-            "state": torch.tensor(state, dtype=torch.int64),
-            "gauss": gauss,
-        },
-        "loader": generator.get_state(),
-    }
-
-
-def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
-    """Restore what :func:`rng_state` captured."""
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    npst = state["numpy"]
-    keys = npst["keys"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", keys, npst["pos"], npst["has_gauss"], npst["gauss"]))
-    py = state["python"]
-    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
-    generator.set_state(state["loader"])
-
-
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """``torch.save`` through a temporary file: a kill never leaves a torn checkpoint."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A training checkpoint, loaded with ``weights_only=True``.
-
-    Raises:
-        CheckpointError: unreadable or not a train-stage checkpoint.
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: cannot resume from it ({exc})") from exc
-    needed = {"model", "optimizer", "scheduler", "scaler", "rng", "epochs_done", "meta"}
-    if not isinstance(state, dict) or not needed <= state.keys():
-        raise CheckpointError(f"{path}: not a train checkpoint (needs {sorted(needed)})")
-    return state
-
-
-def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-
-
 def build_scheduler(
     optimizer: torch.optim.Optimizer, params: TrainParams, steps_per_epoch: int
 ) -> LRScheduler:
@@ -438,16 +127,22 @@ def build_scheduler(
     return SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
 
 
-# ---------------------------------------------------------------------------------- the stage
+# ---------------------------------------------------------------------------------- building
 
 
 @dataclass
-class TrainResult:
-    """What :func:`train` returns: the summary written to ``metrics/train.json`` and the final
-    (last-epoch, unwrapped) model of this rank."""
+class TrainData:
+    """The splits, their loaders and what the loop needs to know about them."""
 
-    summary: dict[str, Any]
-    model: nn.Module
+    train: ShardDataset
+    val: ShardDataset
+    roots: list[str]  # the folders of the train split (prepared, augmented copies)
+    size: int  # the model's input size
+    batch: int  # studies per training batch per process
+    train_loader: DataLoader
+    val_loader: DataLoader
+    generator: torch.Generator  # the train shuffle's (checkpointed)
+    sampler: DistributedSampler | None  # under DDP (its epoch is set per epoch)
 
 
 def _datasets(params: TrainParams) -> tuple[ShardDataset, ShardDataset, list[str]]:
@@ -468,11 +163,17 @@ def _datasets(params: TrainParams) -> tuple[ShardDataset, ShardDataset, list[str
     return train_ds, val_ds, roots
 
 
-def _loaders(
-    params: TrainParams, train_ds: ShardDataset, val_ds: ShardDataset, rt: Runtime, seed: int
-) -> tuple[DataLoader, DataLoader, DistributedSampler | None, torch.Generator, int]:
-    per_rank = len(train_ds) // rt.world
-    batch = min(params.batch_size, per_rank)
+def build_data(params: TrainParams, rt: Runtime, seed: int) -> TrainData:
+    """The train and val splits and their loaders (the train shuffle seeded by ``seed``).
+
+    Raises:
+        UserError: missing or empty splits, too few studies, an input size below the minimum.
+    """
+    train_ds, val_ds, roots = _datasets(params)
+    size = params.size or train_ds.size
+    if size < MIN_SIZE:
+        raise UserError(f"train: input size {size} px is below the minimum of {MIN_SIZE}")
+    batch = min(params.batch_size, len(train_ds) // rt.world)
     if batch < 2:
         raise UserError(f"{params.prepared}: {len(train_ds)} train studies are too few to train")
     if batch < params.batch_size:
@@ -491,7 +192,109 @@ def _loaders(
     val_part = range(rt.rank, len(val_ds), rt.world)  # every study exactly once over the ranks
     val_loader = make_loader(val_ds, 2 * batch, sampler=val_part, **common)
     dist_sampler = sampler if isinstance(sampler, DistributedSampler) else None
-    return train_loader, val_loader, dist_sampler, generator, batch
+    return TrainData(
+        train_ds, val_ds, roots, size, batch, train_loader, val_loader, generator, dist_sampler
+    )
+
+
+def build_trainer(
+    params: TrainParams,
+    data: TrainData,
+    rt: Runtime,
+    precision: str,
+    seed: int,
+    augment: AugmentParams | None = None,
+) -> Trainer:
+    """The model, AdamW, the schedule, the loss and (``online_augment``) the online policy."""
+    model = build_model(params.model, len(FINDINGS)).to(rt.device)
+    if params.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=params.lr, weight_decay=params.weight_decay
+    )
+    trainer = Trainer(
+        model,
+        optimizer,
+        build_scheduler(optimizer, params, len(data.train_loader)),
+        build_loss(params.loss, params.focal_alpha, params.focal_gamma),
+        rt.device,
+        precision,
+        data.size,
+        params.channels_last,
+        params.grad_clip,
+        rt.rank,
+        rt.world,
+    )
+    if params.online_augment:
+        trainer.augment = OnlineAugment(augment or AugmentParams()).to(rt.device)
+        trainer.augment_generator = online_generator(seed, rt.rank, rt.device)
+    return trainer
+
+
+def model_meta(params: TrainParams, data: TrainData, seed: int, precision: str) -> dict:
+    """The ``meta`` of the model files (what :func:`pipelines.model.load_model` returns)."""
+    return {
+        "model_params": params.model.model_dump(),
+        "findings": list(FINDINGS),
+        "size": data.size,
+        "prepared_size": data.train.size,
+        "pixel_mean": PIXEL_MEAN,
+        "pixel_std": PIXEL_STD,
+        "precision": precision,
+        "seed": seed,
+        "train": params.model_dump(),
+        "torch": str(torch.__version__),
+    }
+
+
+# ---------------------------------------------------------------------------------- resume
+
+
+def _compatible(saved: dict[str, Any], params: TrainParams, path: Path) -> None:
+    keys = ("model", "size", "batch_size", "lr", "loss", "epochs", "prepared", "augmented")
+    now = params.model_dump()
+    diff = [k for k in keys if saved.get(k) != now[k]]
+    if diff:
+        raise UserError(
+            f"{path}: cannot resume: train params changed since the checkpoint ({', '.join(diff)});"
+            " set train.resume: false to start over"
+        )
+
+
+def maybe_resume(
+    params: TrainParams, trainer: Trainer, data: TrainData, rt: Runtime, paths: CheckpointPaths
+) -> tuple[LoopState, int | None]:
+    """Restore ``last.pt`` into the trainer when ``resume`` asks for it and it exists.
+
+    A fresh start removes a previous run's best checkpoint (it must not leak into this run).
+
+    Returns:
+        The loop state to continue from and the epoch resumed after (None: a fresh start).
+
+    Raises:
+        UserError: the checkpoint was made with other train params.
+        CheckpointError: the checkpoint cannot be read.
+    """
+    if params.resume and paths.last.is_file():
+        ckpt = Checkpoint.load(paths.last)
+        _compatible(ckpt.meta["train"], params, paths.last)
+        trainer.net.load_state_dict(ckpt.model)
+        trainer.optimizer.load_state_dict(ckpt.optimizer)
+        trainer.scheduler.load_state_dict(ckpt.scheduler)
+        trainer.scaler.load_state_dict(ckpt.scaler)
+        if len(ckpt.rng) == rt.world:
+            set_rng_state(ckpt.rng[rt.rank], data.generator, trainer.augment_generator)
+        if rt.main:
+            log.info("train: resuming from %s after epoch %d", paths.last, ckpt.loop.epochs_done)
+        return ckpt.loop, ckpt.loop.epochs_done
+    if params.resume and rt.main:
+        log.info("train: resume asked but %s does not exist; starting fresh", paths.last)
+    if rt.main:
+        paths.best.unlink(missing_ok=True)
+    return LoopState(), None
+
+
+# ---------------------------------------------------------------------------------- epochs
 
 
 class _Loggers:
@@ -531,19 +334,156 @@ def _improves(metric: float, best: float, min_delta: float, best_epoch: int) -> 
     return math.isnan(best) or metric > best + min_delta
 
 
+def run_epoch(
+    trainer: Trainer, data: TrainData, params: TrainParams, state: LoopState, rt: Runtime
+) -> tuple[dict[str, Any], bool]:
+    """Train one epoch, validate, update ``state`` (best, early stop, history).
+
+    Returns:
+        The epoch's history row and whether it is the best so far.
+    """
+    epoch = state.epochs_done
+    if data.sampler is not None:
+        data.sampler.set_epoch(epoch)
+    desc = f"epoch {epoch + 1}/{params.epochs}"
+    stats = trainer.train_epoch(data.train_loader, desc, params.progress and rt.main)
+    val = trainer.validate(data.val_loader)
+    epoch += 1
+    metric = val["macro_auroc"]
+    improved = _improves(metric, state.best_metric, params.min_delta, state.best_epoch)
+    if improved:
+        state.best_metric, state.best_epoch, state.bad_epochs = metric, epoch, 0
+    else:
+        state.bad_epochs += 1
+    state.epochs_done = epoch
+    state.stopped_early = params.patience > 0 and state.bad_epochs >= params.patience
+    row = {
+        "epoch": epoch,
+        "train/loss": stats.loss,
+        "val/loss": val["loss"],
+        "val/macro_auroc": metric,
+        "lr": trainer.optimizer.param_groups[0]["lr"],
+        "train/pairs_per_s": stats.pairs_per_s,
+        "seconds": stats.seconds,
+        "val_auroc": val["auroc"],
+    }
+    state.history.append(row)
+    if rt.main:
+        log.info(
+            "epoch %d/%d: train loss %.4f, val loss %.4f, val macro AUROC %.4f, %.1f pairs/s%s",
+            epoch,
+            params.epochs,
+            stats.loss,
+            val["loss"],
+            metric,
+            stats.pairs_per_s,
+            " (best)" if improved else "",
+        )
+    return row, improved
+
+
+def save_epoch(
+    trainer: Trainer,
+    data: TrainData,
+    state: LoopState,
+    meta: dict[str, Any],
+    improved: bool,
+    paths: CheckpointPaths,
+    rt: Runtime,
+) -> None:
+    """Gather every rank's RNG states; rank 0 writes the best model (if improved) and last.pt."""
+    rngs = [rng_state(data.generator, trainer.augment_generator)]
+    if rt.distributed:
+        rngs = [None] * rt.world
+        dist.all_gather_object(rngs, rng_state(data.generator, trainer.augment_generator))
+    if not rt.main:
+        return
+    weights = plain_state_dict(trainer.net)
+    if improved:
+        row = state.history[-1]
+        best = {"epoch": row["epoch"], "val_macro_auroc": row["val/macro_auroc"]}
+        save_model_file(paths.best, weights, meta | best | {"val_auroc": row["val_auroc"]})
+    Checkpoint(
+        model=weights,
+        optimizer=trainer.optimizer.state_dict(),
+        scheduler=trainer.scheduler.state_dict(),
+        scaler=trainer.scaler.state_dict(),
+        rng=rngs,
+        meta=meta,
+        loop=state,
+    ).save(paths.last)
+
+
+# ---------------------------------------------------------------------------------- outputs
+
+
 def _finite(value: float | None) -> float | None:
     return None if value is None or math.isnan(value) else value
 
 
-def _compatible(saved: dict[str, Any], params: TrainParams, path: Path) -> None:
-    keys = ("model", "size", "batch_size", "lr", "loss", "epochs", "prepared", "augmented")
-    now = params.model_dump()
-    diff = [k for k in keys if saved.get(k) != now[k]]
-    if diff:
-        raise UserError(
-            f"{path}: cannot resume: train params changed since the checkpoint ({', '.join(diff)});"
-            " set train.resume: false to start over"
-        )
+def write_outputs(
+    params: TrainParams,
+    data: TrainData,
+    state: LoopState,
+    rt: Runtime,
+    precision: str,
+    resumed_from: int | None,
+    started: float,
+) -> dict[str, Any]:
+    """Copy the best model to ``models/best.pt`` and write the summary (rank 0).
+
+    Returns:
+        The summary written to ``params.metrics``.
+
+    Raises:
+        CheckpointError: no best checkpoint to copy.
+    """
+    paths = CheckpointPaths(Path(params.out))
+    if not paths.best.is_file():
+        raise CheckpointError(f"{paths.best}: missing; cannot write {params.out}/best.pt")
+    with atomic_path(paths.model) as tmp:
+        shutil.copyfile(paths.best, tmp)
+    history = state.history
+    best_row = history[state.best_epoch - 1]
+    speeds = [r["train/pairs_per_s"] for r in history]
+    summary: dict[str, Any] = {
+        "best_epoch": state.best_epoch,
+        "val_macro_auroc": _finite(state.best_metric),
+        "val_loss": best_row["val/loss"],
+        "val_auroc": best_row["val_auroc"],
+        "epochs_run": state.epochs_done,
+        "stopped_early": state.stopped_early,
+        "resumed_from_epoch": resumed_from,
+        "train_pairs": len(data.train),
+        "val_pairs": len(data.val),
+        "size": data.size,
+        "batch_size": data.batch,
+        "world_size": rt.world,
+        "precision": precision,
+        "device": str(rt.device),
+        "pairs_per_s": float(np.median(speeds)) if history else None,
+        "seconds": time.perf_counter() - started,
+    }
+    write_json(params.metrics, summary)
+    log.info(
+        "train: best epoch %d, val macro AUROC %.4f; wrote %s",
+        summary["best_epoch"],
+        state.best_metric,
+        paths.model,
+    )
+    return summary
+
+
+# ---------------------------------------------------------------------------------- the stage
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the summary written to ``metrics/train.json`` and the final
+    (last-epoch, unwrapped) model of this rank."""
+
+    summary: dict[str, Any]
+    model: nn.Module
 
 
 def train(params: TrainParams, seed: int, augment: AugmentParams | None = None) -> TrainResult:
@@ -579,214 +519,43 @@ def train(params: TrainParams, seed: int, augment: AugmentParams | None = None) 
 def _train(
     params: TrainParams, seed: int, rt: Runtime, augment: AugmentParams | None = None
 ) -> TrainResult:
+    """The loop: data -> model and optimizer -> maybe resume -> epochs -> outputs."""
     started = time.perf_counter()
     if params.threads:
         torch.set_num_threads(params.threads)
     seed_everything(seed + rt.rank, params.deterministic)
-    train_ds, val_ds, roots = _datasets(params)
-    size = params.size or train_ds.size
-    if size < MIN_SIZE:
-        raise UserError(f"train: input size {size} px is below the minimum of {MIN_SIZE}")
-    train_loader, val_loader, sampler, generator, batch = _loaders(
-        params, train_ds, val_ds, rt, seed
-    )
+    data = build_data(params, rt, seed)
     precision = resolve_precision(params.precision, rt.device)
-
-    model = build_model(params.model, len(FINDINGS)).to(rt.device)
-    if params.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=params.lr, weight_decay=params.weight_decay
-    )
-    scheduler = build_scheduler(optimizer, params, len(train_loader))
-    trainer = Trainer(
-        model,
-        optimizer,
-        scheduler,
-        build_loss(params.loss, params.focal_alpha, params.focal_gamma),
-        rt.device,
-        precision,
-        size,
-        params.channels_last,
-        params.grad_clip,
-        rt.rank,
-        rt.world,
-        OnlineAugment.from_params(augment or AugmentParams()).to(rt.device)
-        if params.online_augment
-        else None,
-    )
-
-    ckpt_dir = Path(params.out) / "checkpoints"
-    last_path, best_ckpt = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
-    state: dict[str, Any] = {
-        "epochs_done": 0,
-        "best_metric": -math.inf,
-        "best_epoch": 0,
-        "bad_epochs": 0,
-        "stopped_early": False,
-        "history": [],
-    }
-    resumed_from = None
-    if params.resume and last_path.is_file():
-        ckpt = load_checkpoint(last_path)
-        _compatible(ckpt["meta"]["train"], params, last_path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        trainer.scaler.load_state_dict(ckpt["scaler"])
-        rngs = ckpt["rng"]
-        if len(rngs) == rt.world:
-            set_rng_state(rngs[rt.rank], generator)
-        state = {k: ckpt[k] for k in state}
-        resumed_from = state["epochs_done"]
-        if rt.main:
-            log.info("train: resuming from %s after epoch %d", last_path, resumed_from)
-    elif params.resume and rt.main:
-        log.info("train: resume asked but %s does not exist; starting fresh", last_path)
-    if resumed_from is None and rt.main:
-        best_ckpt.unlink(missing_ok=True)  # a previous run's best must not leak into this one
-
+    trainer = build_trainer(params, data, rt, precision, seed, augment)
+    paths = CheckpointPaths(Path(params.out))
+    state, resumed_from = maybe_resume(params, trainer, data, rt, paths)
     if rt.distributed:
-        ddp_ids = [rt.device.index] if rt.device.type == "cuda" else None
-        trainer.model = DistributedDataParallel(model, device_ids=ddp_ids)
-
-    meta = {
-        "model_params": params.model.model_dump(),
-        "findings": list(FINDINGS),
-        "size": size,
-        "prepared_size": train_ds.size,
-        "pixel_mean": PIXEL_MEAN,
-        "pixel_std": PIXEL_STD,
-        "precision": precision,
-        "seed": seed,
-        "train": params.model_dump(),
-        "torch": str(torch.__version__),
-    }
-    loggers = _Loggers(params, state["history"]) if rt.main else None
+        trainer.distribute()
+    meta = model_meta(params, data, seed, precision)
+    loggers = _Loggers(params, state.history) if rt.main else None
     if rt.main:
         log.info(
             "train: %d train pairs (%s), %d val pairs, %d px, batch %d x %d process(es), %s on %s",
-            len(train_ds),
-            "+".join(roots),
-            len(val_ds),
-            size,
-            batch,
+            len(data.train),
+            "+".join(data.roots),
+            len(data.val),
+            data.size,
+            data.batch,
             rt.world,
             precision,
             rt.device,
         )
 
-    epoch = state["epochs_done"]
-    while epoch < params.epochs and not state["stopped_early"]:
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        stats = trainer.train_epoch(
-            train_loader, f"epoch {epoch + 1}/{params.epochs}", params.progress and rt.main
-        )
-        val = trainer.validate(val_loader)
-        epoch += 1
-        metric = val["macro_auroc"]
-        improved = _improves(metric, state["best_metric"], params.min_delta, state["best_epoch"])
-        if improved:
-            state.update(best_metric=metric, best_epoch=epoch, bad_epochs=0)
-        else:
-            state["bad_epochs"] += 1
-        state["epochs_done"] = epoch
-        state["stopped_early"] = params.patience > 0 and state["bad_epochs"] >= params.patience
-        row = {
-            "epoch": epoch,
-            "train/loss": stats.loss,
-            "val/loss": val["loss"],
-            "val/macro_auroc": metric,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train/pairs_per_s": stats.pairs_per_s,
-            "seconds": stats.seconds,
-            "val_auroc": val["auroc"],
-        }
-        state["history"].append(row)
-        rngs = [rng_state(generator)]
-        if rt.distributed:
-            rngs = [None] * rt.world
-            dist.all_gather_object(rngs, rng_state(generator))
-        if rt.main:
-            log.info(
-                "epoch %d/%d: train loss %.4f, val loss %.4f, val macro AUROC %.4f, %.1f pairs/s%s",
-                epoch,
-                params.epochs,
-                stats.loss,
-                val["loss"],
-                metric,
-                stats.pairs_per_s,
-                " (best)" if improved else "",
-            )
-            weights = _plain_state_dict(trainer.net)
-            if improved:
-                best_meta = meta | {
-                    "epoch": epoch,
-                    "val_macro_auroc": metric,
-                    "val_auroc": val["auroc"],
-                }
-                save_checkpoint(best_ckpt, {"model": weights, "meta": best_meta})
-            save_checkpoint(
-                last_path,
-                {
-                    "model": weights,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": trainer.scaler.state_dict(),
-                    "rng": rngs,
-                    "meta": meta,
-                    **{
-                        k: state[k]
-                        for k in (
-                            "epochs_done",
-                            "best_metric",
-                            "best_epoch",
-                            "bad_epochs",
-                            "stopped_early",
-                            "history",
-                        )
-                    },
-                },
-            )
+    while state.epochs_done < params.epochs and not state.stopped_early:
+        row, improved = run_epoch(trainer, data, params, state, rt)
+        save_epoch(trainer, data, state, meta, improved, paths, rt)
+        if loggers is not None:
             loggers.log(row)
 
     summary: dict[str, Any] = {}
-    if rt.main:
+    if loggers is not None:
         loggers.close()
-        if not best_ckpt.is_file():
-            raise CheckpointError(f"{best_ckpt}: missing; cannot write {params.out}/best.pt")
-        with atomic_path(Path(params.out) / "best.pt") as tmp:
-            shutil.copyfile(best_ckpt, tmp)
-        best_row = state["history"][state["best_epoch"] - 1]
-        history = state["history"]
-        summary = {
-            "best_epoch": state["best_epoch"],
-            "val_macro_auroc": _finite(state["best_metric"]),
-            "val_loss": best_row["val/loss"],
-            "val_auroc": best_row["val_auroc"],
-            "epochs_run": state["epochs_done"],
-            "stopped_early": state["stopped_early"],
-            "resumed_from_epoch": resumed_from,
-            "train_pairs": len(train_ds),
-            "val_pairs": len(val_ds),
-            "size": size,
-            "batch_size": batch,
-            "world_size": rt.world,
-            "precision": precision,
-            "device": str(rt.device),
-            "pairs_per_s": float(np.median([r["train/pairs_per_s"] for r in history]))
-            if history
-            else None,
-            "seconds": time.perf_counter() - started,
-        }
-        write_json(params.metrics, summary)
-        log.info(
-            "train: best epoch %d, val macro AUROC %.4f; wrote %s/best.pt",
-            summary["best_epoch"],
-            state["best_metric"],
-            params.out,
-        )
+        summary = write_outputs(params, data, state, rt, precision, resumed_from, started)
     if rt.distributed:
         dist.barrier()
     return TrainResult(summary, trainer.net)

@@ -1,9 +1,8 @@
-"""augment: seeded offline policy (pixels, determinism, shards) and the online batch module."""
+"""augment: the ops, the seeded offline policy (pixels, determinism, shards), the online path."""
 
 from __future__ import annotations
 
 import hashlib
-import math
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +10,17 @@ import pytest
 import torch
 
 from pipelines.augment import (
+    N_UNIFORMS,
     AugmentParams,
     AugmentPolicy,
     Draw,
     OnlineAugment,
     augment_shards,
+    draw_from_uniforms,
+    online_generator,
     run_augment,
     sample_seed,
+    transform,
 )
 from pipelines.config import parse_section
 from pipelines.data import ShardDataset, read_index
@@ -191,6 +194,26 @@ def test_params_validation():
         parse_section(AugmentParams, "augment", {"augment": {"copies": -1}})
 
 
+def test_offline_draws_follow_numpys_uniforms():
+    """The shared uniforms -> draw mapping gives what numpy's Generator.uniform gave."""
+    params = AugmentParams(rotation_deg=10, translate=0.1, hflip=True)
+    policy = AugmentPolicy(params, seed=7)
+    for key in ("s1", "s2", "s3", "s4"):
+        rng = np.random.default_rng(sample_seed(7, params.version, key, 1, "frontal"))
+        u = rng.uniform(-1.0, 1.0, size=4)
+        want = Draw(
+            angle=float(u[0] * params.rotation_deg),
+            translate=(float(u[1] * params.translate), float(u[2] * params.translate)),
+            scale=float(rng.uniform(*params.scale)),
+            flip=bool(params.hflip and u[3] > 0),
+            brightness=float(rng.uniform(1 - params.brightness, 1 + params.brightness)),
+            contrast=float(rng.uniform(1 - params.contrast, 1 + params.contrast)),
+            gamma=float(rng.uniform(*params.gamma)),
+            noise_seed=int(rng.integers(2**63)),
+        )
+        assert policy.draw(key, 1, "frontal") == want
+
+
 # ---------------------------------------------------------------------------------------------
 # online
 
@@ -200,44 +223,65 @@ def _batch(n: int = 4) -> torch.Tensor:
 
 
 def test_online_identity_and_eval_mode():
-    aug = OnlineAugment(**IDENTITY)
+    aug = OnlineAugment(AugmentParams(**IDENTITY))
     x = _batch()
     torch.testing.assert_close(aug(x), x.float() / 255, atol=1e-5, rtol=0)
-    aug2 = OnlineAugment.from_params(AugmentParams()).eval()
+    aug2 = OnlineAugment(AugmentParams()).eval()
     torch.testing.assert_close(aug2(x), x.float() / 255)
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(aug2(x, generator=gen), x.float() / 255)  # eval: the identity
 
 
-def test_online_geometry_matches_torchvision():
+def test_the_ops_match_torchvision_geometry():
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
     x = _batch(2).float() / 255
-    one = torch.ones(2)
-    d = {
-        "angle": torch.tensor([math.pi / 2, 0.0]),
-        "scale": one,
-        "tx": torch.tensor([0.0, 4 / S]),
-        "ty": torch.tensor([0.0, -2 / S]),
-        "flip": torch.tensor([False, False]),
-        "brightness": one,
-        "contrast": one,
-        "gamma": one,
-    }
-    y = OnlineAugment.transform(x, d)
+    y0 = transform(x[0], draw(angle=90.0))
     tv0 = F.affine(x[0], angle=90.0, translate=[0, 0], scale=1.0, shear=[0.0, 0.0],
                    interpolation=InterpolationMode.BILINEAR, fill=0.0)  # fmt: skip
-    torch.testing.assert_close(y[0], tv0, atol=1e-5, rtol=0)
-    torch.testing.assert_close(y[0, 0], torch.rot90(x[0, 0], k=-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y0, tv0, atol=1e-5, rtol=0)
+    torch.testing.assert_close(y0[0], torch.rot90(x[0, 0], k=-1), atol=1e-5, rtol=0)
+    y1 = transform(x[1], draw(translate=(4 / S, -2 / S)))
     shifted = torch.zeros_like(x[1, 0])
     shifted[: S - 2, 4:] = x[1, 0, 2:, : S - 4]
-    torch.testing.assert_close(y[1, 0], shifted, atol=1e-5, rtol=0)
-    flipped = OnlineAugment.transform(x, d | {"flip": torch.tensor([False, True]), "tx": 0 * one,
-                                              "ty": 0 * one})  # fmt: skip
-    torch.testing.assert_close(flipped[1, 0], x[1, 0].flip(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y1[0], shifted, atol=1e-5, rtol=0)
+    flipped = transform(x[1], draw(flip=True))
+    torch.testing.assert_close(flipped[0], x[1, 0].flip(-1), atol=1e-5, rtol=0)
+
+
+def test_online_gives_the_offline_pixels_for_the_same_draw():
+    params = AugmentParams(rotation_deg=15, translate=0.1, hflip=True, noise_std=0.0)
+    offline, online = AugmentPolicy(params, seed=0), OnlineAugment(params)
+    draws = [offline.draw(f"s{i}", 1, "frontal") for i in range(12)]
+    assert any(d.flip for d in draws) and not all(d.flip for d in draws)
+    x = torch.from_numpy(image()).float().div(255.0)[None]
+    for d in draws:
+        want = offline.apply(image(), d).astype(np.float64)
+        got = online.augment_view(x, d).numpy()[0].astype(np.float64) * 255
+        assert np.abs(got - want).max() <= 0.5 + 1e-3  # offline rounds to uint8, nothing else
+    # and the batch path applies, per sample, the draws its generator gives
+    batch = _batch(5)
+    out = online(batch, generator=torch.Generator().manual_seed(4))
+    replay = online.draws(5, "cpu", torch.Generator().manual_seed(4))
+    assert len({d.angle for d in replay}) == 5  # each sample its own draw
+    for i, d in enumerate(replay):
+        want = offline.apply(image(), d).astype(np.float64)
+        assert np.abs(out[i, 0].numpy() * 255 - want).max() <= 0.5 + 1e-3
+
+
+def test_online_draws_follow_the_policy_ranges():
+    params = AugmentParams(rotation_deg=10, translate=0.1)
+    draws = OnlineAugment(params).draws(300, "cpu", torch.Generator().manual_seed(0))
+    assert all(abs(d.angle) <= 10 and max(map(abs, d.translate)) <= 0.1 for d in draws)
+    assert all(0.93 <= d.scale <= 1.07 and 0.9 <= d.gamma <= 1.1 for d in draws)
+    assert all(0.92 <= d.brightness <= 1.08 and 0.9 <= d.contrast <= 1.1 for d in draws)
+    assert not any(d.flip for d in draws)  # hflip off by default
+    assert draw_from_uniforms(params, [0.5] * N_UNIFORMS).angle == 0.0
 
 
 def test_online_random_is_seeded_bounded_and_masked():
-    aug = OnlineAugment.from_params(AugmentParams(noise_std=0.02))
+    aug = OnlineAugment(AugmentParams(noise_std=0.02))
     x = _batch(6)
     mask = torch.tensor([True, True, False, True, False, True])
     a = aug(x, mask=mask, generator=torch.Generator().manual_seed(0))
@@ -248,3 +292,34 @@ def test_online_random_is_seeded_bounded_and_masked():
     assert a.min() >= 0 and a.max() <= 1
     torch.testing.assert_close(a[~mask], x[~mask].float() / 255)  # unmasked untouched
     assert not torch.allclose(a[0], a[1])  # each sample its own draw
+
+
+def test_online_noise_has_the_requested_std():
+    params = AugmentParams(**(IDENTITY | {"noise_std": 0.05}))
+    grey = torch.full((2, 1, 64, 64), 128, dtype=torch.uint8)
+    out = OnlineAugment(params)(grey, generator=torch.Generator().manual_seed(0))
+    assert abs((out * 255 - 128).std().item() / 255 - 0.05) < 0.005
+
+
+def test_online_generator_is_seeded_by_seed_and_rank():
+    def first(seed: int, rank: int) -> torch.Tensor:
+        return torch.rand(4, generator=online_generator(seed, rank, "cpu"))
+
+    assert torch.equal(first(3, 0), first(3, 0))
+    assert not torch.equal(first(3, 0), first(3, 1)) and not torch.equal(first(3, 0), first(4, 0))
+    torch.manual_seed(3)
+    assert not torch.equal(first(3, 0), torch.rand(4))  # apart from the global stream
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_online_on_cuda_is_seeded_and_matches_the_cpu_ops():
+    params = AugmentParams(rotation_deg=15, translate=0.1, hflip=True, noise_std=0.0)
+    aug = OnlineAugment(params)
+    x = _batch(4).cuda()
+    a = aug(x, generator=online_generator(0, 0, "cuda"))
+    b = aug(x, generator=online_generator(0, 0, "cuda"))
+    assert a.device.type == "cuda" and torch.equal(a, b)
+    replay = aug.draws(4, "cuda", online_generator(0, 0, "cuda"))
+    cpu = torch.stack([aug.augment_view(x[i].cpu().float() / 255, d) for i, d in enumerate(replay)])
+    torch.testing.assert_close(a.cpu(), cpu, atol=1e-4, rtol=0)

@@ -25,7 +25,7 @@ from pipelines.predict import (
     predict_command,
 )
 from pipelines.synthetic import write_dicom
-from tests.pipelines.test_export import TinyNet
+from tests.pipelines.export.helpers import TinyNet
 
 SIZE = 32
 PATIENT_ID = "PHI-ID-4417"

@@ -1,0 +1,272 @@
+"""The model card, ``metadata.json`` of the export folder (MONAI bundle spirit), from small pieces.
+
+It holds versions (torch, onnxruntime, code commit), the input spec (views, size, channels,
+dtype, normalisation, photometric handling), the output spec (finding names, validation-chosen
+thresholds from evaluate), test metrics with CIs from ``metrics/evaluate.json``, a training data
+summary (counts only), the parity figures and the exported files with their hashes. No PHI:
+nothing of the DICOM headers reaches it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipelines.data import ShardDataset, read_index
+from pipelines.errors import ExportError
+from pipelines.evaluation.provenance import git_commit
+from pipelines.export.formats import dist_version
+from pipelines.labels import FINDINGS
+from pipelines.model import PIXEL_MEAN, PIXEL_STD
+from pipelines.runners import INPUT_NAMES, OUTPUT_NAME
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "cxr-dag-model-card/1"
+NOTES = (
+    "TorchScript (torch.jit.trace) is deprecated in PyTorch; kept for its users.",
+    "The Lite Interpreter (.ptl) is deprecated in favour of ExecuTorch (.pte).",
+    "int8: onnxruntime static quantization, calibrated on training studies.",
+)
+
+
+# --------------------------------------------------------------------------- inputs of the card
+
+
+Thresholds = dict[str, dict[str, float | None]]
+
+
+def _policies(data: dict[str, Any]) -> Thresholds:
+    """Entries mapping finding names to numbers (or null): one threshold policy each."""
+    table: Thresholds = {}
+    for policy, values in data.items():
+        if not isinstance(values, dict) or not set(values) & set(FINDINGS):
+            continue
+        table[policy] = {
+            f: (float(v) if isinstance(v, int | float) else None)
+            for f, v in values.items()
+            if f in FINDINGS
+        }
+    return table
+
+
+def read_thresholds(path: Path) -> dict[str, Any]:
+    """evaluate's validation-chosen thresholds, as the model card carries them.
+
+    evaluate writes ``{"youden": {finding: t}, "sensitivity_target": {...}, "frontal_only":
+    {"youden": {...}, ...}, "chosen_on": "val", "rule": ..., "target_sensitivity": 0.9}``: every
+    mapping of finding names to numbers is a policy (also under a ``thresholds`` key); those
+    under ``frontal_only`` were chosen on the model run without lateral views; plain scalar
+    entries are kept as notes.
+
+    Returns:
+        ``{"thresholds": {policy: {finding: t}}, "thresholds_frontal_only": {...},
+        "notes": {...}}``, all empty when the file is absent.
+
+    Raises:
+        ExportError: the file exists but is not a JSON object.
+    """
+    empty: dict[str, Any] = {"thresholds": {}, "thresholds_frontal_only": {}, "notes": {}}
+    if not path.is_file():
+        log.warning("export: %s not found; the model card will carry no thresholds", path)
+        return empty
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{path}: not valid JSON ({exc.msg})") from exc
+    if not isinstance(data, dict):
+        raise ExportError(f"{path}: expected a JSON object of threshold policies")
+    if isinstance(data.get("thresholds"), dict):
+        data = data | data["thresholds"]
+    frontal = data.get("frontal_only")
+    return {
+        "thresholds": _policies(data),
+        "thresholds_frontal_only": _policies(frontal) if isinstance(frontal, dict) else {},
+        "notes": {k: v for k, v in data.items() if isinstance(v, str | int | float | bool)},
+    }
+
+
+def read_test_metrics(path: Path) -> dict[str, Any] | None:
+    """evaluate's test metrics (with CIs) for the model card; None when absent.
+
+    Raises:
+        ExportError: the file exists but is not JSON.
+    """
+    if not path.is_file():
+        log.warning("export: %s not found; the model card will carry no test metrics", path)
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{path}: not valid JSON ({exc.msg})") from exc
+
+
+def training_data_summary(prepared: Path) -> dict[str, Any]:
+    """Counts only (studies, with lateral, positives and annotated per finding, per split)."""
+    index = read_index(prepared)
+    splits: dict[str, Any] = {}
+    for split in index["splits"]:
+        ds = ShardDataset(prepared, split)
+        labels = ds.labels
+        splits[split] = {
+            "studies": len(ds),
+            "with_lateral": int(ds.has_lateral.sum()),
+            "positives": {f: int(np.nansum(labels[:, j] == 1)) for j, f in enumerate(FINDINGS)},
+            "annotated": {f: int((~np.isnan(labels[:, j])).sum()) for j, f in enumerate(FINDINGS)},
+        }
+    return {"prepared_size": index["size"], "splits": splits}
+
+
+def versions() -> dict[str, Any]:
+    """Library and code versions for the model card."""
+    import onnx
+    import onnxruntime
+
+    git = git_commit() or {}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnxscript": dist_version("onnxscript"),
+        "executorch": dist_version("executorch"),
+        "cxr_dag": dist_version("cxr-dag"),
+        "code_commit": git.get("commit"),
+        "code_dirty": git.get("dirty"),
+    }
+
+
+# --------------------------------------------------------------------------- the card's pieces
+
+
+def model_summary(meta: dict[str, Any], n_params: int) -> dict[str, Any]:
+    """What was trained: architecture, its params, size, epoch, validation AUROC, precision."""
+    return {
+        "architecture": "DualViewDenseNet (pipelines.model)",
+        "model_params": dict(meta.get("model_params", {})),
+        "parameters": n_params,
+        "epoch": meta.get("epoch"),
+        "val_macro_auroc": meta.get("val_macro_auroc"),
+        "trained_size": meta.get("size"),
+        "precision": meta.get("precision"),
+    }
+
+
+def photometric_spec(input_size: int, no_window: str = "bits") -> dict[str, Any]:
+    """How a DICOM becomes the input pixels (the same decoder as preprocess and ``cxr predict``).
+
+    Args:
+        input_size: the side of the square input.
+        no_window: how preprocess scaled DICOMs without a VOI window (``bits`` or ``minmax``,
+            :func:`pipelines.imaging.prepare_image`).
+    """
+    return {
+        "decoder": "pipelines.imaging.prepare_image (same code as preprocess)",
+        "modality_lut": "applied (rescale slope / intercept)",
+        "voi_lut": "applied (window centre / width or VOI LUT)",
+        "monochrome1": "inverted (bright = dense)",
+        "color": "RGB / RGBA converted to grey",
+        "no_window": no_window,
+        "resize": (
+            f"aspect ratio kept, bicubic with antialiasing, padded with black to "
+            f"{input_size} x {input_size} (pipelines.imaging.to_square)"
+        ),
+    }
+
+
+def input_spec(input_size: int, no_window: str = "bits") -> dict[str, Any]:
+    """The inputs: names, views, shapes, dtype, value range, normalisation, photometrics."""
+    view = ["batch", 1, input_size, input_size]
+    return {
+        "names": list(INPUT_NAMES),
+        "views": {
+            "frontal": "PA or AP (PA preferred)",
+            "lateral": "LATERAL (LL / RL), optional",
+        },
+        "shape": {"frontal": view, "lateral": list(view), "has_lateral": ["batch"]},
+        "size": input_size,
+        "channels": 1,
+        "dtype": "uint8",
+        "has_lateral": "bool; false: the lateral input is ignored (frontal-only use)",
+        "value_range": [0, 255],
+        "normalisation": {
+            "inside_model": True,
+            "formula": "(x / 255 - mean) / std, then resized to trained_size if different",
+            "mean": PIXEL_MEAN,
+            "std": PIXEL_STD,
+        },
+        "photometric": photometric_spec(input_size, no_window),
+    }
+
+
+def output_spec(
+    findings: list[str], thresholds: dict[str, Any], default_policy: str
+) -> dict[str, Any]:
+    """The output: name, shape, activation, findings and the thresholds (see read_thresholds)."""
+    return {
+        "name": OUTPUT_NAME,
+        "shape": ["batch", len(findings)],
+        "activation": "sigmoid (independent per finding)",
+        "findings": findings,
+        "thresholds": thresholds.get("thresholds", {}),
+        "thresholds_frontal_only": thresholds.get("thresholds_frontal_only", {}),
+        "threshold_notes": thresholds.get("notes", {}),
+        "threshold_rule": "positive when probability >= threshold",
+        "default_threshold_policy": default_policy,
+    }
+
+
+def model_card(
+    *,
+    meta: dict[str, Any],
+    input_size: int,
+    files: dict[str, dict[str, Any]],
+    parity: dict[str, dict[str, float]],
+    parity_summary: dict[str, Any],
+    thresholds: dict[str, Any],
+    default_policy: str,
+    test_metrics: dict[str, Any] | None,
+    data_summary: dict[str, Any] | None,
+    n_params: int,
+    no_window: str = "bits",
+) -> dict[str, Any]:
+    """The ``metadata.json`` of the export folder (no PHI: counts, specs and versions only).
+
+    Args:
+        meta: the checkpoint's meta (``findings``, ``size``, ``model_params`` ...).
+        input_size: the side of the exported models' square inputs (the prepared size).
+        files: per format, what :func:`pipelines.export.stage.export_all` recorded.
+        parity: per format, the parity figures on the test studies.
+        parity_summary: studies and laterals compared, formats skipped.
+        thresholds: what :func:`read_thresholds` returns.
+        default_policy: the threshold policy ``cxr predict`` uses by default.
+        test_metrics: evaluate's test metrics (None when absent).
+        data_summary: :func:`training_data_summary` (None when unknown).
+        n_params: the model's parameter count.
+        no_window: how preprocess scaled DICOMs without a VOI window (``bits`` or ``minmax``);
+            ``cxr predict`` decodes the same way.
+
+    Returns:
+        The card, plain JSON types.
+    """
+    return {
+        "schema": SCHEMA,
+        "name": "cxr-dag two-branch DenseNet-121 (frontal + optional lateral chest radiograph)",
+        "task": "multi-label classification of the 14 ChestX-ray14 findings",
+        "intended_use": "research and engineering; not a medical device, not for diagnosis",
+        "versions": versions(),
+        "model": model_summary(meta, n_params),
+        "input": input_spec(input_size, no_window),
+        "output": output_spec(list(meta.get("findings", FINDINGS)), thresholds, default_policy),
+        "files": files,
+        "parity": {"test": parity, **parity_summary},
+        "metrics": {"test": test_metrics},
+        "training_data": data_summary,
+        "notes": list(NOTES),
+    }

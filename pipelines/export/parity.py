@@ -1,0 +1,108 @@
+"""Parity: every exported file against the eager module on the held-out test studies.
+
+Every exported file is loaded back through the same runtime code as ``cxr predict``
+(:func:`pipelines.runners.load_runner`) and run on the test studies of ``data/prepared`` beside
+the eager module (:func:`run_parity`): max / mean |Δprobability| and the test macro AUROC
+difference (:func:`parity_figures`, on :func:`pipelines.evaluation.metrics.macro_auroc`) go to
+``metrics/export.json``; beyond the params tolerances the stage fails with :class:`ParityError`
+naming the format and the figure (:func:`check_parity`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipelines.data import ShardDataset
+from pipelines.errors import ExportError, ParityError
+from pipelines.evaluation.metrics import macro_auroc
+from pipelines.export.inference import stack_studies
+from pipelines.runners import Runner
+
+if TYPE_CHECKING:
+    from pipelines.export.stage import Tolerance
+
+
+def parity_figures(
+    reference: np.ndarray, probs: np.ndarray, labels: np.ndarray
+) -> dict[str, float]:
+    """Agreement of ``probs`` with ``reference`` on the same studies.
+
+    Returns:
+        ``max_abs_prob``, ``mean_abs_prob``, ``macro_auroc`` (exported), ``macro_auroc_eager``
+        and ``auroc_drop`` (eager - exported; NaN when no finding is estimable).
+    """
+    diff = np.abs(probs.astype(np.float64) - reference.astype(np.float64))
+    eager, exported = macro_auroc(labels, reference), macro_auroc(labels, probs)
+    return {
+        "max_abs_prob": float(diff.max()) if diff.size else 0.0,
+        "mean_abs_prob": float(diff.mean()) if diff.size else 0.0,
+        "macro_auroc": exported,
+        "macro_auroc_eager": eager,
+        "auroc_drop": eager - exported,
+    }
+
+
+def check_parity(figures: dict[str, dict[str, float]], tolerances: dict[str, Tolerance]) -> None:
+    """Raise for the first format beyond its tolerance.
+
+    Raises:
+        ParityError: naming the format, the figure, its value and the bound.
+    """
+    problems = []
+    for fmt, fig in figures.items():
+        tol = tolerances[fmt]
+        if not fig["max_abs_prob"] <= tol.max_abs_prob:  # NaN fails too
+            problems.append(
+                f"{fmt}: max |Δprobability| {fig['max_abs_prob']:.3g} > "
+                f"tolerance {tol.max_abs_prob:.3g}"
+            )
+        if np.isfinite(fig["auroc_drop"]) and fig["auroc_drop"] > tol.max_auroc_drop:
+            problems.append(
+                f"{fmt}: test macro AUROC drop {fig['auroc_drop']:.4f} > "
+                f"tolerance {tol.max_auroc_drop:.4f}"
+            )
+    if problems:
+        raise ParityError("export parity failed: " + "; ".join(problems))
+
+
+def run_parity(
+    reference: Runner,
+    runners: dict[str, Runner],
+    dataset: ShardDataset,
+    batch: int,
+    limit: int = 0,
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Every runner against ``reference`` on the studies of ``dataset``.
+
+    Returns:
+        (figures per format, a summary: studies, with_lateral, seconds per format).
+
+    Raises:
+        ExportError: the dataset is empty.
+    """
+    n = len(dataset) if limit <= 0 else min(limit, len(dataset))
+    if n == 0:
+        raise ExportError("export: no test studies in the prepared data to check parity on")
+    outputs: dict[str, list[np.ndarray]] = {k: [] for k in ["eager", *runners]}
+    seconds = dict.fromkeys(outputs, 0.0)
+    labels, lateral_count = [], 0
+    for start in range(0, n, batch):
+        f, lat, has, y = stack_studies(dataset, np.arange(start, min(start + batch, n)))
+        labels.append(y)
+        lateral_count += int(has.sum())
+        for name, runner in [("eager", reference), *runners.items()]:
+            t0 = time.perf_counter()
+            outputs[name].append(np.asarray(runner(f, lat, has), dtype=np.float32))
+            seconds[name] += time.perf_counter() - t0
+    y_all = np.concatenate(labels)
+    ref = np.concatenate(outputs.pop("eager"))
+    figures = {k: parity_figures(ref, np.concatenate(v), y_all) for k, v in outputs.items()}
+    summary = {
+        "studies": n,
+        "with_lateral": lateral_count,
+        "seconds_per_study": {k: v / n for k, v in seconds.items()},
+    }
+    return figures, summary
