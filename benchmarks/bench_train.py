@@ -43,7 +43,7 @@ from pipelines.losses import build_loss
 from pipelines.model import ModelParams, build_model
 from pipelines.runtime import resolve_precision
 from pipelines.train import TrainParams, build_scheduler
-from pipelines.trainer import Trainer
+from pipelines.train.trainer import Trainer
 
 
 def make_shards(root: Path, n: int, size: int, seed: int = 0) -> Path:

@@ -3,9 +3,9 @@ waiting on data. Exits cleanly with a message where no CUDA device exists.
 
 1. Bare two-branch DenseNet-121 steps on random tensors already on the GPU (channels_last):
    fp32 against AMP (bf16 where supported, else fp16 with a GradScaler), same size and batch.
-2. The train stage's loop (:class:`pipelines.trainer.Trainer`) fed from prepared shards on disk
-   through ``make_loader`` with ``--workers`` processes and pinned memory: the time each step
-   waits for its batch (``next(loader)`` until the batch is ready), as a share of the total.
+2. The train stage's loop (:class:`pipelines.train.trainer.Trainer`) fed from prepared shards
+   on disk through ``make_loader`` with ``--workers`` processes and pinned memory: the time each
+   step waits for its batch (``next(loader)`` until the batch is ready), as a share of the total.
 
     .venv/bin/python benchmarks/gpu_check.py --size 224 --batch 32 --steps 30 --workers 8
 """
@@ -32,7 +32,7 @@ from pipelines.labels import FINDINGS
 from pipelines.losses import build_loss
 from pipelines.runtime import resolve_precision
 from pipelines.train import TrainParams, build_scheduler
-from pipelines.trainer import Trainer
+from pipelines.train.trainer import Trainer
 
 
 def bare_rate(device, size: int, batch: int, precision: str, steps: int, warmup: int = 3):

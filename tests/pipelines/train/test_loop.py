@@ -23,9 +23,9 @@ from pipelines.errors import UserError
 from pipelines.labels import FINDINGS
 from pipelines.model import ModelParams, load_model, to_model_input
 from pipelines.train import TrainParams, build_scheduler, train
-from pipelines.trainer import val_auroc
+from pipelines.train.trainer import val_auroc
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SIZE = 64  # the train stage's minimum input size
 
 

@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 from pipelines.augment import AugmentParams, OnlineAugment
 from pipelines.labels import FINDINGS
 from pipelines.model import ModelParams, build_model
-from pipelines.trainer import EpochStats, Trainer, val_auroc
+from pipelines.train.trainer import EpochStats, Trainer, val_auroc
 
 SIZE = 64  # the train stage's minimum input size
 
