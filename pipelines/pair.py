@@ -35,10 +35,11 @@ from pydantic import field_validator
 from pipelines.config import BaseParams, StageParams, load_params, parse_section
 from pipelines.dicom.choice import RANK, rank_images
 from pipelines.dicom.view import FRONTAL_VIEWS
-from pipelines.errors import SplitLeakError, UserError
+from pipelines.errors import UserError
 from pipelines.io import write_json, write_parquet, write_rejected
 from pipelines.labels import FINDINGS
 from pipelines.schema import SPLITS, STUDY_COLUMNS
+from pipelines.split import assign_splits, check_no_leak, official_pins
 from pipelines.stage import run_stage
 
 log = logging.getLogger(__name__)
@@ -81,62 +82,6 @@ def _study_labels(manifest: pd.DataFrame) -> pd.DataFrame:
     return manifest.groupby("study_key", sort=True)[list(FINDINGS)].max()
 
 
-def assign_splits(
-    patients: pd.Series,
-    fractions: dict[str, float],
-    seed: int,
-    pinned: dict[str, str] | None = None,
-) -> pd.Series:
-    """Assign each distinct patient key to a split.
-
-    Args:
-        patients: patient keys (duplicates allowed).
-        fractions: split -> fraction of patients (sums to 1).
-        seed: shuffling seed.
-        pinned: patient key -> split, applied first (official lists).
-
-    Returns:
-        A Series indexed by patient key (sorted) with the split name.
-    """
-    keys = np.sort(patients.dropna().unique().astype(str))
-    pinned = pinned or {}
-    out = pd.Series(pd.NA, index=pd.Index(keys, name="patient_key"), dtype="string")
-    if pinned:
-        out.loc[list(pinned)] = pd.Series(pinned, dtype="string")
-    free = np.array([k for k in keys if k not in pinned])
-    free = free[np.random.default_rng(seed).permutation(len(free))]
-    # the remaining patients share the splits that are not pinned, in proportion
-    open_splits = [s for s in SPLITS if s not in set(pinned.values())] or list(SPLITS)
-    total = sum(fractions[s] for s in open_splits) or 1.0
-    cuts = np.round(np.cumsum([fractions[s] / total for s in open_splits]) * len(free)).astype(int)
-    start = 0
-    for split, stop in zip(open_splits, cuts, strict=True):
-        out.loc[free[start:stop]] = split
-        start = stop
-    return out
-
-
-def _official_pins(manifest: pd.DataFrame, lists: dict[str, str]) -> dict[str, str]:
-    """Patient key -> split for the patients of images named in official split lists."""
-    pins: dict[str, str] = {}
-    base = manifest["path"].astype(str).str.rsplit("/", n=1).str[-1]
-    for split, path in lists.items():
-        if split not in SPLITS:
-            raise UserError(f"pair.official_split: unknown split '{split}'")
-        listed = Path(path)
-        if not listed.is_file():
-            raise UserError(f"{listed}: official split list not found")
-        names = {ln.strip() for ln in listed.read_text().splitlines() if ln.strip()}
-        hit = manifest.loc[base.isin(names) | manifest["path"].isin(names), "patient_key"]
-        for key in hit.unique():
-            if pins.get(key, split) != split:
-                raise SplitLeakError(
-                    f"{listed}: a patient is listed in '{pins[key]}' and '{split}'"
-                )
-            pins[key] = split
-    return pins
-
-
 def pair_studies(
     manifest: pd.DataFrame, params: PairParams, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
@@ -154,40 +99,82 @@ def pair_studies(
         SplitLeakError: official lists put one patient in two splits.
     """
     start = time.perf_counter()
-    rejected: list[pd.DataFrame] = []
+    rejected = _Rejected()
+    images = _drop_patient_conflicts(manifest, rejected)
+    frontal, lateral, n_lateral_only = _choose_views(images, params, rejected)
+    studies = _study_rows(frontal, lateral, images)
+    pins = official_pins(manifest, params.official_split) if params.official_split else {}
+    split_of = assign_splits(studies["patient_key"], params.fractions, seed, pins)
+    studies["split"] = studies["patient_key"].map(split_of).astype("string")
+    studies = studies.reset_index().loc[:, list(STUDY_COLUMNS)]
+    studies.attrs = {"data_root": manifest.attrs.get("data_root", ".")}
+    check_no_leak(studies)
 
-    def reject(rows: pd.DataFrame, reason: str) -> None:
-        if len(rows):
-            part = rows.loc[:, ["source", "path", "image_id", "study_key"]].assign(
-                reason=reason, detail=DETAILS[reason]
-            )
-            if reason == "other_view":  # name what the source said (a view term, never free text)
-                raw = rows["view_raw"].astype(str).str.slice(0, 40)
-                part["detail"] = DETAILS[reason] + ": '" + raw + "'"
-            rejected.append(part.loc[:, list(PAIR_REJECTED_COLUMNS)])
+    rejected_df = rejected.frame()
+    used = len(studies) + int(studies["has_lateral"].sum())
+    if used + len(rejected_df) != len(manifest):
+        raise RuntimeError(f"pair lost images: {len(manifest)} in, {used} used + rejected")
+    summary = summarize_studies(studies, rejected_df, n_lateral_only=n_lateral_only)
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    return studies, rejected_df, summary
 
-    # studies whose images disagree on the patient are unusable
+
+class _Rejected:
+    """The images pair does not use, each with its reason (:data:`DETAILS`)."""
+
+    def __init__(self) -> None:
+        self.parts: list[pd.DataFrame] = []
+
+    def add(self, rows: pd.DataFrame, reason: str) -> None:
+        if not len(rows):
+            return
+        part = rows.loc[:, ["source", "path", "image_id", "study_key"]].assign(
+            reason=reason, detail=DETAILS[reason]
+        )
+        if reason == "other_view":  # name what the source said (a view term, never free text)
+            raw = rows["view_raw"].astype(str).str.slice(0, 40)
+            part["detail"] = DETAILS[reason] + ": '" + raw + "'"
+        self.parts.append(part.loc[:, list(PAIR_REJECTED_COLUMNS)])
+
+    def frame(self) -> pd.DataFrame:
+        if not self.parts:
+            return pd.DataFrame(columns=[*PAIR_REJECTED_COLUMNS])
+        return pd.concat(self.parts, ignore_index=True)
+
+
+def _drop_patient_conflicts(manifest: pd.DataFrame, rejected: _Rejected) -> pd.DataFrame:
+    """The images of studies whose images agree on the patient (the others are unusable)."""
     n_pat = manifest.groupby("study_key")["patient_key"].nunique()
     conflict = manifest["study_key"].isin(n_pat.index[n_pat > 1])
-    reject(manifest[conflict], "study_patient_conflict")
-    images = manifest[~conflict]
+    rejected.add(manifest[conflict], "study_patient_conflict")
+    return manifest[~conflict]
 
-    reject(images[images["view"] == "OTHER"], "other_view")
+
+def _choose_views(
+    images: pd.DataFrame, params: PairParams, rejected: _Rejected
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """The chosen frontal and lateral image per study (indexed by study key), and how many
+    studies had a lateral view only."""
+    rejected.add(images[images["view"] == "OTHER"], "other_view")
     frontal = rank_images(images[images["view"].isin(FRONTAL_VIEWS)], frontal=True)
     lateral = rank_images(images[images["view"] == "LATERAL"], frontal=False)
-    reject(frontal[frontal[RANK] > 0], "extra_frontal")
-    reject(lateral[lateral[RANK] > 0], "extra_lateral")
+    rejected.add(frontal[frontal[RANK] > 0], "extra_frontal")
+    rejected.add(lateral[lateral[RANK] > 0], "extra_lateral")
     frontal = frontal[frontal[RANK] == 0].set_index("study_key")
     lateral = lateral[lateral[RANK] == 0].set_index("study_key")
 
     lateral_only = lateral.index.difference(frontal.index)
-    reject(lateral.loc[lateral_only].reset_index(), "no_frontal")
+    rejected.add(lateral.loc[lateral_only].reset_index(), "no_frontal")
     lateral = lateral.drop(index=lateral_only)
     if params.missing_view == "require_both":
         missing = frontal.index.difference(lateral.index)
-        reject(frontal.loc[missing].reset_index(), "missing_lateral")
+        rejected.add(frontal.loc[missing].reset_index(), "missing_lateral")
         frontal = frontal.drop(index=missing)
+    return frontal, lateral, len(lateral_only)
 
+
+def _study_rows(frontal: pd.DataFrame, lateral: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
+    """One row per study (indexed by study key, sorted): its images and its labels."""
     studies = pd.DataFrame(
         {
             "patient_key": frontal["patient_key"],
@@ -202,33 +189,7 @@ def pair_studies(
     studies["lateral_id"] = lat["image_id"].fillna("").astype("string")
     studies["lateral_path"] = lat["path"].fillna("").astype("string")
     studies["has_lateral"] = studies["lateral_id"] != ""
-    studies = studies.join(_study_labels(images).astype("float32"), how="left")
-
-    pins = _official_pins(manifest, params.official_split) if params.official_split else {}
-    split_of = assign_splits(studies["patient_key"], params.fractions, seed, pins)
-    studies["split"] = studies["patient_key"].map(split_of).astype("string")
-    studies = studies.reset_index().loc[:, list(STUDY_COLUMNS)]
-    studies.attrs = {"data_root": manifest.attrs.get("data_root", ".")}
-    check_no_leak(studies)
-
-    rejected_df = (
-        pd.concat(rejected, ignore_index=True)
-        if rejected
-        else pd.DataFrame(columns=[*PAIR_REJECTED_COLUMNS])
-    )
-    used = len(studies) + int(studies["has_lateral"].sum())
-    if used + len(rejected_df) != len(manifest):
-        raise RuntimeError(f"pair lost images: {len(manifest)} in, {used} used + rejected")
-    summary = summarize_studies(studies, rejected_df, n_lateral_only=len(lateral_only))
-    summary["seconds"] = round(time.perf_counter() - start, 3)
-    return studies, rejected_df, summary
-
-
-def check_no_leak(studies: pd.DataFrame) -> None:
-    """Raise :class:`SplitLeakError` if any patient appears in two splits."""
-    per_patient = studies.groupby("patient_key")["split"].nunique()
-    if (per_patient > 1).any():
-        raise SplitLeakError(f"{int((per_patient > 1).sum())} patients appear in two splits")
+    return studies.join(_study_labels(images).astype("float32"), how="left")
 
 
 def summarize_studies(

@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 from pipelines.errors import SplitLeakError
 from pipelines.labels import FINDINGS
-from pipelines.pair import PairParams, assign_splits, check_no_leak, pair_studies
+from pipelines.pair import PairParams, pair_studies
 from pipelines.schema import STUDY_COLUMNS, conform_manifest
+from pipelines.split import assign_splits, check_no_leak
 
 
 def image(img: str, patient: str, study: str, view: str, w: int = 100, h: int = 100, **labels):
