@@ -1,0 +1,160 @@
+"""Child processes of the tasks: their environment, and running one with its output streamed.
+
+Every command a task starts (``dvc repro``, ``dvc exp run``, ``python -m pipelines.<stage>``)
+runs with :func:`child_env`: the running interpreter's ``bin`` first on ``PATH`` (dvc.yaml's
+commands call ``python``, and DVC's queue workers call ``dvc``: both must be this venv's),
+unbuffered Python output (lines reach the log as they are printed) and Prefect analytics off.
+
+:func:`stream` runs a command, hands each output line (stdout and stderr merged) to a callback,
+keeps the last lines for error messages and enforces a wall-clock limit. The child runs in its
+own process group, so a timeout or an error in the caller kills it together with what it
+started (a stage's ``python`` under ``dvc repro``), never leaving it running unobserved.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+#: The prefixes of an error line: the stages' ``error: ...`` (``run_stage``) and DVC's ``ERROR``.
+ERROR_PREFIXES = ("error:", "ERROR")
+TAIL_LINES = 40
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a child process: this one's, with this venv first on ``PATH``.
+
+    Args:
+        extra: further variables (they win over the defaults).
+
+    Returns:
+        A new dict; ``os.environ`` is left unchanged.
+    """
+    venv_bin = str(Path(sys.executable).parent)
+    return (
+        dict(os.environ)
+        | {
+            "PYTHONUNBUFFERED": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "")]),
+        }
+        | dict(extra or {})
+    )
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    """How a streamed command ended.
+
+    Attributes:
+        returncode: the exit status (negative: killed by that signal).
+        tail: its last output lines, trailing whitespace stripped.
+    """
+
+    returncode: int
+    tail: tuple[str, ...]
+
+    @property
+    def output(self) -> str:
+        """The tail as one text."""
+        return "\n".join(self.tail)
+
+    def error_lines(self, fallback: int = 5) -> list[str]:
+        """The tail's error lines, or its last ``fallback`` lines when none says ``error``."""
+        return [ln for ln in self.tail if ln.startswith(ERROR_PREFIXES)] or list(
+            self.tail[-fallback:]
+        )
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """Kill ``proc`` and its process group (it was started as a group leader); no-op if gone."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, AttributeError):  # gone, or not POSIX
+        if proc.poll() is None:
+            proc.kill()
+
+
+def stream(
+    cmd: Sequence[str],
+    cwd: str | Path,
+    on_line: Callable[[str], None] | None = None,
+    timeout_s: float | None = None,
+    tail_lines: int = TAIL_LINES,
+    label: str | None = None,
+) -> ProcessResult:
+    """Run ``cmd`` in ``cwd`` with :func:`child_env`, handing each output line to ``on_line``.
+
+    Args:
+        cmd: the program and its arguments.
+        cwd: the working directory.
+        on_line: called with each line (stdout and stderr merged, trailing whitespace stripped)
+            in the order the child wrote them.
+        timeout_s: wall-clock limit (``None`` or 0: none); applies while the child is silent too.
+        tail_lines: how many of the last lines the result keeps.
+        label: what the timeout message calls the command (default: its program).
+
+    Returns:
+        The exit status and the last lines; a non-zero exit is the caller's to judge.
+
+    Raises:
+        TimeoutError: the command ran past ``timeout_s`` (it was killed with its group).
+        OSError: the program could not be started.
+    """
+    proc = subprocess.Popen(
+        list(cmd),
+        cwd=cwd,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group: a kill reaches what it started
+    )
+    timed_out = threading.Event()
+
+    def expire() -> None:
+        timed_out.set()
+        kill_group(proc)
+
+    watchdog = threading.Timer(timeout_s, expire) if timeout_s else None
+    tail: deque[str] = deque(maxlen=tail_lines)
+    try:
+        if watchdog is not None:
+            watchdog.daemon = True
+            watchdog.start()
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.rstrip()
+            tail.append(line)
+            if on_line is not None:
+                on_line(line)
+        code = proc.wait()
+    except BaseException:  # the callback failed, or Ctrl-C: leave nothing running
+        kill_group(proc)
+        proc.wait()
+        raise
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    if timed_out.is_set():
+        name = label or Path(cmd[0]).name
+        raise TimeoutError(f"{name} ran past its timeout of {timeout_s:.0f} s")
+    return ProcessResult(code, tuple(tail))
+
+
+def run_captured(cmd: Sequence[str], cwd: str | Path) -> subprocess.CompletedProcess:
+    """Run a short command with :func:`child_env` and capture its stdout and stderr (text).
+
+    Returns:
+        The completed process (not raising on a non-zero exit).
+    """
+    return subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, env=child_env())
