@@ -6,22 +6,27 @@ commands call ``python``, and DVC's queue workers call ``dvc``: both must be thi
 unbuffered Python output (lines reach the log as they are printed) and Prefect analytics off.
 
 :func:`stream` runs a command, hands each output line (stdout and stderr merged) to a callback,
-keeps the last lines for error messages and enforces a wall-clock limit. The child runs in its
-own process group, so a timeout or an error in the caller kills it together with what it
-started (a stage's ``python`` under ``dvc repro``), never leaving it running unobserved.
+keeps the last lines for error messages and enforces a wall-clock limit. A helper thread reads
+the output, so the limit holds while the child is silent, or while a process it detached (DVC's
+queue worker) keeps the output open. The child runs in its own process group, so a timeout or
+an error in the caller kills it together with what it started (a stage's ``python`` under
+``dvc repro``), never leaving it running unobserved.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 #: The prefixes of an error line: the stages' ``error: ...`` (``run_stage``) and DVC's ``ERROR``.
 ERROR_PREFIXES = ("error:", "ERROR")
@@ -82,6 +87,16 @@ def kill_group(proc: subprocess.Popen) -> None:
             proc.kill()
 
 
+def _read_lines(pipe: IO[str], lines: queue.SimpleQueue[str | None]) -> None:
+    """Put each line of ``pipe`` on ``lines``, then None at its end."""
+    try:
+        for raw in pipe:
+            lines.put(raw.rstrip())
+    finally:
+        pipe.close()
+        lines.put(None)
+
+
 def stream(
     cmd: Sequence[str],
     cwd: str | Path,
@@ -95,9 +110,10 @@ def stream(
     Args:
         cmd: the program and its arguments.
         cwd: the working directory.
-        on_line: called with each line (stdout and stderr merged, trailing whitespace stripped)
-            in the order the child wrote them.
-        timeout_s: wall-clock limit (``None`` or 0: none); applies while the child is silent too.
+        on_line: called in this thread with each line (stdout and stderr merged, trailing
+            whitespace stripped) in the order the child wrote them.
+        timeout_s: wall-clock limit (``None`` or 0: none); applies while the child is silent, and
+            while a process it left behind still holds its output open.
         tail_lines: how many of the last lines the result keeps.
         label: what the timeout message calls the command (default: its program).
 
@@ -108,6 +124,7 @@ def stream(
         TimeoutError: the command ran past ``timeout_s`` (it was killed with its group).
         OSError: the program could not be started.
     """
+    deadline = time.monotonic() + timeout_s if timeout_s else None
     proc = subprocess.Popen(
         list(cmd),
         cwd=cwd,
@@ -117,38 +134,33 @@ def stream(
         text=True,
         start_new_session=True,  # its own process group: a kill reaches what it started
     )
-    timed_out = threading.Event()
-
-    def expire() -> None:
-        timed_out.set()
-        kill_group(proc)
-
-    watchdog = threading.Timer(timeout_s, expire) if timeout_s else None
+    assert proc.stdout is not None
+    lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+    threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
     tail: deque[str] = deque(maxlen=tail_lines)
     try:
-        if watchdog is not None:
-            watchdog.daemon = True
-            watchdog.start()
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.rstrip()
+        while (line := lines.get(timeout=_left(deadline))) is not None:
             tail.append(line)
             if on_line is not None:
                 on_line(line)
-        code = proc.wait()
+            if deadline is not None and time.monotonic() > deadline:  # a child that never stops
+                raise subprocess.TimeoutExpired(cmd, timeout_s or 0)
+        code = proc.wait(timeout=_left(deadline))
+    except (queue.Empty, subprocess.TimeoutExpired):
+        kill_group(proc)
+        proc.wait()
+        name = label or Path(cmd[0]).name
+        raise TimeoutError(f"{name} ran past its timeout of {timeout_s:.0f} s") from None
     except BaseException:  # the callback failed, or Ctrl-C: leave nothing running
         kill_group(proc)
         proc.wait()
         raise
-    finally:
-        if watchdog is not None:
-            watchdog.cancel()
-        if proc.stdout is not None:
-            proc.stdout.close()
-    if timed_out.is_set():
-        name = label or Path(cmd[0]).name
-        raise TimeoutError(f"{name} ran past its timeout of {timeout_s:.0f} s")
     return ProcessResult(code, tuple(tail))
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds until ``deadline`` (at least 0), or None without one."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def run_captured(cmd: Sequence[str], cwd: str | Path) -> subprocess.CompletedProcess:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -86,6 +87,25 @@ def test_a_timeout_kills_the_child_and_what_it_started_even_when_silent(tmp_path
     assert not alive(grandchild)
 
 
+def test_the_timeout_holds_while_a_detached_process_keeps_the_output_open(tmp_path):
+    pid_file = tmp_path / "daemon.pid"
+    # like DVC's queue worker: its own session, so the child's group kill does not reach it
+    code = (
+        "import subprocess, sys\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
+        " start_new_session=True)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        "print('detached', flush=True)\n"
+    )
+    start = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError, match="ran past its timeout of 2 s"):
+            stream(python(code), tmp_path, timeout_s=2)
+        assert time.monotonic() - start < 20
+    finally:
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
 def test_an_error_in_the_callback_kills_the_child(tmp_path):
     pid_file = tmp_path / "child.pid"
     code = (
@@ -99,6 +119,13 @@ def test_an_error_in_the_callback_kills_the_child(tmp_path):
     with pytest.raises(RuntimeError, match="cannot log first"):
         stream(python(code), tmp_path, on_line=refuse)
     assert not alive(int(pid_file.read_text()))  # killed and reaped before the error came back
+
+
+def test_the_timeout_holds_against_a_child_that_never_stops_talking(tmp_path):
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="ran past its timeout of 1 s"):
+        stream(python("while True: print('still here', flush=True)"), tmp_path, timeout_s=1)
+    assert time.monotonic() - start < 20
 
 
 def test_a_fast_command_is_not_timed_out(tmp_path):
