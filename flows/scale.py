@@ -25,10 +25,7 @@ so it never writes ``data/prepared`` while a ``dvc repro`` of the same workspace
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +39,7 @@ from flows.pipeline import workspace_limit_name
 from pipelines.errors import UserError
 from tasks.dvc_stage import dvc_executable
 from tasks.prefect_admin import ensure_concurrency_limit
+from tasks.process import stream
 
 STAGE = "preprocess"
 METRICS = Path("metrics/preprocess.json")  # the stage's metrics file (dvc.yaml)
@@ -63,23 +61,12 @@ def run_logged(cmd: list[str], repo: str, label: str) -> None:
         StepCrashed: any other non-zero exit.
     """
     logger = get_run_logger()
-    env = os.environ | {
-        "PYTHONUNBUFFERED": "1",
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-    }
-    proc = subprocess.Popen(
-        cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    tail: deque[str] = deque(maxlen=40)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        tail.append(line.rstrip())
-        logger.info("%s | %s", label, tail[-1])
-    code = proc.wait()
-    if code:
-        errors = [ln for ln in tail if ln.startswith(("error:", "ERROR"))] or list(tail)[-5:]
-        kind = StepFailed if code == 2 else StepCrashed
-        raise kind(f"{label} failed (exit {code}): " + " | ".join(errors))
+    result = stream(cmd, repo, on_line=lambda line: logger.info("%s | %s", label, line))
+    if result.returncode:
+        kind = StepFailed if result.returncode == 2 else StepCrashed
+        raise kind(
+            f"{label} failed (exit {result.returncode}): " + " | ".join(result.error_lines())
+        )
 
 
 def _transient(task: Any, run: Any, state: State) -> bool:

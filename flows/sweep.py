@@ -9,7 +9,7 @@ and then:
 2. runs the queue (``dvc exp run --run-all -j <jobs>``): each experiment runs in its own temporary
    copy of the repository, so the workspace is left as it is, and stages whose inputs did not
    change are restored from DVC's cache (a sweep over ``train.*`` reruns train and what follows);
-3. collects their metrics (``dvc exp show --json``): validation macro AUROC from the train
+3. collects their metrics (``dvc.api.exp_show``): validation macro AUROC from the train
    stage's metrics (``val_macro_auroc``, or dvclive's ``val/macro_auroc``) and test macro AUROC
    from the evaluate stage's (``macro_auroc``, when ``evaluate`` was a target);
 4. publishes the comparison as the table artifact ``cxr-sweep`` and returns the best experiment
@@ -34,37 +34,28 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import math
-import os
-import re
-import subprocess
-import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger
 from prefect.concurrency.sync import concurrency
 
 from flows.pipeline import workspace_limit_name
-from pipelines.config import load_params
+from pipelines.config import RUN_CACHE_BLIND_KEYS
 from tasks.artifacts import SWEEP_KEY, publish_sweep, sweep_rows
-from tasks.dvc_stage import dvc_executable
+from tasks.dvc_experiments import (
+    collect_experiments,
+    finite_number,
+    metric_paths,
+    queue_experiment,
+    run_queue,
+)
 from tasks.prefect_admin import ensure_concurrency_limit
 
 BEST_METRIC = "val_macro_auroc"
-#: DVC's run cache leaves keys with these names out of a stage's hash, params included
-#: (treeverse/dvc#10296): an experiment changing only such a param restores the baseline's outputs
-RUN_CACHE_BLIND = ("size", "nfiles")
-EXPERIMENT_LINE = re.compile(r"^Reproducing experiment '([^']+)'")
-
-
-class SweepError(RuntimeError):
-    """A DVC experiment command failed; the message carries its last output lines."""
 
 
 # ------------------------------------------------------------------------------ overrides
@@ -85,221 +76,97 @@ def expand_grid(grid: Mapping[str, list[Any]] | None) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*grid.values())]
 
 
-def format_value(value: Any) -> str:
-    """A params value as DVC's ``-S key=value`` parses it (YAML-like; commas quoted)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list | tuple | dict):
-        return json.dumps(value, separators=(",", ":"))
-    text = str(value)
-    # a bare comma would make DVC (Hydra's grammar) read a sweep of several values
-    if any(c in text for c in ",[]{}()'\" =:") or not text:
-        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return text
-
-
 def run_cache_blind(overrides: Mapping[str, Any]) -> list[str]:
-    """The overridden params DVC's run cache cannot see (named ``size`` or ``nfiles``)."""
-    return [k for k in overrides if k.rsplit(".", 1)[-1].split(":")[-1] in RUN_CACHE_BLIND]
+    """The overridden params DVC's run cache cannot see (named ``size`` or ``nfiles``).
 
-
-def set_params_args(overrides: Mapping[str, Any]) -> list[str]:
-    """``-S key=value`` arguments for one experiment."""
-    args: list[str] = []
-    for key, value in overrides.items():
-        args += ["-S", f"{key}={format_value(value)}"]
-    return args
-
-
-# ------------------------------------------------------------------------------ dvc
-
-
-def _env() -> dict[str, str]:
-    """dvc.yaml's commands call ``python``: the interpreter running this flow (its venv)."""
-    return os.environ | {
-        "PYTHONUNBUFFERED": "1",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-    }
-
-
-def _dvc(repo: Path, *args: str) -> str:
-    """Run ``dvc <args>`` in ``repo`` and return its stdout.
-
-    Raises:
-        SweepError: dvc exited non-zero.
+    An experiment changing only such a param restores the baseline's outputs
+    (treeverse/dvc#10296).
     """
-    proc = subprocess.run(
-        [dvc_executable(), *args], cwd=repo, capture_output=True, text=True, env=_env()
-    )
-    if proc.returncode != 0:
-        tail = (proc.stdout + proc.stderr).strip().splitlines()[-10:]
-        raise SweepError(
-            f"dvc {' '.join(args[:3])} failed (exit {proc.returncode}): " + " | ".join(tail)
-        )
-    return proc.stdout
-
-
-@task(name="queue-experiment", task_run_name="queue {name}", cache_policy=NO_CACHE)
-def queue_experiment(
-    repo: str,
-    name: str,
-    overrides: dict[str, Any],
-    targets: list[str] | None = None,
-    force: bool = False,
-) -> str:
-    """Queue one DVC experiment with its params overrides; returns its name."""
-    args = ["exp", "run", "--queue", "-n", name, *(["--force"] if force else [])]
-    args += [*set_params_args(overrides), *(targets or [])]
-    out = _dvc(Path(repo), *args)
-    get_run_logger().info("%s", out.strip() or f"queued {name}")
-    return name
-
-
-@task(name="run-experiment-queue", task_run_name="run queue", cache_policy=NO_CACHE)
-def run_queue(repo: str, jobs: int = 1, timeout_s: float | None = None) -> dict[str, str]:
-    """Run every queued experiment (``dvc exp run --run-all``), streaming their logs.
-
-    Returns:
-        experiment name -> its error lines, for those that printed ``error:`` / ``ERROR``.
-
-    Raises:
-        TimeoutError: the queue ran past ``timeout_s`` (its tasks are killed).
-    """
-    logger = get_run_logger()
-    cmd = [dvc_executable(), "exp", "run", "--run-all", "-j", str(jobs)]
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        cmd, cwd=repo, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert proc.stdout is not None
-    errors: dict[str, list[str]] = {}
-    current = ""
-    try:
-        for raw in proc.stdout:
-            line = raw.rstrip()
-            logger.info("%s", line)
-            found = EXPERIMENT_LINE.search(line)
-            if found:
-                current = found.group(1)
-            elif line.startswith(("error:", "ERROR")) and current:
-                errors.setdefault(current, []).append(line)
-            if timeout_s and time.monotonic() - start > timeout_s:
-                raise TimeoutError(f"the experiment queue ran past {timeout_s:.0f} s")
-        if proc.wait() != 0:
-            raise SweepError(f"dvc exp run --run-all failed (exit {proc.returncode})")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            subprocess.run(
-                [dvc_executable(), "queue", "kill", "--all"], cwd=repo, env=_env(), check=False
-            )
-        # workers idle up to ~10 s before leaving on their own: stop them now
-        subprocess.run(
-            [dvc_executable(), "queue", "stop"],
-            cwd=repo,
-            env=_env(),
-            capture_output=True,
-            check=False,
-        )
-    return {name: " | ".join(dict.fromkeys(lines)) for name, lines in errors.items()}
-
-
-def _walk(node: Any) -> Iterator[dict[str, Any]]:
-    """Every dict with a ``name`` and a ``data`` block in ``dvc exp show --json``'s tree."""
-    if isinstance(node, dict):
-        if isinstance(node.get("data"), dict) and "name" in node:
-            yield node
-        for value in node.values():
-            if isinstance(value, list | dict):
-                yield from _walk(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _walk(item)
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
-
-
-def _metric(metrics: Mapping[str, Any], path: str, *keys: str) -> float | None:
-    block = metrics.get(path) or metrics.get(path.replace("/", os.sep)) or {}
-    value: Any = block.get("data", block) if isinstance(block, dict) else None
-    for key in keys:
-        value = value.get(key) if isinstance(value, dict) else None
-    return _number(value)
-
-
-def parse_exp_show(
-    shown: Any, names: list[str], metric_paths: Mapping[str, str]
-) -> dict[str, dict[str, Any]]:
-    """Metrics of the named experiments from ``dvc exp show --json`` (DVC 3.x).
-
-    Args:
-        shown: the parsed JSON: a list of baselines, each with ``experiments`` holding
-            ``revs`` whose ``data`` has ``metrics`` / ``params`` keyed by file path.
-        names: the experiments wanted.
-        metric_paths: ``train``, ``live`` (dvclive folder) and ``evaluate`` metrics paths.
-
-    Returns:
-        name -> ``rev``, ``val_macro_auroc``, ``test_macro_auroc``, ``error`` (absent names are
-        left out: the experiment failed before it was saved).
-    """
-    found: dict[str, dict[str, Any]] = {}
-    for node in _walk(shown):
-        name = node.get("name")
-        if name not in names or name in found:
-            continue
-        data = node["data"]
-        metrics = data.get("metrics") or {}
-        val = _metric(metrics, metric_paths["train"], "val_macro_auroc")
-        if val is None:
-            live = f"{metric_paths['live'].rstrip('/')}/metrics.json"
-            val = _metric(metrics, live, "val", "macro_auroc")
-        error = node.get("error") or data.get("error")
-        found[name] = {
-            "rev": str(node.get("rev") or data.get("rev") or "")[:7],
-            "val_macro_auroc": val,
-            "test_macro_auroc": _metric(metrics, metric_paths["evaluate"], "macro_auroc"),
-            "error": (error.get("msg") if isinstance(error, dict) else error) or None,
-        }
-    return found
-
-
-def metric_paths(repo: str | Path) -> dict[str, str]:
-    """Where the train and evaluate stages write their metrics (the repository's params.yaml)."""
-    params = load_params(Path(repo) / "params.yaml")
-    train, evaluate = params.get("train") or {}, params.get("evaluate") or {}
-    return {
-        "train": train.get("metrics", "metrics/train.json"),
-        "live": train.get("live", "dvclive/train"),
-        "evaluate": evaluate.get("metrics", "metrics/evaluate.json"),
-    }
-
-
-@task(name="collect-experiments", task_run_name="collect metrics", cache_policy=NO_CACHE)
-def collect_experiments(repo: str, names: list[str]) -> dict[str, dict[str, Any]]:
-    """Read the experiments' metrics with ``dvc exp show --json``."""
-    out = _dvc(Path(repo), "exp", "show", "--json")
-    start = out.find("[")  # skip any warning printed before the JSON
-    return parse_exp_show(json.loads(out[start:] if start >= 0 else out), names, metric_paths(repo))
+    return [k for k in overrides if k.rsplit(".", 1)[-1].split(":")[-1] in RUN_CACHE_BLIND_KEYS]
 
 
 def best_experiment(rows: list[dict[str, Any]], metric: str = BEST_METRIC) -> dict | None:
     """The ``ok`` row with the highest ``metric`` (the first of equals); None when none has one."""
     scored = [
-        r for r in rows if r.get("status", "ok") == "ok" and _number(r.get(metric)) is not None
+        r
+        for r in rows
+        if r.get("status", "ok") == "ok" and finite_number(r.get(metric)) is not None
     ]
     return max(scored, key=lambda r: r[metric]) if scored else None
 
 
 # ------------------------------------------------------------------------------ flow
+
+
+def plan_runs(
+    overrides: list[dict[str, Any]] | None, grid: dict[str, list[Any]] | None, force: bool
+) -> list[dict[str, Any]]:
+    """The experiments' overrides: ``overrides`` then the grid's combinations.
+
+    Raises:
+        ValueError: no overrides and no grid, or a ``size`` param without ``force``.
+    """
+    runs = [dict(o) for o in overrides or []] + expand_grid(grid)
+    if not runs:
+        raise ValueError("cxr-sweep: give overrides and/or a grid")
+    blind = sorted({k for run in runs for k in run_cache_blind(run)})
+    if blind and not force:
+        raise ValueError(
+            f"cxr-sweep: DVC's run cache ignores params named size/nfiles ({', '.join(blind)}; "
+            "treeverse/dvc#10296), so these experiments would reuse the baseline's outputs. "
+            "Run with force=True (--force) to rerun every stage of each experiment."
+        )
+    return runs
+
+
+def experiment_row(
+    name: str, overrides: dict[str, Any], result: Mapping[str, Any] | None, error: str | None
+) -> dict[str, Any]:
+    """One experiment's row of the comparison: its metrics and ``status``.
+
+    Args:
+        name: the experiment.
+        overrides: its params overrides.
+        result: what :func:`parse_exp_show` found for it (None: DVC does not know it).
+        error: the error lines it printed while the queue ran, if any.
+    """
+    found = result or {}
+    status = "ok"
+    if result is None or found.get("error") or error:
+        status = f"failed: {error or found.get('error') or 'not found'}"
+    elif found["val_macro_auroc"] is None:
+        status = f"no {BEST_METRIC}"
+    return {
+        "experiment": name,
+        "rev": found.get("rev"),
+        "overrides": overrides,
+        "val_macro_auroc": found.get("val_macro_auroc"),
+        "test_macro_auroc": found.get("test_macro_auroc"),
+        "status": status,
+    }
+
+
+def log_results(logger: Any, rows: list[dict[str, Any]], best: dict[str, Any] | None) -> None:
+    """Log each experiment's figures, then the best or why there is none."""
+    for row in rows:
+        logger.info(
+            "%s %s: val macro AUROC %s, test macro AUROC %s (%s)",
+            row["experiment"],
+            row["overrides"],
+            row["val_macro_auroc"],
+            row["test_macro_auroc"],
+            row["status"],
+        )
+    if best is None:
+        logger.warning("no experiment reported %s; see `dvc queue logs <name>`", BEST_METRIC)
+        return
+    logger.info(
+        "best by validation macro AUROC: %s (%.4f); adopt it with `dvc exp apply %s` (artifact %s)",
+        best["experiment"],
+        best["val_macro_auroc"],
+        best["experiment"],
+        SWEEP_KEY,
+    )
 
 
 @flow(name="cxr-sweep", log_prints=True)
@@ -342,69 +209,27 @@ def cxr_sweep(
 
     Raises:
         ValueError: no overrides and no grid, or a ``size`` param without ``force``.
+        ConfigError: the repository's ``train`` or ``evaluate`` params are not valid.
     """
-    runs = [dict(o) for o in overrides or []] + expand_grid(grid)
-    if not runs:
-        raise ValueError("cxr-sweep: give overrides and/or a grid")
-    blind = sorted({k for run in runs for k in run_cache_blind(run)})
-    if blind and not force:
-        raise ValueError(
-            f"cxr-sweep: DVC's run cache ignores params named size/nfiles ({', '.join(blind)}; "
-            "treeverse/dvc#10296), so these experiments would reuse the baseline's outputs. "
-            "Run with force=True (--force) to rerun every stage of each experiment."
-        )
-    logger = get_run_logger()
+    runs = plan_runs(overrides, grid, force)
+    root = str(Path(repo).resolve())
+    paths = metric_paths(root)  # before anything runs: a bad params file fails fast
     prefix = name or time.strftime("sweep-%m%d-%H%M%S")
     names = [f"{prefix}-{i}" for i in range(1, len(runs) + 1)]
-    root = str(Path(repo).resolve())
     limit = ensure_concurrency_limit(workspace_limit_name(repo), 1)
     with concurrency(limit, occupy=1, strict=True):
         for exp_name, exp_overrides in zip(names, runs, strict=True):
             queue_experiment(root, exp_name, exp_overrides, targets, force)
         errors = run_queue(root, jobs, timeout_s)
-        results = collect_experiments(root, names)
-    rows = []
-    for exp_name, exp_overrides in zip(names, runs, strict=True):
-        result = results.get(exp_name)
-        status = "ok"
-        if result is None or result.get("error") or exp_name in errors:
-            why = errors.get(exp_name) or (result or {}).get("error") or "not found"
-            status = f"failed: {why}"
-        elif result["val_macro_auroc"] is None:
-            status = f"no {BEST_METRIC}"
-        rows.append(
-            {
-                "experiment": exp_name,
-                "rev": (result or {}).get("rev"),
-                "overrides": exp_overrides,
-                "val_macro_auroc": (result or {}).get("val_macro_auroc"),
-                "test_macro_auroc": (result or {}).get("test_macro_auroc"),
-                "status": status,
-            }
-        )
+        results = collect_experiments(root, names, paths)
+    rows = [
+        experiment_row(n, o, results.get(n), errors.get(n))
+        for n, o in zip(names, runs, strict=True)
+    ]
     best = best_experiment(rows)
     best_name = best["experiment"] if best else None
     publish_sweep(sweep_rows(rows, best_name), best_name, BEST_METRIC)
-    for row in rows:
-        logger.info(
-            "%s %s: val macro AUROC %s, test macro AUROC %s (%s)",
-            row["experiment"],
-            row["overrides"],
-            row["val_macro_auroc"],
-            row["test_macro_auroc"],
-            row["status"],
-        )
-    if best is None:
-        logger.warning("no experiment reported %s; see `dvc queue logs <name>`", BEST_METRIC)
-    else:
-        logger.info(
-            "best by validation macro AUROC: %s (%.4f); adopt it with `dvc exp apply %s` "
-            "(artifact %s)",
-            best["experiment"],
-            best["val_macro_auroc"],
-            best["experiment"],
-            SWEEP_KEY,
-        )
+    log_results(get_run_logger(), rows, best)
     return {"experiments": rows, "best": best}
 
 

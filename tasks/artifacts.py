@@ -1,9 +1,9 @@
 """Prefect artifacts: what the UI shows after the evaluate and export stages, and after a sweep.
 
 Presentation glue only. The builders read what the stages already wrote (paths from the
-``evaluate`` and ``export`` sections of the repository's ``params.yaml``) and return plain rows or
-Markdown; the ``publish_*`` functions hand them to Prefect. No ML happens here and the stages
-never import Prefect.
+``evaluate`` and ``export`` sections of the repository's ``params.yaml``, read with the stages'
+own params classes) and return plain rows or Markdown; the ``publish_*`` functions hand them to
+Prefect. No ML happens here and the stages never import Prefect.
 
 Artifacts carry finding names, numbers, export format names, experiment names and the path of
 the HTML report: never a patient, study or image identifier (the stages' outputs hold none).
@@ -21,7 +21,7 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from pipelines.config import load_params
+from pipelines.config import load_params, parse_section
 
 #: Artifact keys (Prefect: lowercase letters, digits and dashes); each run adds a new version.
 EVALUATE_AUROC_KEY = "cxr-evaluate-auroc"
@@ -46,19 +46,26 @@ class OutputPaths:
 
     @classmethod
     def from_params(cls, repo: str | Path = ".") -> OutputPaths:
-        """Read the paths from ``<repo>/params.yaml`` (the stages' own defaults when unset)."""
+        """Read the paths from ``<repo>/params.yaml`` as the stages do (their defaults when unset).
+
+        Raises:
+            ConfigError: the params file, or its ``evaluate`` or ``export`` section, is invalid.
+        """
+        from pipelines.evaluate import EvaluateParams  # the stages' params pull in torch
+        from pipelines.export import ExportParams
+
         root = Path(repo).resolve()
-        params = load_params(root / "params.yaml")
-        evaluate = params.get("evaluate") or {}
-        export = params.get("export") or {}
-        out = root / evaluate.get("out", "outputs/evaluation")
+        source = root / "params.yaml"
+        params = load_params(source)
+        evaluate = parse_section(EvaluateParams, "evaluate", params, source=str(source))
+        export = parse_section(ExportParams, "export", params, source=str(source))
+        out = root / evaluate.out
         return cls(
-            evaluate_metrics=root / evaluate.get("metrics", "metrics/evaluate.json"),
-            findings_metrics=root
-            / evaluate.get("findings_metrics", "metrics/evaluate_findings.json"),
+            evaluate_metrics=root / evaluate.metrics,
+            findings_metrics=root / evaluate.findings_metrics,
             report_md=out / "report.md",
             report_html=out / "report.html",
-            export_metrics=root / export.get("metrics", "metrics/export.json"),
+            export_metrics=root / export.metrics,
         )
 
 

@@ -8,8 +8,7 @@ stage's output streamed line by line into the Prefect log.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
 from pipelines.errors import UserError
+from tasks.process import run_captured, stream
 
 LOCK_MARKERS = ("Unable to acquire lock", "is busy, it is being blocked by")
 
@@ -77,11 +77,6 @@ def read_stage_graph(repo: str | Path = ".", targets: list[str] | None = None) -
     return [StageInfo(n, tuple(sorted(dag.predecessors(n), key=position.get))) for n in order]
 
 
-def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str]:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
-    return proc.returncode, proc.stdout + proc.stderr
-
-
 def _is_lock_error(output: str) -> bool:
     return any(marker in output for marker in LOCK_MARKERS)
 
@@ -90,7 +85,8 @@ def stage_is_up_to_date(name: str, repo: Path, lock_wait_s: float = 600.0) -> bo
     """True when ``dvc status <stage>`` reports nothing changed (waits on DVC's lock)."""
     deadline = time.monotonic() + lock_wait_s
     while True:
-        code, out = _run([dvc_executable(), "status", name, "--json"], repo)
+        proc = run_captured([dvc_executable(), "status", name, "--json"], repo)
+        code, out = proc.returncode, proc.stdout + proc.stderr
         if code == 0:
             text = out.strip().splitlines()
             data = json.loads(text[-1]) if text else {}
@@ -101,49 +97,49 @@ def stage_is_up_to_date(name: str, repo: Path, lock_wait_s: float = 600.0) -> bo
 
 
 def stream_stage(
-    name: str, repo: Path, force: bool, timeout_s: float | None, lock_wait_s: float, logger
+    name: str,
+    repo: Path,
+    force: bool,
+    timeout_s: float | None,
+    lock_wait_s: float,
+    logger: logging.Logger | logging.LoggerAdapter,
 ) -> None:
     """Run ``dvc repro --single-item <stage>``, logging each output line; retry on DVC's lock.
+
+    Args:
+        name: the stage.
+        repo: the DVC repository root.
+        force: rerun it even when DVC finds it up to date.
+        timeout_s: wall-clock limit per attempt (``None``: none).
+        lock_wait_s: how long to keep retrying while another run holds DVC's lock.
+        logger: where each output line goes (``<stage> | <line>``).
 
     Raises:
         StageFailed: the stage exited non-zero (message: stage name + its last error lines).
         DvcLockTimeout: the workspace lock did not free within ``lock_wait_s``.
-        TimeoutError: the stage ran past ``timeout_s``.
+        TimeoutError: the stage ran past ``timeout_s`` (killed with what it started).
     """
     cmd = [dvc_executable(), "repro", "--single-item", name] + (["--force"] if force else [])
-    env = os.environ | {
-        "PYTHONUNBUFFERED": "1",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        # dvc.yaml's commands call `python`: the interpreter running this flow (its venv)
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-    }
     deadline = time.monotonic() + lock_wait_s
     while True:
-        start = time.monotonic()
-        proc = subprocess.Popen(
-            cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        result = stream(
+            cmd,
+            repo,
+            on_line=lambda line: logger.info("%s | %s", name, line),
+            timeout_s=timeout_s,
+            label=f"stage '{name}'",
         )
-        tail: list[str] = []
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
-            tail = [*tail[-39:], line]
-            logger.info("%s | %s", name, line)
-            if timeout_s and time.monotonic() - start > timeout_s:
-                proc.kill()
-                raise TimeoutError(f"stage '{name}' ran past its timeout of {timeout_s:.0f} s")
-        code = proc.wait()
-        output = "\n".join(tail)
-        if code == 0:
+        if result.returncode == 0:
             return
-        if _is_lock_error(output) and time.monotonic() < deadline:
+        if _is_lock_error(result.output) and time.monotonic() < deadline:
             logger.warning("stage '%s': DVC workspace is locked by another run; waiting", name)
             time.sleep(5.0)
             continue
-        if _is_lock_error(output):
+        if _is_lock_error(result.output):
             raise DvcLockTimeout(f"stage '{name}': DVC lock still held after {lock_wait_s:.0f} s")
-        errors = [ln for ln in tail if ln.startswith(("error:", "ERROR"))] or tail[-5:]
-        raise StageFailed(f"stage '{name}' failed (exit {code}): " + " | ".join(errors))
+        raise StageFailed(
+            f"stage '{name}' failed (exit {result.returncode}): " + " | ".join(result.error_lines())
+        )
 
 
 @task(

@@ -109,6 +109,41 @@ def mini_dvc_repo(tmp_path: Path) -> Path:
     return repo
 
 
+TRAIN_LIKE_STAGE = """import json, os, sys, yaml
+p = yaml.safe_load(open('params.yaml'))['train']
+if p['lr'] > 0.1:
+    sys.exit('error: lr too high')
+os.makedirs('metrics', exist_ok=True)
+os.makedirs('dvclive/train', exist_ok=True)
+json.dump({'val_macro_auroc': p['lr'] * 100}, open('metrics/train.json', 'w'))
+json.dump({'val': {'macro_auroc': p['lr'] * 100}}, open('dvclive/train/metrics.json', 'w'))
+json.dump({'macro_auroc': p['lr'] * 50}, open('metrics/evaluate.json', 'w'))
+json.dump({'macro_auroc': 0.0}, open('metrics/other.json', 'w'))
+"""
+
+
+@pytest.fixture
+def experiments_repo(tmp_path: Path) -> Path:
+    """A git + DVC repo whose one stage, ``train``, writes metrics where this project's train
+    and evaluate stages do (``train.lr`` > 0.1 makes it fail with ``error: lr too high``)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "params.yaml").write_text("train:\n  lr: 0.002\n")
+    (repo / "train.py").write_text(TRAIN_LIKE_STAGE)
+    metrics = ["metrics/train.json", "dvclive/train/metrics.json", "metrics/evaluate.json"]
+    metrics.append("metrics/other.json")  # a second `macro_auroc`: DVC prefixes the columns
+    (repo / "dvc.yaml").write_text(
+        f"stages:\n  train:\n    cmd: {sys.executable} train.py\n    deps: [train.py]\n"
+        "    params: [train]\n    metrics:\n"
+        + "".join(f"      - {m}:\n          cache: false\n" for m in metrics)
+    )
+    git(repo, "init", "-q")
+    assert dvc(repo, "init", "-q").returncode == 0
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "one stage")
+    return repo
+
+
 # --------------------------------------------------------------------------------------------
 # The real DAG at toy scale: every stage of dvc.yaml on a small synthetic dataset, run once per
 # session (about 100 s on 2 cores) and shared by the end-to-end, PHI, DVC-remote and Prefect

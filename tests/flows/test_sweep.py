@@ -1,4 +1,4 @@
-"""Sweeps as DVC experiments: overrides, the CLI, parsing `dvc exp show --json`, a real sweep."""
+"""Sweeps as DVC experiments: overrides, the CLI, the comparison rows, real sweeps."""
 
 from __future__ import annotations
 
@@ -15,22 +15,12 @@ from flows.sweep import (
     best_experiment,
     cxr_sweep,
     expand_grid,
-    format_value,
     parse_cli,
-    parse_exp_show,
     run_cache_blind,
-    set_params_args,
 )
 from tasks.artifacts import SWEEP_KEY, sweep_rows
 from tests.conftest import dvc, git
 from tests.flows.repos import clone_pipeline_repo
-
-EXP_SHOW = Path(__file__).parent / "fixtures" / "exp_show.json"
-PATHS = {
-    "train": "metrics/train.json",
-    "live": "dvclive/train",
-    "evaluate": "metrics/evaluate.json",
-}
 
 
 def test_grid_expands_as_a_product_in_key_order():
@@ -44,32 +34,6 @@ def test_grid_expands_as_a_product_in_key_order():
     assert expand_grid(None) == []
     with pytest.raises(ValueError, match="no values for \\['train.lr'\\]"):
         expand_grid({"train.lr": []})
-
-
-@pytest.mark.parametrize(
-    ("value", "text"),
-    [
-        (0.001, "0.001"),
-        (2, "2"),
-        (True, "true"),
-        (None, "null"),
-        ("focal", "focal"),
-        ([0.9, 1.1], "[0.9,1.1]"),
-        ("a,b", "'a,b'"),  # a bare comma would be a DVC/Hydra sweep
-        ("", "''"),
-    ],
-)
-def test_values_format_as_dvc_set_param_reads_them(value, text):
-    assert format_value(value) == text
-
-
-def test_set_params_args():
-    assert set_params_args({"train.lr": 0.001, "train.model.fusion": "mean"}) == [
-        "-S",
-        "train.lr=0.001",
-        "-S",
-        "train.model.fusion=mean",
-    ]
 
 
 def test_a_size_param_is_refused_unless_forced():
@@ -110,40 +74,6 @@ def test_cli_grid_and_experiments():
     }
     with pytest.raises(SystemExit):
         parse_cli(["--repo", "."])  # nothing to sweep
-
-
-def test_exp_show_parsing_on_dvc_3_output():
-    # `dvc exp show --json` of DVC 3.67 after two queued experiments on the toy-scale DAG
-    shown = json.loads(EXP_SHOW.read_text())
-    found = parse_exp_show(shown, ["noted-jota", "agape-vega", "never-ran"], PATHS)
-    assert found == {
-        "noted-jota": {
-            "rev": "0c64b44",
-            "val_macro_auroc": pytest.approx(0.5556777728658437),
-            "test_macro_auroc": 0.562371,
-            "error": None,
-        },
-        "agape-vega": {
-            "rev": "f13aa25",
-            "val_macro_auroc": pytest.approx(0.5844488945666101),
-            "test_macro_auroc": 0.493506,
-            "error": None,
-        },
-    }
-
-
-def test_exp_show_falls_back_to_dvclive_and_reports_errors():
-    shown = json.loads(EXP_SHOW.read_text())
-    exp = next(e for e in shown[1]["experiments"] if e["name"] == "agape-vega")["revs"][0]
-    del exp["data"]["metrics"]["metrics/train.json"]
-    del exp["data"]["metrics"]["metrics/evaluate.json"]
-    exp["error"] = {"msg": "Experiment run failed", "type": ""}
-    found = parse_exp_show(shown, ["agape-vega"], PATHS)["agape-vega"]
-    assert found["val_macro_auroc"] == pytest.approx(
-        0.5844488945666101
-    )  # dvclive's val/macro_auroc
-    assert found["test_macro_auroc"] is None
-    assert found["error"] == "Experiment run failed"
 
 
 def test_best_is_the_max_of_the_experiments_that_succeeded():
@@ -232,7 +162,8 @@ def test_sweep_of_two_experiments_on_the_real_dag(prefect_harness, pipeline_repo
 def test_dvc_run_cache_is_blind_to_a_param_named_size(mini_dvc_repo):
     """Why the sweep refuses `size` params: DVC restores stale outputs (treeverse/dvc#10296).
 
-    When this test fails, the installed DVC hashes such params again: drop RUN_CACHE_BLIND.
+    When this test fails, the installed DVC hashes such params again: drop
+    pipelines.config.RUN_CACHE_BLIND_KEYS.
     """
     script = "import yaml\np = yaml.safe_load(open('params.yaml'))['make']\n"
     script += "open('numbers.txt', 'w').write(f\"{p['size']} {p['count']}\")\n"
@@ -247,3 +178,64 @@ def test_dvc_run_cache_is_blind_to_a_param_named_size(mini_dvc_repo):
     params.write_text("make:\n  size: 5\n  count: 4\n")  # any other param is seen
     assert "Running stage 'make'" in dvc(mini_dvc_repo, "repro", "make").stdout
     assert (mini_dvc_repo / "numbers.txt").read_text() == "5 4"
+
+
+@pytest.mark.slow
+def test_a_failed_experiment_is_reported_and_the_others_compared(prefect_harness, experiments_repo):
+    state = cxr_sweep(
+        overrides=[{"train.lr": 0.004}, {"train.lr": 0.5}, {"train.lr": 0.002}],
+        repo=str(experiments_repo),
+        name="mini",
+        timeout_s=300,
+        return_state=True,
+    )
+    result = state.result()
+    rows = {r["experiment"]: r for r in result["experiments"]}
+    assert list(rows) == ["mini-1", "mini-2", "mini-3"]
+    assert rows["mini-1"]["status"] == rows["mini-3"]["status"] == "ok"
+    assert rows["mini-1"]["val_macro_auroc"] == pytest.approx(0.4)
+    assert rows["mini-1"]["test_macro_auroc"] == pytest.approx(0.2)
+    # the experiment's own error line from the queue's log, not only DVC's verdict
+    assert rows["mini-2"]["status"].startswith("failed: error: lr too high")
+    assert rows["mini-2"]["val_macro_auroc"] is None
+    assert result["best"]["experiment"] == "mini-1"
+    assert git(experiments_repo, "status", "--porcelain", "--untracked-files=no").stdout == ""
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_a_queue_past_its_timeout_is_killed(prefect_harness, experiments_repo):
+    pid_file = experiments_repo.parent / "stage.pid"
+    (experiments_repo / "train.py").write_text(
+        f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "print('training', flush=True)\ntime.sleep(120)\n"
+    )
+    git(experiments_repo, "commit", "-qam", "a slow stage")
+    start = time.monotonic()
+    state = cxr_sweep(
+        overrides=[{"train.lr": 0.004}],
+        repo=str(experiments_repo),
+        name="slow",
+        timeout_s=20,
+        return_state=True,
+    )
+    assert state.is_failed()
+    with pytest.raises(TimeoutError, match="the experiment queue ran past its timeout of 20 s"):
+        state.result()
+    assert time.monotonic() - start < 100
+    # the experiment was interrupted, not left running in DVC's worker
+    deadline = time.monotonic() + 30
+    while "Running" in (queue := dvc(experiments_repo, "queue", "status").stdout):
+        assert time.monotonic() < deadline, queue
+        time.sleep(1)
+    assert "slow-1" in queue and "Failed" in queue
+    while running(int(pid_file.read_text())):
+        assert time.monotonic() < deadline, "the experiment's stage still runs"
+        time.sleep(1)

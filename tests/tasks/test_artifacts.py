@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.errors import ConfigError
 from tasks import artifacts
 from tasks.artifacts import (
     ARTIFACT_KEY,
@@ -43,6 +44,22 @@ def test_paths_come_from_params(tmp_path):
     assert paths.report_md == root / "out/ev/report.md"
     assert paths.report_html == root / "out/ev/report.html"
     assert paths.export_metrics == root / "m/x.json"
+
+
+def test_unset_paths_are_the_stages_defaults_and_a_bad_section_is_refused(tmp_path):
+    from pipelines.evaluate import EvaluateParams
+    from pipelines.export import ExportParams
+
+    (tmp_path / "params.yaml").write_text("base:\n  seed: 1\n")
+    paths = OutputPaths.from_params(tmp_path)
+    root = tmp_path.resolve()
+    assert paths.evaluate_metrics == root / EvaluateParams().metrics
+    assert paths.findings_metrics == root / EvaluateParams().findings_metrics
+    assert paths.report_html == root / EvaluateParams().out / "report.html"
+    assert paths.export_metrics == root / ExportParams().metrics
+    (tmp_path / "params.yaml").write_text("export:\n  metric: m/x.json\n")
+    with pytest.raises(ConfigError, match="export.metric"):
+        OutputPaths.from_params(tmp_path)
 
 
 def test_auroc_table(outputs):

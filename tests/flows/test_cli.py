@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 from typer.testing import CliRunner
 
-from pipelines.cli import app
+from flows.cli import app
 
 runner = CliRunner()
 
@@ -53,7 +53,7 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("path,patient\nx.png,p\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "ingest", "--source", "csv", "--input", str(bad),
+        [sys.executable, "-m", "flows.cli", "ingest", "--source", "csv", "--input", str(bad),
          "--out", str(tmp_path / "o")],
         capture_output=True, text=True,
     )  # fmt: skip
@@ -78,3 +78,24 @@ def test_predict_and_report_name_what_is_missing(tmp_path):
     )
     assert result.exit_code == 2
     assert result.output.strip() == f"error: {missing}: predictions file not found"
+
+
+def test_the_stage_package_imports_neither_tasks_nor_flows():
+    """Layering: the `cxr` command is the one module importing both the stages and the flows."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "pipelines"
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            offenders += [
+                f"{path.relative_to(root.parent)}: {name}"
+                for name in names
+                if name.split(".")[0] in {"tasks", "flows", "prefect"}
+            ]
+    assert offenders == []

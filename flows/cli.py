@@ -1,8 +1,10 @@
-"""The ``cxr`` command: the stages for ad-hoc use outside DVC, on the same code path.
+"""The ``cxr`` command: the stages for ad-hoc use outside DVC, and the Prefect flows.
 
-``cxr ingest`` and ``cxr pair`` call the same functions as the DVC stages; ``cxr report``
-re-renders the evaluation report from saved predictions; ``cxr predict`` runs an exported model
-on a study; ``cxr run`` / ``cxr serve`` start the Prefect flow.
+The one module that imports both layers: ``cxr ingest`` and ``cxr pair`` call the same
+functions as the DVC stages (``pipelines``); ``cxr report`` re-renders the evaluation report
+from saved predictions; ``cxr predict`` runs an exported model on a study; ``cxr run``,
+``cxr serve`` and ``cxr sweep`` start the flows (``flows``). Each command imports what it calls
+when it runs, so ``cxr --help`` stays quick. ``pipelines`` never imports this module.
 """
 
 from __future__ import annotations
