@@ -78,24 +78,3 @@ def test_predict_and_report_name_what_is_missing(tmp_path):
     )
     assert result.exit_code == 2
     assert result.output.strip() == f"error: {missing}: predictions file not found"
-
-
-def test_the_stage_package_imports_neither_tasks_nor_flows():
-    """Layering: the `cxr` command is the one module importing both the stages and the flows."""
-    import ast
-
-    root = Path(__file__).resolve().parents[2] / "pipelines"
-    offenders = []
-    for path in sorted(root.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            offenders += [
-                f"{path.relative_to(root.parent)}: {name}"
-                for name in names
-                if name.split(".")[0] in {"tasks", "flows", "prefect"}
-            ]
-    assert offenders == []
