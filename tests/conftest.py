@@ -161,10 +161,9 @@ TINY_PARAMS: dict[str, dict] = {
 
 def stage_env() -> dict[str, str]:
     """Environment for ``dvc`` subprocesses: the venv's ``python`` first on PATH."""
-    return os.environ | {
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-        "PYTHONUNBUFFERED": "1",
-    }
+    from tasks.process import child_env
+
+    return child_env()
 
 
 def git(repo: Path, *args: str) -> subprocess.CompletedProcess:

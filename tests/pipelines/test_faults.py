@@ -40,6 +40,7 @@ from pipelines.pair import PairParams, run_pair
 from pipelines.preprocess import PreprocessParams, run_preprocess
 from pipelines.schema import STUDY_COLUMNS
 from pipelines.stage import run_stage
+from tasks.process import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = 32
@@ -96,7 +97,7 @@ def new_shards(out: Path, size: int) -> list[Path]:
 
 
 def stage_env() -> dict[str, str]:
-    return os.environ | {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    return child_env({"PYTHONPATH": str(ROOT)})
 
 
 @pytest.mark.slow
