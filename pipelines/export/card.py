@@ -20,7 +20,7 @@ import torch
 
 from pipelines.data import ShardDataset, read_index
 from pipelines.errors import ExportError
-from pipelines.evaluation.provenance import git_commit
+from pipelines.evaluation.provenance import code_version
 from pipelines.export.formats import dist_version
 from pipelines.labels import FINDINGS
 from pipelines.model import PIXEL_MEAN, PIXEL_STD
@@ -128,7 +128,6 @@ def versions() -> dict[str, Any]:
     import onnx
     import onnxruntime
 
-    git = git_commit() or {}
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -136,9 +135,7 @@ def versions() -> dict[str, Any]:
         "onnxruntime": onnxruntime.__version__,
         "onnxscript": dist_version("onnxscript"),
         "executorch": dist_version("executorch"),
-        "cxr_dag": dist_version("cxr-dag"),
-        "code_commit": git.get("commit"),
-        "code_dirty": git.get("dirty"),
+        "code": code_version(),
     }
 
 

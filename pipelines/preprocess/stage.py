@@ -16,7 +16,7 @@ import pandas as pd
 
 from pipelines.config import load_section
 from pipelines.errors import UserError
-from pipelines.io import write_json, write_rejected
+from pipelines.io import write_metrics, write_rejected
 from pipelines.preprocess.core import PreprocessParams, preprocess_studies
 from pipelines.preprocess.grid import save_grid
 from pipelines.preprocess.parts import merge_parts, part_name, preprocess_part
@@ -39,7 +39,7 @@ def run_preprocess(
     studies, data_root = _read_studies(params)
     result = preprocess_studies(studies, data_root, params.out, params)
     write_rejected(result.rejected, params.rejected)
-    write_json(metrics, result.summary)
+    write_metrics(metrics, result.summary)
     save_grid(result.grid, grid)
     s = result.summary
     log.info(
@@ -90,7 +90,7 @@ def run_merge(
     studies, _ = _read_studies(params)
     result = merge_parts(studies, params.out, params, parts)
     write_rejected(result.rejected, params.rejected)
-    write_json(metrics, result.summary)
+    write_metrics(metrics, result.summary)
     save_grid(result.grid, grid)
     s = result.summary
     log.info(

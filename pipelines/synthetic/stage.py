@@ -25,7 +25,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from pipelines.config import load_section
-from pipelines.io import atomic_path, write_json
+from pipelines.io import atomic_path, write_metrics
 from pipelines.labels import FINDINGS
 from pipelines.synthetic.dicom_writer import write_dicom
 from pipelines.synthetic.params import SynthesizeParams
@@ -126,7 +126,7 @@ def main() -> None:
     try:
         params = load_section(SynthesizeParams, "synthesize")
         summary = synthesize(params)
-        write_json(METRICS_PATH, summary)
+        write_metrics(METRICS_PATH, summary)
     except (ValueError, OSError) as exc:  # ConfigError is a ValueError
         raise SystemExit(f"synthesize: {exc}") from None
     print(

@@ -26,7 +26,7 @@ from pipelines.checkpoint import (
     set_rng_state,
 )
 from pipelines.errors import CheckpointError, UserError
-from pipelines.io import atomic_path, write_json
+from pipelines.io import atomic_path, write_metrics
 from pipelines.runtime import Runtime, resolve_precision, seed_everything, setup_runtime
 from pipelines.train.build import TrainData, build_data, build_trainer, model_meta
 from pipelines.train.params import TrainParams
@@ -79,6 +79,9 @@ def maybe_resume(
     return LoopState(), None
 
 
+_SPEED = {"train/pairs_per_s"}
+
+
 class _Loggers:
     """dvclive + TensorBoard on rank 0, rebuilt from the run's history (so resume is seamless)."""
 
@@ -96,9 +99,9 @@ class _Loggers:
         step = row["epoch"]
         self.live.step = step
         for key in ("train/loss", "val/loss", "val/macro_auroc", "lr", "train/pairs_per_s"):
-            value = row[key]
-            self.live.log_metric(key, value)
-            self.tb.add_scalar(key, value, global_step=step)
+            self.tb.add_scalar(key, row[key], global_step=step)
+            if key not in _SPEED:  # dvclive's files are DVC outputs: results only
+                self.live.log_metric(key, row[key])
         self.live.next_step()
         self.tb.flush()
 
@@ -243,7 +246,7 @@ def write_outputs(
         "pairs_per_s": float(np.median(speeds)) if history else None,
         "seconds": time.perf_counter() - started,
     }
-    write_json(params.metrics, summary)
+    write_metrics(params.metrics, summary)
     log.info(
         "train: best epoch %d, val macro AUROC %.4f; wrote %s",
         summary["best_epoch"],

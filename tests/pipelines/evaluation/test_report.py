@@ -52,7 +52,7 @@ def test_names_notes_and_versions_are_escaped():
     dual.attrs = {"frontal_only": "<script>alert(1)</script>", "model": {"arch": "<resnet>"}}
     for table in (preds, dual):
         ev = summarize(table, {"bootstrap_resamples": 20})
-        html = render_html(ev, {"note": "a<b & 'c'"}, {"git": {"commit": 'x"y'}})
+        html = render_html(ev, {"note": "a<b & 'c'"}, {"code": {"sources_sha256": 'x"y'}})
         assert ODD not in html and "<b>&" not in html
         assert "<td class=l>Odd &lt;b&gt;&amp;&quot;name&#x27;</td>" in html
         assert "<script" not in html
