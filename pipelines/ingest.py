@@ -10,15 +10,15 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
 from pipelines.config import StageParams, load_section
 from pipelines.dicom.view import VIEWS
-from pipelines.errors import SourceError
-from pipelines.io import rejected_frame, write_json, write_parquet, write_rejected
-from pipelines.keys import get_salt
+from pipelines.errors import ConfigError, SourceError
+from pipelines.io import rejected_frame, write_metrics, write_parquet, write_rejected
+from pipelines.keys import SYNTHETIC_MANUFACTURER, get_salt, salt_fingerprint
 from pipelines.labels import FINDINGS, UncertainPolicy
 from pipelines.schema import conform_manifest
 from pipelines.sources import SOURCES, ReadOptions, get_reader
@@ -37,6 +37,8 @@ class IngestParams(StageParams):
     verify_files: bool = True
     uncertain: UncertainPolicy = "ignore"
     workers: int = 0
+    # secret: CXR_SALT or .cxr/salt (real data); demo: the public salt of the synthetic dataset
+    salt: Literal["secret", "demo"] = "secret"
     out: str = "data/manifest"
 
 
@@ -98,6 +100,32 @@ def summarize_manifest(manifest: pd.DataFrame, rejected: pd.DataFrame) -> dict[s
     }
 
 
+def check_synthetic(manifest: pd.DataFrame, source: str) -> None:
+    """Refuse the public demo salt for anything but the embedded synthetic dataset.
+
+    Every accepted file must be a DICOM written by the synthesize stage (its Manufacturer is
+    :data:`pipelines.keys.SYNTHETIC_MANUFACTURER`): with real identities the public salt would
+    make the keys reversible.
+
+    Raises:
+        ConfigError: another source, or a file of another manufacturer.
+    """
+    import pydicom
+
+    if source != "dicom":
+        raise ConfigError(f"ingest.salt: demo is for the embedded synthetic dataset only, not "
+                          f"for source '{source}'; set ingest.salt: secret")  # fmt: skip
+    root = Path(manifest.attrs.get("data_root", "."))
+    for rel in manifest["path"].astype(str):
+        ds = pydicom.dcmread(root / rel, stop_before_pixels=True, specific_tags=["Manufacturer"])
+        if str(ds.get("Manufacturer", "")) != SYNTHETIC_MANUFACTURER:
+            raise ConfigError(
+                f"{root / rel}: not a file of the embedded synthetic dataset; ingest.salt: demo "
+                "is for that dataset only (a public salt would make real keys reversible): set "
+                "ingest.salt: secret"
+            )
+
+
 def run_ingest(params: IngestParams) -> dict[str, Any]:
     """Run ingest with stage params and write the three outputs into ``params.out``."""
     if params.source not in SOURCES:
@@ -108,13 +136,16 @@ def run_ingest(params: IngestParams) -> dict[str, Any]:
         verify_files=params.verify_files,
         uncertain=params.uncertain,
         workers=params.workers,
-        salt=get_salt(),
+        salt=get_salt(params.salt),
     )
     manifest, rejected, summary = ingest(params.source, params.input, options)
+    if params.salt == "demo":
+        check_synthetic(manifest, params.source)
+    summary["salt"] = {"mode": params.salt, "fingerprint": salt_fingerprint(options.salt)}
     out = Path(params.out)
     write_parquet(manifest, out / "manifest.parquet")
     write_rejected(rejected, out / "rejected.csv")
-    write_json(out / "summary.json", summary)
+    write_metrics(out / "summary.json", summary)
     log.info(
         "ingest %s: %d images accepted, %d rejected (%s)",
         params.source,

@@ -14,9 +14,11 @@ Rules, all deterministic and independent of row order:
   (``no_frontal``): the frontal view is the one every model input needs.
 - Study labels: per finding, 1 if any image of the study says 1, else 0 if any says 0, else NaN.
 - A study whose images carry two patient keys is dropped (``study_patient_conflict``).
-- Split by patient: patients (sorted by key) are shuffled with ``base.seed`` and cut by the
-  fractions (rounded); optional official lists (e.g. NIH ``test_list.txt``) pin the patients of
-  the listed images to that split first. No patient is ever in two splits (asserted).
+- Split by patient (:mod:`pipelines.split`): patients, sorted by their source and first image
+  path (never by their salted key, so the salt cannot change a split), are shuffled with
+  ``base.seed`` and cut by the fractions (rounded); optional official lists (e.g. NIH
+  ``test_list.txt``) pin the patients of the listed images to that split first. No patient is
+  ever in two splits (asserted).
 
 Every manifest image is either used in a study or listed in ``rejected.csv`` with its reason.
 """
@@ -36,10 +38,10 @@ from pipelines.config import BaseParams, StageParams, load_params, parse_section
 from pipelines.dicom.choice import RANK, rank_images
 from pipelines.dicom.view import FRONTAL_VIEWS
 from pipelines.errors import UserError
-from pipelines.io import write_json, write_parquet, write_rejected
+from pipelines.io import write_metrics, write_parquet, write_rejected
 from pipelines.labels import FINDINGS
 from pipelines.schema import SPLITS, STUDY_COLUMNS
-from pipelines.split import assign_splits, check_no_leak, official_pins
+from pipelines.split import assign_splits, check_no_leak, official_pins, patient_order
 from pipelines.stage import run_stage
 
 log = logging.getLogger(__name__)
@@ -104,7 +106,8 @@ def pair_studies(
     frontal, lateral, n_lateral_only = _choose_views(images, params, rejected)
     studies = _study_rows(frontal, lateral, images)
     pins = official_pins(manifest, params.official_split) if params.official_split else {}
-    split_of = assign_splits(studies["patient_key"], params.fractions, seed, pins)
+    order = patient_order(manifest)
+    split_of = assign_splits(studies["patient_key"], params.fractions, seed, pins, order)
     studies["split"] = studies["patient_key"].map(split_of).astype("string")
     studies = studies.reset_index().loc[:, list(STUDY_COLUMNS)]
     studies.attrs = {"data_root": manifest.attrs.get("data_root", ".")}
@@ -225,7 +228,7 @@ def run_pair(params: PairParams, seed: int) -> dict[str, Any]:
     out = Path(params.out)
     write_parquet(studies, out / "studies.parquet")
     write_rejected(rejected, out / "rejected.csv")
-    write_json(out / "summary.json", summary)
+    write_metrics(out / "summary.json", summary)
     log.info(
         "pair: %d studies (%d dual-view, %d frontal-only); train/val/test = %s",
         summary["studies"],

@@ -1,6 +1,7 @@
 """The patient-wise split: every patient in exactly one of train, val and test.
 
-Patients are shuffled with the split seed and cut by the fractions (rounded); official lists
+Patients, in an order that does not depend on the secret salt (:func:`patient_order`), are
+shuffled with the split seed and cut by the fractions (rounded); official lists
 (e.g. NIH ``test_list.txt``) pin the patients of the listed images to their split first, and the
 remaining patients share the other splits in proportion. No patient is ever in two splits
 (:func:`check_no_leak`).
@@ -17,11 +18,23 @@ from pipelines.errors import SplitLeakError, UserError
 from pipelines.schema import SPLITS
 
 
+def patient_order(manifest: pd.DataFrame) -> pd.Series:
+    """Per patient key, a sort key that does not depend on the salt: source and first image path.
+
+    The patient keys are salted hashes, so an order by key would change with the salt, and with
+    it every split and metric; an image's source and path come from the data alone (two clones of
+    the same data with different secret salts split the same images the same way).
+    """
+    key = manifest["source"].astype(str) + "\0" + manifest["path"].astype(str)
+    return key.groupby(manifest["patient_key"].astype(str)).min()
+
+
 def assign_splits(
     patients: pd.Series,
     fractions: dict[str, float],
     seed: int,
     pinned: dict[str, str] | None = None,
+    order: pd.Series | None = None,
 ) -> pd.Series:
     """Assign each distinct patient key to a split.
 
@@ -29,13 +42,20 @@ def assign_splits(
         patients: patient keys (duplicates allowed).
         fractions: split -> fraction of patients (sums to 1).
         seed: shuffling seed.
-        pinned: patient key -> split, applied first (official lists).
+        pinned: patient key -> split, applied first (official lists); keys that are not among
+            ``patients`` are ignored.
+        order: patient key -> the key the patients are sorted by before the shuffle
+            (:func:`patient_order`); default: the patient keys themselves.
 
     Returns:
         A Series indexed by patient key (sorted) with the split name.
     """
     keys = np.sort(patients.dropna().unique().astype(str))
-    pinned = pinned or {}
+    if order is not None:
+        rank = order.reindex(keys).fillna("").astype(str).to_numpy()
+        keys = keys[np.lexsort((keys, rank))]  # by the order, then (never needed) by key
+    present = set(keys)
+    pinned = {k: s for k, s in (pinned or {}).items() if k in present}
     out = pd.Series(pd.NA, index=pd.Index(keys, name="patient_key"), dtype="string")
     if pinned:
         out.loc[list(pinned)] = pd.Series(pinned, dtype="string")
@@ -49,7 +69,7 @@ def assign_splits(
     for split, stop in zip(open_splits, cuts, strict=True):
         out.loc[free[start:stop]] = split
         start = stop
-    return out
+    return out.sort_index()
 
 
 def official_pins(manifest: pd.DataFrame, lists: dict[str, str]) -> dict[str, str]:

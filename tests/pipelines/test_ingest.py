@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 from PIL import Image
 
 from pipelines.dicom.view import VIEWS
-from pipelines.errors import SourceError
+from pipelines.errors import ConfigError, SourceError
 from pipelines.ingest import IngestParams, ingest, run_ingest
-from pipelines.keys import get_salt
+from pipelines.keys import DEMO_SALT, get_salt, salt_fingerprint
 from pipelines.labels import FINDINGS
 from pipelines.schema import MANIFEST_COLUMNS
 from pipelines.sources import ReadOptions
@@ -101,3 +102,50 @@ def test_unknown_source_and_missing_input(tmp_path):
         ingest("dicomz", tmp_path, ReadOptions(salt=b"s"))
     with pytest.raises(SourceError, match="does not exist"):
         ingest("csv", tmp_path / "nope.csv", ReadOptions(salt=b"s"))
+
+
+def test_the_written_summary_holds_results_not_timings(image_folder, tmp_path):
+    """summary.json is a DVC output: the same inputs must give the same bytes on every run."""
+    out = tmp_path / "out"
+    params = IngestParams(source="csv", input=str(image_folder / "list.csv"), out=str(out))
+    returned = run_ingest(params)
+    written = json.loads((out / "summary.json").read_text())
+    assert "seconds" in returned and "seconds" not in written
+    first = (out / "summary.json").read_bytes()
+    run_ingest(params)
+    assert (out / "summary.json").read_bytes() == first
+    assert written["salt"] == {"mode": "secret", "fingerprint": salt_fingerprint(get_salt())}
+
+
+def test_the_demo_salt_is_refused_for_real_data(image_folder, tmp_path, synthetic_dicom):
+    """The public demo salt only keys the synthetic dataset: with it, real keys are reversible."""
+    params = IngestParams(
+        source="csv", input=str(image_folder / "list.csv"), out=str(tmp_path / "o"), salt="demo"
+    )
+    with pytest.raises(ConfigError, match="for the embedded synthetic dataset only"):
+        run_ingest(params)
+    foreign = synthetic_dicom / "foreign.dcm"
+    ds = pydicom.dcmread(next(synthetic_dicom.rglob("*.dcm")))
+    ds.Manufacturer = "ACME radiography"
+    ds.SOPInstanceUID = ds.SOPInstanceUID + ".9"
+    ds.save_as(foreign)
+    params = IngestParams(
+        source="dicom", input=str(synthetic_dicom), labels=None, out=str(tmp_path / "d"),
+        salt="demo", workers=1,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="foreign.dcm: not a file of the embedded synthetic"):
+        run_ingest(params)
+    foreign.unlink()
+    summary = run_ingest(params)
+    assert summary["salt"] == {"mode": "demo", "fingerprint": salt_fingerprint(DEMO_SALT)}
+
+
+@pytest.fixture
+def synthetic_dicom(tmp_path: Path) -> Path:
+    """A few studies of the embedded dataset (DICOM only)."""
+    from pipelines.synthetic import SynthesizeParams, synthesize
+
+    out = tmp_path / "synthetic"
+    synthesize(SynthesizeParams(out=out, studies=4, image_size=32, workers=1))
+    (out / "labels.csv").unlink()
+    return out

@@ -8,11 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.errors import SplitLeakError
 from pipelines.labels import FINDINGS
 from pipelines.pair import PairParams, pair_studies
 from pipelines.schema import STUDY_COLUMNS, conform_manifest
-from pipelines.split import assign_splits, check_no_leak
+from pipelines.split import check_no_leak
 
 
 def image(img: str, patient: str, study: str, view: str, w: int = 100, h: int = 100, **labels):
@@ -133,12 +132,6 @@ def test_official_split_pins_patients(tmp_path):
     }
 
 
-def test_leak_is_detected():
-    studies = pd.DataFrame({"patient_key": ["p", "p"], "split": ["train", "test"]})
-    with pytest.raises(SplitLeakError, match="1 patients"):
-        check_no_leak(studies)
-
-
 def test_fractions_validated():
     with pytest.raises(ValueError, match="sum to 1"):
         PairParams(fractions={"train": 0.5, "val": 0.1, "test": 0.1})
@@ -255,58 +248,6 @@ def test_pairing_properties(rows, seed, weights, missing_view, rnd):
     assert {k: v for k, v in summary.items() if k != "seconds"} == {
         k: v for k, v in summary_again.items() if k != "seconds"
     }
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.integers(1, 500), st.integers(0, 1000), fraction_weights)
-def test_split_fractions_hold_within_one_patient(n, seed, weights):
-    fractions = fractions_of(weights)
-    splits = assign_splits(pd.Series([f"p{i}" for i in range(n)]), fractions, seed)
-    counts = splits.value_counts()
-    assert counts.sum() == n and splits.notna().all() and splits.index.is_unique
-    for name, frac in fractions.items():
-        assert abs(counts.get(name, 0) - frac * n) <= 1
-        if frac == 0:
-            assert counts.get(name, 0) == 0
-
-
-@settings(max_examples=40, deadline=None)
-@given(
-    st.lists(st.integers(0, 60), min_size=1, max_size=120),
-    st.integers(0, 1000),
-    st.randoms(use_true_random=False),
-)
-def test_split_is_a_function_of_the_patient_set(patients, seed, rnd):
-    """Duplicates and order of the input patient keys change nothing."""
-    keys = pd.Series([f"p{p}" for p in patients])
-    first = assign_splits(keys, PairParams().fractions, seed)
-    shuffled = list(keys) + list(keys)
-    rnd.shuffle(shuffled)
-    pd.testing.assert_series_equal(
-        first, assign_splits(pd.Series(shuffled), PairParams().fractions, seed)
-    )
-    assert sorted(first.index) == sorted(set(keys))
-
-
-@settings(max_examples=40, deadline=None)
-@given(
-    st.integers(5, 200),
-    st.integers(0, 1000),
-    st.lists(st.tuples(st.integers(0, 199), st.sampled_from(["val", "test"])), max_size=20),
-)
-def test_pinned_patients_keep_their_split_and_the_rest_share_the_others(n, seed, pins):
-    keys = [f"p{i:03d}" for i in range(n)]
-    pinned = {keys[i]: split for i, split in pins if i < n}
-    fractions = PairParams().fractions
-    splits = assign_splits(pd.Series(keys), fractions, seed, pinned)
-    assert all(splits[k] == v for k, v in pinned.items())
-    free = splits.drop(index=list(pinned))
-    open_splits = [s for s in ("train", "val", "test") if s not in set(pinned.values())]
-    assert set(free) <= set(open_splits)
-    total = sum(fractions[s] for s in open_splits)
-    counts = free.value_counts()
-    for split in open_splits:
-        assert abs(counts.get(split, 0) - fractions[split] / total * len(free)) <= 1
 
 
 @settings(max_examples=20, deadline=None)
