@@ -2,10 +2,11 @@
 
 The exporters record where the code ran: TorchScript and Lite Interpreter archives keep the
 absolute path of every traced source file (``*.debug_pkl``) and a random
-``.data/serialization_id`` (rewritten by PyTorch's archive writer, the id follows the content); the ONNX exporter keeps a stack trace with absolute paths on every
-node. Two clones in different folders would then write different files from the same model, and
-``dvc.lock`` would differ. These functions rewrite the files without that information; what the
-runtimes execute (code, weights, graph) is unchanged.
+``.data/serialization_id`` (once rewritten by PyTorch's archive writer, the id follows the
+content); the ONNX exporter keeps a stack trace with absolute paths on every node. Two clones
+in different folders would then write different files from the same model, and ``dvc.lock``
+would differ. These functions rewrite the files without that information; what the runtimes
+execute (code, weights, graph) is unchanged.
 """
 
 from __future__ import annotations
