@@ -128,7 +128,9 @@ def test_sigkill_mid_preprocess_then_rerun_equals_uninterrupted(
     )
     ref_summary = run_preprocess(ref_params, metrics=ref / "metrics.json", grid=ref / "grid.png")
     # a complete earlier run with other params in the folder the killed run will write
-    earlier = PreprocessParams(**section | {"out": str(out), "shard_size": 3})
+    earlier = PreprocessParams(  # every path under work/: nothing lands in the test's cwd
+        **section | {"out": str(out), "shard_size": 3, "rejected": str(out.parent / "rej.csv")}
+    )
     run_preprocess(earlier, metrics=tmp_path / "m.json", grid=tmp_path / "g.png")
     old_shards = len(list(out.glob("*.images.npy")))
     full_shard = (ref / "prepared" / "train-00000.images.npy").stat().st_size  # 2 studies
