@@ -263,7 +263,7 @@ def export_all(
     prepared, out = Path(params.prepared), Path(params.out)
     index = read_index(prepared)
     size = int(index["size"])
-    test = ShardDataset(prepared, "test")
+    test = ShardDataset(prepared, "test", meta.get("findings", FINDINGS))
     out.mkdir(parents=True, exist_ok=True)
     for name in FILES.values():  # no stale file of a format not made this time
         (out / name).unlink(missing_ok=True)
@@ -294,7 +294,7 @@ def export_all(
         thresholds=read_thresholds(Path(params.thresholds)),
         default_policy=params.default_threshold_policy,
         test_metrics=read_test_metrics(Path(params.evaluation)),
-        data_summary=training_data_summary(prepared)
+        data_summary=training_data_summary(prepared, test.findings)
         | {"dvc": dvc_hashes([params.checkpoint, params.prepared])},
         n_params=sum(p.numel() for p in module.parameters()),
         no_window=str(index.get("no_window", "bits")),
@@ -339,8 +339,12 @@ def run_export(params: ExportParams, seed: int = 0) -> dict[str, Any]:
             f"{params.prepared}: image size {prepared_size} differs from the "
             f"{meta['prepared_size']} px the model was trained on"
         )
-    if list(meta.get("findings", FINDINGS)) != list(FINDINGS):
-        raise ExportError(f"{params.checkpoint}: label space differs from pipelines.labels")
+    unknown = set(meta.get("findings", FINDINGS)) - set(FINDINGS)
+    if unknown:
+        raise ExportError(
+            f"{params.checkpoint}: findings {sorted(unknown)} are not in the label space "
+            "(pipelines.labels)"
+        )
     return export_all(CXRInference(model, meta.get("size")), meta, params, seed)
 
 

@@ -36,7 +36,17 @@ log = logging.getLogger("pipelines.train")
 
 
 def _compatible(saved: dict[str, Any], params: TrainParams, path: Path) -> None:
-    keys = ("model", "size", "batch_size", "lr", "loss", "epochs", "prepared", "augmented")
+    keys = (
+        "model",
+        "size",
+        "batch_size",
+        "lr",
+        "loss",
+        "epochs",
+        "prepared",
+        "augmented",
+        "findings",
+    )
     now = params.model_dump()
     diff = [k for k in keys if saved.get(k) != now[k]]
     if diff:
@@ -208,7 +218,7 @@ def write_outputs(
     data: TrainData,
     state: LoopState,
     rt: Runtime,
-    precision: str,
+    meta: dict[str, Any],
     resumed_from: int | None,
     started: float,
 ) -> dict[str, Any]:
@@ -241,12 +251,17 @@ def write_outputs(
         "size": data.size,
         "batch_size": data.batch,
         "world_size": rt.world,
-        "precision": precision,
+        "precision": meta["precision"],
         "device": str(rt.device),
+        "findings": meta["findings"],
+        "not_trained": meta["untrained"],
+        "label_coverage": meta["label_coverage"],
         "pairs_per_s": float(np.median(speeds)) if history else None,
         "seconds": time.perf_counter() - started,
     }
     write_metrics(params.metrics, summary)
+    for name, why in meta["untrained"].items():
+        log.warning("train: %s is not trained: %s", name, why)
     log.info(
         "train: best epoch %d, val macro AUROC %.4f; wrote %s",
         summary["best_epoch"],
@@ -334,7 +349,7 @@ def _train(
     summary: dict[str, Any] = {}
     if loggers is not None:
         loggers.close()
-        summary = write_outputs(params, data, state, rt, precision, resumed_from, started)
+        summary = write_outputs(params, data, state, rt, meta, resumed_from, started)
     if rt.distributed:
         dist.barrier()
     return TrainResult(summary, trainer.net)

@@ -267,6 +267,8 @@ def test_score_dataset_without_masking(stage_run):
     model = stage_run[2]
 
     class Tiny(torch.utils.data.Dataset):
+        findings = FINDINGS
+
         def __len__(self):
             return 3
 

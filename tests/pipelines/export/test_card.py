@@ -106,4 +106,10 @@ def test_training_data_summary_counts_only(tmp_path):
     assert summary["prepared_size"] == SIZE
     assert summary["splits"]["train"]["studies"] == 6
     assert summary["splits"]["train"]["with_lateral"] == 4
-    assert set(summary["splits"]["test"]["positives"]) == set(FINDINGS)
+    coverage = summary["splits"]["train"]["label_coverage"]
+    assert set(coverage) == set(FINDINGS)
+    for c in coverage.values():  # every study is a positive, a negative or unannotated
+        assert c["positives"] + c["negatives"] + c["unannotated"] == 6
+    assert sum(c["unannotated"] for c in coverage.values()) > 0  # the helper blanks 10 %
+    chosen = training_data_summary(tmp_path, ["Edema", "Mass"])
+    assert set(chosen["splits"]["test"]["label_coverage"]) == {"Edema", "Mass"}

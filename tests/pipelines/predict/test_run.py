@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -331,7 +332,8 @@ def test_swapped_dicom_pair_is_refused(tmp_path):
     assert collect_studies([pa, ll])[0].frontal_view == "PA"
 
 
-def test_format_predictions_of_a_known_frame():
+def known_frame() -> pd.DataFrame:
+    """Two findings of one study: Edema trained and positive, Mass not trained."""
     df = pd.DataFrame(
         {
             "study": ["s", "s"],
@@ -339,20 +341,52 @@ def test_format_predictions_of_a_known_frame():
             "lateral": [""] * 2,
             "views": ["frontal"] * 2,
             "finding": ["Edema", "Mass"],
-            "probability": [0.75, 0.125],
-            "threshold": [0.5, 0.2],
-            "positive": [True, False],
-            "threshold_policy": ["youden"] * 2,
+            "status": ["trained", "not trained"],
+            "reason": ["", "too few labelled training studies (0 positive, 0 negative)"],
+            "probability": [0.75, float("nan")],
+            "threshold": [0.5, float("nan")],
+            "positive": [True, None],
+            "threshold_policy": ["youden", ""],
         }
     )
+    df.attrs["notice"] = "Trained on synthetic data. Not for clinical use."
+    return df
+
+
+def test_format_predictions_of_a_known_frame():
+    df = known_frame()
     data = json.loads(format_predictions(df, "json"))
-    assert data["studies"][0]["findings"]["Edema"] == {
+    assert data["notice"].startswith("Trained on synthetic data")
+    (study,) = data["studies"]
+    assert study["threshold_policy"] == "youden"
+    assert study["findings"]["Edema"] == {
+        "status": "trained",
         "probability": 0.75,
         "threshold": 0.5,
         "positive": True,
     }
+    assert study["findings"]["Mass"] == {
+        "status": "not trained",
+        "reason": "too few labelled training studies (0 positive, 0 negative)",
+        "probability": None,
+        "threshold": None,
+        "positive": None,
+    }
     table = format_predictions(df, "table")
-    assert "0.750" in table and "0.125" in table and "yes" in table
+    assert table.startswith("NOTICE: Trained on synthetic data")
+    assert "0.750" in table and "yes" in table
+    mass = next(line for line in table.splitlines() if line.strip().startswith("Mass"))
+    assert "not trained" in mass and "0." not in mass
+    assert "Mass: not trained, no decision: too few labelled" in table
+    csv = pd.read_csv(io.StringIO(format_predictions(df, "csv")), keep_default_na=False)
+    row = csv.set_index("finding").loc["Mass"]
+    assert (row["status"], row["probability"], row["threshold"], row["positive"]) == (
+        "not trained",
+        "",
+        "",
+        "",
+    )
+    assert csv.set_index("finding").loc["Edema", "positive"] == "True"
 
 
 # --------------------------------------------------------------------------- real data
