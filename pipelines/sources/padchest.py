@@ -1,8 +1,9 @@
 """PadChest: ``PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv`` -> manifest rows.
 
 Columns read: ``ImageID``, ``ImageDir``, ``StudyID``, ``PatientID``, ``Projection``, ``Labels``
-and, when present, ``Rows_DICOM`` / ``Columns_DICOM``. Nothing else is read: ``PatientBirth``,
-``StudyDate_DICOM``, sex and the ``Report`` text never enter memory, let alone an output.
+and, when present, ``Rows_DICOM`` / ``Columns_DICOM`` / ``BitsStored_DICOM``. Nothing else is
+read: ``PatientBirth``, ``StudyDate_DICOM``, sex and the ``Report`` text never enter memory, let
+alone an output.
 
 - Path: ``{ImageDir}/{ImageID}`` relative to ``options.images`` (default: the CSV's folder).
 - Keys: patient = ``PatientID``, study = ``StudyID``, image = ``ImageID``, prefixed ``padchest:``.
@@ -16,7 +17,9 @@ and, when present, ``Rows_DICOM`` / ``Columns_DICOM``. Nothing else is read: ``P
   ``subcutaneous emphysema`` -> none). All 14 are annotated: absent -> 0, ``['normal']`` -> all 0.
   A blank cell means "not labelled": all NaN, accepted. A string that is not a list of strings is
   rejected (``unparsable_labels``).
-- Sizes without verification: ``Columns_DICOM`` x ``Rows_DICOM``; bits 0, photometric ''.
+- Sizes without verification: ``Columns_DICOM`` x ``Rows_DICOM``. Bits: ``BitsStored_DICOM``
+  (the 16-bit PNGs hold 12-bit values; file verification keeps this value), else 0;
+  photometric ''.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from pipelines.sources.tables import find_table, read_table
 SOURCE = "padchest"
 IMAGE, DIR, STUDY, PATIENT = "ImageID", "ImageDir", "StudyID", "PatientID"
 PROJECTION, LABELS = "Projection", "Labels"
-ROWS, COLUMNS = "Rows_DICOM", "Columns_DICOM"
+ROWS, COLUMNS, BITS = "Rows_DICOM", "Columns_DICOM", "BitsStored_DICOM"
 
 
 def parse_label_list(text: str) -> list[str] | None:
@@ -63,7 +66,7 @@ def read(input_path: Path, options: ReadOptions) -> SourceResult:
     """
     table = find_table(input_path, ["PADCHEST_*.csv", "PADCHEST_*.csv.gz"], "PadChest CSV")
     required = [IMAGE, DIR, STUDY, PATIENT, PROJECTION, LABELS]
-    df = read_table(table, required, [ROWS, COLUMNS], what="PadChest CSV")
+    df = read_table(table, required, [ROWS, COLUMNS, BITS], what="PadChest CSV")
     root = Path(options.images) if options.images else table.parent
     rows = Rows(len(df), SOURCE, table)
     rows.reject_blank(df, [IMAGE, DIR, STUDY, PATIENT])
@@ -104,7 +107,7 @@ def read(input_path: Path, options: ReadOptions) -> SourceResult:
             **view_columns(sub[PROJECTION]),
             "width": to_int(sub[COLUMNS]) if COLUMNS in sub else 0,
             "height": to_int(sub[ROWS]) if ROWS in sub else 0,
-            "bits": 0,
+            "bits": to_int(sub[BITS]) if BITS in sub else 0,
             "photometric": "",
         }
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from pipelines.keys import make_key
 from pipelines.labels import FINDINGS, PADCHEST_TO_FINDINGS
@@ -52,6 +53,7 @@ def test_real_sample():
     assert m["patient_key"].nunique() == len({r["PatientID"] for r in raw}) == 29
     assert m["study_key"].nunique() == len({r["StudyID"] for r in raw}) == 30
     assert m.loc[0, "image_id"] == make_key("image", f"padchest:{raw[0]['ImageID']}", SALT)
+    assert m["bits"].tolist() == [int(r["BitsStored_DICOM"]) for r in raw] == [12] * 53
     assert not m[list(FINDINGS)].isna().any().any()  # all 14 annotated
     # counts from the raw strings, parsed here independently of the reader
     terms = [{t.strip().lower() for t in ast.literal_eval(r["Labels"])} for r in raw]
@@ -142,3 +144,37 @@ def test_parse_label_list():
 
 def test_mapping_targets_are_findings():
     assert {f for v in PADCHEST_TO_FINDINGS.values() for f in v} == set(FINDINGS)
+
+
+HEADER = "ImageID,ImageDir,StudyID,PatientID,Projection,Labels,BitsStored_DICOM\n"
+
+
+def write_csv(folder: Path, lines: list[str]) -> Path:
+    table = folder / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
+    table.write_text(HEADER + "\n".join(lines) + "\n")
+    return table
+
+
+def test_bits_from_the_csv_survive_file_verification(tmp_path):
+    folder = tmp_path / "7"
+    folder.mkdir()
+    twelve = np.zeros((5, 6), np.uint16)
+    twelve[0, 0] = 4095
+    for name in ("a.png", "b.png", "c.png"):
+        Image.fromarray(twelve).save(folder / name)  # 16-bit PNG holding 12-bit values
+    Image.fromarray(np.zeros((5, 6), np.uint8)).save(folder / "d.png")  # an 8-bit export
+    table = write_csv(
+        tmp_path,
+        [
+            "a.png,7,s1,p1,PA,\"['normal']\",12",
+            "b.png,7,s1,p1,L,\"['normal']\",12.0",
+            "c.png,7,s2,p1,PA,\"['normal']\",",  # no metadata: the file's depth
+            "d.png,7,s3,p2,PA,\"['normal']\",12",  # the CSV describes the DICOM, not this file
+        ],
+    )
+    assert read(table, opts()).manifest["bits"].tolist() == [12, 12, 0, 12]
+    verified = read(table, opts(verify_files=True))
+    check_invariant(verified)
+    assert not verified.rejected
+    assert verified.manifest["bits"].tolist() == [12, 12, 16, 8]
+    assert verified.manifest["width"].tolist() == [6] * 4
