@@ -11,6 +11,8 @@ from typing import Literal
 
 import numpy as np
 
+from pipelines.errors import ConfigError
+
 FINDINGS: tuple[str, ...] = (
     "Atelectasis",
     "Cardiomegaly",
@@ -30,6 +32,12 @@ FINDINGS: tuple[str, ...] = (
 
 UncertainPolicy = Literal["ignore", "ones", "zeros"]
 
+#: What a blank CheXpert / MIMIC cell ("not mentioned in the report") becomes: ``zeros``
+#: (negative), ``nan`` (not annotated), ``nan_unless_no_finding`` (negative where the row's
+#: ``No Finding`` is 1, else not annotated).
+BlankPolicy = Literal["zeros", "nan", "nan_unless_no_finding"]
+BLANK_POLICIES: tuple[str, ...] = ("zeros", "nan", "nan_unless_no_finding")
+
 
 def apply_uncertain_policy(values: np.ndarray, policy: UncertainPolicy) -> np.ndarray:
     """Map CheXpert/MIMIC-style codes (1, 0, -1 uncertain, NaN blank) to 1 / 0 / NaN.
@@ -42,6 +50,33 @@ def apply_uncertain_policy(values: np.ndarray, policy: UncertainPolicy) -> np.nd
     uncertain = out == -1
     out[uncertain] = {"ignore": np.nan, "ones": 1.0, "zeros": 0.0}[policy]
     return out
+
+
+def blank_values(policy: BlankPolicy, no_finding: np.ndarray | None, n: int) -> np.ndarray:
+    """The value of a blank (not mentioned) CheXpert / MIMIC cell, row by row.
+
+    Args:
+        policy: see :data:`BlankPolicy`.
+        no_finding: the rows' ``No Finding`` codes (float, NaN when blank); needed only by
+            ``nan_unless_no_finding``.
+        n: number of rows.
+
+    Returns:
+        float32 (n,): 0.0 or NaN per row.
+
+    Raises:
+        ConfigError: an unknown policy.
+        ValueError: ``nan_unless_no_finding`` without ``no_finding``.
+    """
+    if policy == "zeros":
+        return np.zeros(n, dtype=np.float32)
+    if policy == "nan":
+        return np.full(n, np.nan, dtype=np.float32)
+    if policy == "nan_unless_no_finding":
+        if no_finding is None:
+            raise ValueError("blank policy nan_unless_no_finding needs the No Finding column")
+        return np.where(np.asarray(no_finding) == 1, 0.0, np.nan).astype(np.float32)
+    raise ConfigError(f"unknown blank policy '{policy}'; choose one of {', '.join(BLANK_POLICIES)}")
 
 
 # --- Each source's mapping into FINDINGS -------------------------------------------------------
@@ -64,6 +99,10 @@ CHEXPERT_TO_FINDINGS: dict[str, str] = {
     "Consolidation": "Consolidation",
     "Edema": "Edema",
 }
+
+#: The CheXpert / MIMIC column that is 1 when the labeler found no pathology (positive or
+#: uncertain) in the report.
+CHEXPERT_NO_FINDING = "No Finding"
 
 #: PadChest ``Labels`` terms (lower case, stripped) -> findings. A term may imply two findings
 #: (hydropneumothorax: air and fluid in the pleural space). ``normal`` and every other term (the
