@@ -51,12 +51,17 @@ class ReadOptions:
 
 @dataclass
 class SourceResult:
-    """Accepted manifest rows, rejected inputs, and the count of inputs seen."""
+    """Accepted manifest rows, rejected inputs, and the count of inputs seen.
+
+    ``counts`` holds what a reader noticed about accepted rows beyond the manifest (PadChest:
+    ``placeholder_labels``, ``unknown_terms``), for the ingest summary.
+    """
 
     manifest: pd.DataFrame
     rejected: list[Rejection] = field(default_factory=list)
     n_inputs: int = 0
     data_root: str = "."
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 Reader = Callable[[Path, ReadOptions], SourceResult]
