@@ -30,7 +30,6 @@ logging.getLogger("pydicom").setLevel(logging.ERROR)
 HEADER_TAGS: tuple[str, ...] = (
     "SOPInstanceUID",
     "Modality",
-    "StudyDescription",
     "SeriesDescription",
     "PatientID",
     "BodyPartExamined",

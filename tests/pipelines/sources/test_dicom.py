@@ -196,6 +196,9 @@ def _write_bad_folder(root: Path) -> dict[str, str]:
     put("bad/mr", "unsupported_modality", make_ds("1.2.3.105", modality="MR"))
     put("bad/skull.dcm", "not_chest", make_ds("1.2.3.106", BodyPartExamined="SKULL"))
     put("bad/noview.dcm", "no_view", make_ds("1.2.3.107", view_position=None))
+    # the study's description names the study's views, not this image's
+    study_text = make_ds("1.2.3.114", view_position=None, StudyDescription="CHEST PA")
+    put("bad/study_text.dcm", "no_view", study_text)
     multi = make_ds("1.2.3.108", pixel_data=False, NumberOfFrames=2)
     multi.PixelData = np.concatenate([pixels(1), pixels(2)]).tobytes()
     put("bad/multi.dcm", "multi_frame", multi)
