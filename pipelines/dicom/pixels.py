@@ -3,14 +3,20 @@
 pydicom 3 decodes, with the pylibjpeg / pyjpegls plugins for JPEG baseline, extended, lossless,
 JPEG 2000 and JPEG-LS (RLE natively). Then:
 
-1. the modality LUT (Modality LUT Sequence, or Rescale Slope / Intercept);
-2. the VOI LUT: the first VOI LUT Sequence item if present, else the first Window Center / Width
-   (with its VOI LUT Function: LINEAR, LINEAR_EXACT, SIGMOID). Both are
-   :func:`pydicom.pixels.apply_modality_lut` / :func:`pydicom.pixels.apply_voi_lut`;
-3. scaled to [0, 1] by the VOI output range (the window's ``y_min .. y_max``; for a LUT,
-   ``0 .. 2**bits - 1`` of its descriptor, widened if the data exceed it), or, with no VOI, by
-   the range the stored bits can hold after the modality LUT (``no_window="bits"``) or by the
-   image's own min / max (``no_window="minmax"``);
+1. the modality LUT (Modality LUT Sequence, or Rescale Slope / Intercept:
+   :func:`pydicom.pixels.apply_modality_lut`);
+2. the VOI LUT: the first VOI LUT Sequence item if present (looked up here: pydicom's
+   ``apply_voi`` indexes an 8-bit LUT with 8-bit indices, so a LUT of more than 256 entries
+   wraps), else the first Window Center / Width with its VOI LUT Function (LINEAR,
+   LINEAR_EXACT, SIGMOID: :func:`pydicom.pixels.apply_windowing`);
+3. scaled to [0, 1] by the VOI output range: the window's ``y_min .. y_max``; for a LUT,
+   ``0 .. 2**depth - 1`` where ``depth`` is the smallest of 8..16 bits that holds the LUT's
+   largest entry. PS3.3 C.11.2.1.1 lets the descriptor's third value be 8 to 16 bits, and
+   vendors over-state it (16 bits holding 12-bit entries, values up to 4095, is common): taken
+   at its word, such a LUT would use 1/16 of the range. The depth equals the descriptor's when
+   the data fill it, and is wider when the data exceed it. With no VOI: the range the stored
+   bits can hold after the modality LUT (``no_window="bits"``) or the image's own min / max
+   (``no_window="minmax"``);
 4. ``MONOCHROME1`` inverted (``1 - x``). A Presentation LUT Shape is not applied on top: in
    DX/CR objects it restates the photometric interpretation (INVERSE with MONOCHROME1).
 
@@ -169,6 +175,35 @@ def _voi_lut_item(ds: Any) -> Any | None:
     return item
 
 
+def _lut_entries(ds: Any, item: Any) -> tuple[int, np.ndarray]:
+    """The first mapped value and the entries (int64) of a VOI LUT item.
+
+    Raises:
+        ValueError: fewer entries than the descriptor announces.
+    """
+    n, first = int(item.LUTDescriptor[0]) or 65536, int(item.LUTDescriptor[1])
+    data = item.LUTData
+    if isinstance(data, bytes):  # OW: 16-bit words in the data set's byte order
+        little = getattr(ds, "original_encoding", (None, True))[1] is not False
+        entries = np.frombuffer(data[: len(data) // 2 * 2], dtype="<u2" if little else ">u2")
+    else:  # US: one value or several
+        entries = np.atleast_1d(np.asarray(data, dtype=np.int64))
+    if entries.size < n:
+        raise ValueError(f"LUTData has {entries.size} entries; its descriptor announces {n}")
+    return first, entries[:n].astype(np.int64)
+
+
+def _apply_voi_lut(x: np.ndarray, ds: Any, item: Any) -> tuple[np.ndarray, float]:
+    """The VOI LUT's output for modality values ``x``, and its top (``2**depth - 1``).
+
+    Values below the first mapped one take the first entry, values past the end the last.
+    """
+    first, entries = _lut_entries(ds, item)
+    index = np.clip(np.asarray(x, dtype=np.int64) - first, 0, entries.size - 1)
+    depth = max(8, int(entries.max()).bit_length())  # the data's depth (module docstring)
+    return entries[index].astype(np.float64), float(2**depth - 1)
+
+
 def _mono_transfer(values: np.ndarray, ds: Any, no_window: NoWindow, observed: Any) -> np.ndarray:
     """Modality LUT, VOI LUT / window and scaling to [0, 1] of an array of stored values.
 
@@ -178,21 +213,16 @@ def _mono_transfer(values: np.ndarray, ds: Any, no_window: NoWindow, observed: A
         no_window: scaling when there is no VOI.
         observed: (min, max) stored values actually present (for ``minmax``).
     """
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_modality_lut
     from pydicom.pixels.processing import apply_windowing
 
     x = apply_modality_lut(values, ds)
     lut = _voi_lut_item(ds)
     if lut is not None:
         if x.dtype.kind == "f":  # rescaled: the LUT is indexed by (integral) modality values
-            x = np.rint(x).astype(np.int64)
-        y = apply_voi_lut(x, ds, index=0, prefer_lut=True).astype(np.float64)
-        bits = int(lut.LUTDescriptor[2])
-        lo, hi = 0.0, float(2**bits - 1)
-        data_max = float(np.max(np.asarray(y))) if y.size else hi
-        if data_max > hi:  # descriptor understates the entries' depth
-            hi = float(2 ** math.ceil(math.log2(data_max + 1)) - 1)
-        return _unit(y, lo, hi)
+            x = np.rint(x)
+        y, top = _apply_voi_lut(x, ds, lut)
+        return _unit(y, 0.0, top)
     if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
         try:
             # the window's output range y_min .. y_max: probe it with -inf / +inf, in one call

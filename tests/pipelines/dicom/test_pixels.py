@@ -15,8 +15,10 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
+from pydicom.filewriter import dcmwrite
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    ExplicitVRBigEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLSLossless,
@@ -98,6 +100,75 @@ def test_voi_lut_sequence_is_applied_and_preferred(tmp_path):
         tmp_path / "lut.dcm", px, VOILUTSequence=Sequence([item]), WindowCenter=10, WindowWidth=2
     )
     np.testing.assert_allclose(read_image(path), lut[px] / 65535.0, atol=1e-6)
+
+
+def _voi_lut(top: int, bits: int, vr: str = "US") -> Dataset:
+    """A linear VOI LUT over stored values 0..4095 whose largest entry is ``top``."""
+    lut = np.round(top * np.arange(4096) / 4095).astype(np.uint16)
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, bits]
+    item.add_new("LUTData", vr, lut.astype("<u2").tobytes() if vr == "OW" else lut.tolist())
+    return item
+
+
+@pytest.mark.parametrize(
+    ("stated", "top", "depth"),
+    [
+        (16, 4095, 12),  # 12-bit entries in a 16-bit descriptor (common): the data decide
+        (16, 1023, 10),
+        (16, 16383, 14),
+        (16, 200, 8),  # never under 8 bits (PS3.3 C.11.2.1.1: 8 to 16)
+        (16, 65535, 16),  # the data fill the descriptor: kept
+        (16, 40000, 16),
+        (12, 4095, 12),
+        (8, 255, 8),  # 4096 entries of 8 bits (pydicom's apply_voi wraps such indices)
+        (10, 4095, 12),  # the descriptor under-states the entries: widened to them
+    ],
+)
+def test_voi_lut_output_depth_comes_from_its_data(tmp_path, stated, top, depth):
+    px = phantom(bits=12)
+    lut = np.round(top * np.arange(4096) / 4095)
+    path = write_dicom(tmp_path / "lut.dcm", px, VOILUTSequence=Sequence([_voi_lut(top, stated)]))
+    img = read_image(path)
+    np.testing.assert_allclose(img, lut[px] / (2**depth - 1), atol=1e-6)
+    if top == 2**depth - 1:
+        assert img.min() == 0.0 and img.max() == 1.0  # a full-range image
+
+
+def test_over_stated_voi_lut_in_ow_and_monochrome1(tmp_path):
+    """12-bit entries stated as 16 bits, as OW bytes, MONOCHROME1: full range, inverted."""
+    px = phantom(bits=12)
+    item = _voi_lut(4095, 16, vr="OW")
+    m1 = write_dicom(
+        tmp_path / "m1.dcm", (4095 - px).astype(np.uint16), "MONOCHROME1", VOILUTSequence=[item]
+    )
+    m2 = write_dicom(tmp_path / "m2.dcm", px, VOILUTSequence=Sequence([_voi_lut(4095, 16)]))
+    np.testing.assert_allclose(read_image(m2), px / 4095.0, atol=1e-6)
+    np.testing.assert_allclose(read_image(m1), read_image(m2), atol=1e-6)
+    assert read_image(m1).max() == 1.0 and prepare_image(m1, 48).mean() > 64  # not 1/16 of it
+
+
+def test_ow_voi_lut_in_a_big_endian_file(tmp_path):
+    px = phantom(bits=12)
+    path = write_dicom(tmp_path / "be.dcm", px)
+    ds = pydicom.dcmread(path)
+    item = _voi_lut(4095, 16, vr="OW")
+    item.LUTData = np.frombuffer(item.LUTData, "<u2").astype(">u2").tobytes()
+    ds.VOILUTSequence = Sequence([item])
+    ds.PixelData = px.astype(">u2").tobytes()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    dcmwrite(path, ds, implicit_vr=False, little_endian=False, force_encoding=True)
+    np.testing.assert_allclose(read_image(path), px / 4095.0, atol=1e-6)
+
+
+def test_a_voi_lut_shorter_than_its_descriptor_fails_to_decode(tmp_path):
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.add_new("LUTData", "US", [0, 100, 200])
+    path = write_dicom(tmp_path / "short.dcm", phantom(bits=12), VOILUTSequence=[item])
+    with pytest.raises(DecodeError) as err:
+        read_image(path)
+    assert err.value.reason == "decode_failed" and "3 entries" in err.value.detail
 
 
 def test_signed_pixels_use_signed_range(tmp_path):
