@@ -18,7 +18,12 @@ JPEG 2000 and JPEG-LS (RLE natively). Then:
    bits can hold after the modality LUT (``no_window="bits"``) or the image's own min / max
    (``no_window="minmax"``);
 4. ``MONOCHROME1`` inverted (``1 - x``). A Presentation LUT Shape is not applied on top: in
-   DX/CR objects it restates the photometric interpretation (INVERSE with MONOCHROME1).
+   DX/CR objects it restates the photometric interpretation (INVERSE with MONOCHROME1);
+5. padding pixels rendered black (0, after the inversion). PixelPaddingValue (0028,0120) marks
+   the area outside the collimated exposure (PS3.3 C.7.5.1.1.2): one stored value, or with
+   PixelPaddingRangeLimit (0028,0121) the inclusive range between the two, given before the
+   modality LUT. Those pixels are left out of the ``minmax`` scaling too, so that neither a
+   window nor an inversion shows the background white, nor does it set the image's range.
 
 For integer pixels of up to 16 bits, steps 1-4 are computed once over every possible stored
 value (at most 65,536 entries) and applied as one table look-up, which is exact (the steps are
@@ -204,14 +209,16 @@ def _apply_voi_lut(x: np.ndarray, ds: Any, item: Any) -> tuple[np.ndarray, float
     return entries[index].astype(np.float64), float(2**depth - 1)
 
 
-def _mono_transfer(values: np.ndarray, ds: Any, no_window: NoWindow, observed: Any) -> np.ndarray:
+def _mono_transfer(
+    values: np.ndarray, ds: Any, no_window: NoWindow, counted: np.ndarray | None
+) -> np.ndarray:
     """Modality LUT, VOI LUT / window and scaling to [0, 1] of an array of stored values.
 
     Args:
         values: stored pixel values (the whole image, or every possible value for a table).
         ds: the dataset.
         no_window: scaling when there is no VOI.
-        observed: (min, max) stored values actually present (for ``minmax``).
+        counted: which of ``values`` set the ``minmax`` range (None: all of them).
     """
     from pydicom.pixels import apply_modality_lut
     from pydicom.pixels.processing import apply_windowing
@@ -233,8 +240,7 @@ def _mono_transfer(values: np.ndarray, ds: Any, no_window: NoWindow, observed: A
         except (ValueError, TypeError, IndexError):
             pass  # a malformed window (width < 1 ...): fall back to the no-window scaling
     if no_window == "minmax":
-        lo_v, hi_v = observed
-        present = np.asarray(x)[(values >= lo_v) & (values <= hi_v)]
+        present = np.asarray(x) if counted is None else np.asarray(x)[counted]
         return _unit(np.asarray(x, dtype=np.float64), float(present.min()), float(present.max()))
     return _unit(np.asarray(x, dtype=np.float64), *_stored_range(ds))
 
@@ -263,11 +269,54 @@ def _unit(y: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(out, 0.0, 1.0, out=out)
 
 
+def _padding_range(ds: Any, dtype: np.dtype) -> tuple[int, int] | None:
+    """The stored values that are padding (module docstring, step 5), None when none are.
+
+    A value that is not an integer is ignored; a signed image's value written unsigned (a
+    writer's wrong VR: 63536 for -2000) is read as the two's complement it is.
+    """
+    if dtype.kind not in "ui":
+        return None
+    ends = []
+    for keyword in ("PixelPaddingValue", "PixelPaddingRangeLimit"):
+        try:
+            value = int(ds.get(keyword))
+        except (TypeError, ValueError):  # absent, empty or malformed
+            break
+        width = 8 * dtype.itemsize
+        if dtype.kind == "i" and value >= 2 ** (width - 1):
+            value -= 2**width
+        ends.append(value)
+    return (min(ends), max(ends)) if ends else None
+
+
 def _mono_to_unit(arr: np.ndarray, ds: Any, no_window: NoWindow, invert: bool) -> np.ndarray:
-    """Stored monochrome pixels -> float32 [0, 1], display convention."""
+    """Stored monochrome pixels -> float32 [0, 1], display convention, padding black."""
+    padding = _padding_range(ds, arr.dtype)
+    pad = None if padding is None else (arr >= padding[0]) & (arr <= padding[1])
+    if pad is not None and not pad.any():
+        padding = pad = None
+    img = _mono_lookup(arr, ds, no_window, invert, padding, pad)
+    if pad is not None:
+        img[pad] = 0.0
+    return img
+
+
+def _mono_lookup(
+    arr: np.ndarray,
+    ds: Any,
+    no_window: NoWindow,
+    invert: bool,
+    padding: tuple[int, int] | None,
+    pad: np.ndarray | None,
+) -> np.ndarray:
+    """Steps 1-4 of the module docstring; ``pad`` (the padding pixels) is left out of minmax."""
     observed = None
     if no_window == "minmax":  # only this scaling needs the pixels' own range
-        observed = (math.floor(float(arr.min())), math.ceil(float(arr.max())))
+        kept = arr if pad is None else arr[~pad]
+        if kept.size == 0:  # nothing but padding
+            return np.zeros(arr.shape, dtype=np.float32)
+        observed = (math.floor(float(kept.min())), math.ceil(float(kept.max())))
     if arr.dtype.kind in "ui" and arr.dtype.itemsize <= 2:
         # A table over every possible stored value, indexed by the pixels. Unsigned: the values
         # 0 .. 2**BitsStored - 1 (pixels above are clipped to the top, as pydicom masks them);
@@ -280,9 +329,14 @@ def _mono_to_unit(arr: np.ndarray, ds: Any, no_window: NoWindow, invert: bool) -
         else:
             domain = np.arange(2 ** (8 * arr.dtype.itemsize), dtype=unsigned).view(arr.dtype)
             index = arr.view(unsigned)
-        table = _mono_transfer(domain, ds, no_window, observed)
+        counted = None
+        if observed is not None:  # the values between the observed ends, padding left out
+            counted = (domain >= observed[0]) & (domain <= observed[1])
+            if padding is not None:
+                counted &= (domain < padding[0]) | (domain > padding[1])
+        table = _mono_transfer(domain, ds, no_window, counted)
         if invert:
             table = 1.0 - table
         return np.take(table, index)
-    img = _mono_transfer(arr, ds, no_window, observed)
+    img = _mono_transfer(arr, ds, no_window, None if pad is None else ~pad)
     return 1.0 - img if invert else img
