@@ -16,7 +16,10 @@ here exactly as the model saw its training data.
 DICOM headers are checked with ingest's rules (:mod:`pipelines.dicom.policy`): only radiographs
 count (Modality CR, DX or DR, or no Modality), and a study whose BodyPartExamined names a
 non-chest part (and no chest word) is refused, so predict refuses exactly the studies ingest
-rejects as ``not_chest``; a blank, ``PORTABLE`` or ``UNKNOWN`` body part is accepted.
+rejects as ``not_chest``; a blank, ``PORTABLE`` or ``UNKNOWN`` body part is accepted. A
+``FOR PROCESSING`` image (raw detector data, ingest's ``for_processing``) is never used: in a
+study folder it is skipped, as ingest rejects it, and a folder of nothing else, or such an image
+given directly, is refused.
 
 View choice in a DICOM folder (deterministic, documented here and in the output's ``frontal``
 and ``lateral`` columns) is the pair stage's rule (:mod:`pipelines.dicom.choice`): the

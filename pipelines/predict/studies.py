@@ -16,7 +16,7 @@ from pydicom.errors import InvalidDicomError
 
 from pipelines.dicom.choice import best_index
 from pipelines.dicom.header import HEADER_TAGS, integer, quiet, read_header, text
-from pipelines.dicom.policy import RADIOGRAPH_MODALITIES, is_chest
+from pipelines.dicom.policy import RADIOGRAPH_MODALITIES, for_processing, is_chest
 from pipelines.dicom.view import FRONTAL_VIEWS, dicom_view
 from pipelines.errors import PredictError
 from pipelines.imaging import sniff_format
@@ -42,6 +42,7 @@ class _Header:
     body_part: str
     patient: str  # compared only, never printed
     study_uid: str  # compared only, never printed
+    processing: str = ""  # why it is a FOR PROCESSING image ('' when it is not)
 
 
 def _read_header(path: Path) -> _Header | None:
@@ -63,14 +64,16 @@ def _read_header(path: Path) -> _Header | None:
             body_part=text(ds, "BodyPartExamined").upper(),
             patient=text(ds, "PatientID"),
             study_uid=text(ds, "StudyInstanceUID"),
+            processing=for_processing(ds),
         )
 
 
-def check_headers(headers: Sequence[_Header], where: str) -> list[_Header]:
-    """Keep the radiographs of one chest study; raise on anything else.
+def check_headers(headers: Sequence[_Header], where: str, *, folder: bool) -> list[_Header]:
+    """Keep the FOR PRESENTATION radiographs of one chest study; raise on anything else.
 
     Raises:
-        PredictError: no radiograph (e.g. a CT series), a non-chest body part (ingest's rule,
+        PredictError: no radiograph (e.g. a CT series), a FOR PROCESSING one given directly
+            (``folder`` False) or only such ones, a non-chest body part (ingest's rule,
             :func:`pipelines.dicom.policy.non_chest_part`), several patients or several studies.
             Identifying values are compared, never printed.
     """
@@ -81,6 +84,14 @@ def check_headers(headers: Sequence[_Header], where: str) -> list[_Header]:
             f"{where}: not a chest radiograph study: modality {found}; "
             "predict accepts CR / DX radiographs"
         )
+    raw = [h for h in radiographs if h.processing]  # skipped in a folder, as ingest rejects them
+    if raw and (len(raw) == len(radiographs) or not folder):
+        raise PredictError(
+            f"{raw[0].path}: a FOR PROCESSING image ({raw[0].processing}): the detector's data "
+            "before the vendor's processing, which the model never saw; use its FOR PRESENTATION "
+            "version"
+        )
+    radiographs = [h for h in radiographs if not h.processing]
     not_chest = sorted({h.body_part for h in radiographs if not is_chest(h.body_part)})
     if not_chest:
         raise PredictError(
@@ -132,7 +143,7 @@ def find_study_views(folder: str | Path) -> StudyInput:
     headers = [h for h in map(_read_header, files) if h is not None]
     if not headers:
         raise PredictError(f"{folder}: no DICOM images found ({len(files)} files looked at)")
-    radiographs = check_headers(headers, str(folder))
+    radiographs = check_headers(headers, str(folder), folder=True)
     frontal = [h for h in radiographs if h.view in FRONTAL_VIEWS]
     laterals = [h for h in radiographs if h.view == "LATERAL"]
     if not frontal:
@@ -163,7 +174,7 @@ def _check_image_files(study: StudyInput) -> StudyInput:
     headers = [h for p in paths if _is_dicom(p) and (h := _read_header(p)) is not None]
     if not headers:
         return study
-    check_headers(headers, study.study)
+    check_headers(headers, study.study, folder=False)
     front = next((h for h in headers if h.path == study.frontal), None)
     if front is not None and front.view == "LATERAL":
         raise PredictError(

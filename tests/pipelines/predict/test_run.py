@@ -324,6 +324,27 @@ def test_unreadable_images_and_missing_inputs(tmp_path, model_dir):
         predict(bad, model=model, threshold="f1")
 
 
+def test_for_processing_images_are_refused_or_skipped(tmp_path):
+    """Raw detector images (ingest: for_processing) are never predicted on."""
+    raw = {"PresentationIntentType": "FOR PROCESSING"}
+    only = write_view(tmp_path / "raw" / "pa.dcm", "PA", seed=1, **raw)
+    for given in (tmp_path / "raw", only):
+        with pytest.raises(PredictError, match="FOR PROCESSING") as err:
+            collect_studies(given)
+        assert "\n" not in str(err.value) and PATIENT_ID not in str(err.value)
+    # beside the processed images of the study, the raw ones are skipped (as ingest rejects
+    # them), even a bigger one that the view choice would otherwise prefer
+    both = tmp_path / "both"
+    write_view(both / "a_raw_pa.dcm", "PA", seed=2, shape=(96, 80), **raw)
+    write_view(both / "a_raw_ll.dcm", "LL", seed=3, shape=(96, 80), **raw)
+    pa, ll = write_view(both / "pa.dcm", "PA", seed=4), write_view(both / "ll.dcm", "LL", seed=5)
+    chosen = find_study_views(both)
+    assert (chosen.frontal, chosen.lateral) == (pa, ll)
+    # a pair given directly with a raw lateral is refused
+    with pytest.raises(PredictError, match=r"a_raw_ll\.dcm: .*FOR PROCESSING"):
+        collect_studies([pa, both / "a_raw_ll.dcm"])
+
+
 def test_swapped_dicom_pair_is_refused(tmp_path):
     pa = write_view(tmp_path / "pa.dcm", "PA", seed=1)
     ll = write_view(tmp_path / "ll.dcm", "LL", seed=2)
