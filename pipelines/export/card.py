@@ -121,8 +121,9 @@ def read_test_metrics(path: Path) -> dict[str, Any] | None:
 
 
 def training_data_summary(prepared: Path, findings: Sequence[str] = FINDINGS) -> dict[str, Any]:
-    """Counts only, per split: studies, with lateral, and the label coverage of each finding
-    (labelled positives, negatives and unannotated studies; :mod:`pipelines.coverage`)."""
+    """Counts only: per split, studies, with lateral and the label coverage of each finding
+    (labelled positives, negatives and unannotated studies; :mod:`pipelines.coverage`); per
+    source, what it is and its studies per split (from the prepared index)."""
     index = read_index(prepared)
     splits: dict[str, Any] = {}
     for split in index["splits"]:
@@ -132,7 +133,10 @@ def training_data_summary(prepared: Path, findings: Sequence[str] = FINDINGS) ->
             "with_lateral": int(ds.has_lateral.sum()),
             "label_coverage": label_coverage(ds.labels, ds.findings),
         }
-    return {"prepared_size": index["size"], "splits": splits}
+    # per source: its reader, whether it is the embedded synthetic dataset, studies per split
+    # (cxr predict's data notice reads it; absent for data prepared before sources were kept)
+    sources = index.get("sources") or {}
+    return {"prepared_size": index["size"], "splits": splits, "sources": sources}
 
 
 def versions() -> dict[str, Any]:
