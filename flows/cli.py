@@ -39,6 +39,9 @@ def ingest(
     labels: Annotated[Optional[Path], typer.Option(help="label CSV (MIMIC, DICOM)")] = None,  # noqa: UP045
     verify_files: Annotated[bool, typer.Option(help="open each image header")] = True,
     uncertain: Annotated[str, typer.Option(help="-1 labels: ignore, ones, zeros")] = "ignore",
+    blank: Annotated[
+        str, typer.Option(help="blank CheXpert/MIMIC labels: zeros, nan, nan_unless_no_finding")
+    ] = "zeros",
     workers: Annotated[int, typer.Option(help="processes (0 = all cores)")] = 0,
 ) -> None:
     """Read raw inputs into OUT/manifest.parquet, OUT/rejected.csv and OUT/summary.json."""
@@ -52,6 +55,7 @@ def ingest(
             labels=str(labels) if labels else None,
             verify_files=verify_files,
             uncertain=uncertain,  # type: ignore[arg-type]
+            blank=blank,  # type: ignore[arg-type]
             workers=workers,
             out=str(out),
         )
