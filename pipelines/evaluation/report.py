@@ -129,24 +129,18 @@ def _not_trained_rows(ev: Evaluation) -> list[list[Any]]:
     return rows
 
 
-def _source_tables(ev: Evaluation) -> list[dict[str, Any]]:
-    """Per split holding several sources: a findings x sources AUROC table."""
-    tables = []
-    for split in dict.fromkeys(r.split for r in ev.sources):
-        results = [r for r in ev.sources if r.split == split]
-        head = [Cell("Studies (patients)", "bold")]
-        head += [f"{r.discrimination.n_studies} ({r.discrimination.n_patients})" for r in results]
-        rows: list[list[Any]] = [head]
-        for j, name in enumerate(ev.findings):
-            rows.append([name, *(_estimate(r.discrimination.findings[j].auroc) for r in results)])
-        rows.append(
-            [
-                Cell("Macro mean", "bold"),
-                *(_estimate(r.discrimination.macro_auroc) for r in results),
-            ]
-        )
-        tables.append({"split": split, "sources": [r.source for r in results], "rows": rows})
-    return tables
+def _source_table(ev: Evaluation) -> dict[str, Any] | None:
+    """The findings x (split, source) AUROC table (None: one source only)."""
+    if not ev.sources:
+        return None
+    head: list[Any] = [Cell("Studies (patients)", "bold")]
+    head += [f"{r.discrimination.n_studies} ({r.discrimination.n_patients})" for r in ev.sources]
+    rows: list[list[Any]] = [head]
+    for j, name in enumerate(ev.findings):
+        rows.append([name, *(_estimate(r.discrimination.findings[j].auroc) for r in ev.sources)])
+    macro = [_estimate(r.discrimination.macro_auroc) for r in ev.sources]
+    rows.append([Cell("Macro mean", "bold"), *macro])
+    return {"columns": [f"{r.split}: {r.source}" for r in ev.sources], "rows": rows}
 
 
 def _paired(ev: Evaluation) -> dict[str, Any] | None:
@@ -255,7 +249,7 @@ def render_html(
             has_frontal_only=front is not None,
             findings_rows=_findings_rows(ev),
             not_trained_rows=_not_trained_rows(ev),
-            source_tables=_source_tables(ev),
+            source_table=_source_table(ev),
             paired=_paired(ev),
             operating_points=[(rule, _operating_rows(ops)) for rule, ops in operating_points],
             versions=_flatten("", shown_versions),

@@ -2,9 +2,10 @@
 
 A model trained on some datasets and tested on another (``pair.holdout_source``) is judged by
 how it does on each source, not by one pooled number: pooling hides a source on which it fails.
-For every scored split whose dual-view rows come from two sources or more,
-:func:`by_source` computes each source's per-finding and macro AUROC with its own
-patient-level bootstrap (a source's patients are resampled among themselves).
+When the scored studies come from two sources or more, :func:`by_source` computes, for each
+(split, source), the per-finding and macro AUROC with its own patient-level bootstrap (a
+source's patients are resampled among themselves): with a held-out source, its test column is
+the external validation and the other sources' validation columns the internal one.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class SourceResult:
 def by_source(
     df: pd.DataFrame, findings: list[str], resamples: int, seed: int, level: float
 ) -> list[SourceResult]:
-    """Per split holding several sources, each source's AUROC with CIs (empty otherwise).
+    """Each (split, source)'s AUROC with CIs when the rows hold several sources (else empty).
 
     Args:
         df: a validated predictions table (see :mod:`pipelines.evaluation.summary`); without a
@@ -43,13 +44,13 @@ def by_source(
     """
     if "source" not in df:
         return []
+    dual = df[(df["mode"] == "dual") & df["split"].isin(SPLITS)]
+    if dual["source"].nunique() < 2:
+        return []
     out = []
     for split in SPLITS:
-        part = df[(df["split"] == split) & (df["mode"] == "dual")]
-        names = sorted(set(part["source"]))
-        if len(names) < 2:
-            continue
-        for name in names:
+        part = dual[dual["split"] == split]
+        for name in sorted(set(part["source"])):
             rows = part[part["source"] == name].sort_values("study_key")
             y = rows[[f"y_{f}" for f in findings]].to_numpy(np.float64)
             p = rows[[f"p_{f}" for f in findings]].to_numpy(np.float64)
