@@ -165,13 +165,14 @@ def pair_studies(
         "holdout_source": params.holdout_source,
         "holdout_patients": n_held,
     }
-    _warn_empty_splits(summary, params)
+    if pins.split:
+        _warn_empty_splits(summary, params)
     summary["seconds"] = round(time.perf_counter() - start, 3)
     return studies, rejected_df, summary
 
 
 def _warn_empty_splits(summary: dict[str, Any], params: PairParams) -> None:
-    """Log the splits that should have patients but got none (pins took them all)."""
+    """Log the splits that should have patients but got none (called when there are pins)."""
     for split in SPLITS:
         wanted = params.fractions[split] > 0 or (split == "test" and params.holdout_source)
         if wanted and summary["studies"] and not summary["splits"][split]["studies"]:
