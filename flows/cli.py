@@ -75,9 +75,24 @@ def pair(
     train: float = 0.7,
     val: float = 0.15,
     test: float = 0.15,
+    official_split: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            metavar="SPLIT=LIST|FILE",
+            help="SPLIT=LIST, repeatable (test=test_list.txt: a list of image file names), or "
+            "one FILE: a table with a split column (mimic-cxr-2.0.0-split.csv.gz)",
+        ),
+    ] = None,
+    holdout_source: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            metavar="NAME",
+            help="put every patient of this source in test; train and val on the rest",
+        ),
+    ] = None,
 ) -> None:
     """One row per study with a patient-wise split: OUT/studies.parquet and OUT/summary.json."""
-    from pipelines.pair import PairParams, run_pair
+    from pipelines.pair import PairParams, official_split_option, run_pair
 
     def go() -> dict:
         params = PairParams(
@@ -85,6 +100,8 @@ def pair(
             out=str(out),
             missing_view=missing_view,  # type: ignore[arg-type]
             fractions={"train": train, "val": val, "test": test},
+            official_split=official_split_option(official_split or []),
+            holdout_source=holdout_source or None,
         )
         return run_pair(params, seed)
 

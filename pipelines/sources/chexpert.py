@@ -1,4 +1,4 @@
-"""CheXpert: ``train.csv`` / ``valid.csv`` -> manifest rows.
+"""CheXpert: ``train.csv`` / ``valid.csv`` (or ``.csv.gz``) -> manifest rows.
 
 Columns used: ``Path``, ``Frontal/Lateral``, ``AP/PA`` and the CheXpert observations mapped by
 :data:`pipelines.labels.CHEXPERT_TO_FINDINGS` (Atelectasis, Cardiomegaly, Consolidation, Edema,
@@ -57,7 +57,8 @@ def read(input_path: Path, options: ReadOptions) -> SourceResult:
     """Read a CheXpert ``train.csv`` / ``valid.csv``.
 
     Args:
-        input_path: the CSV (or a folder holding exactly one ``train.csv``).
+        input_path: the CSV (or a folder holding exactly one ``train.csv`` or
+            ``train.csv.gz``).
         options: reader options (``images``, ``uncertain``, ``blank``, ``verify_files``,
             ``salt`` ...).
 
