@@ -152,7 +152,7 @@ def pair_studies(
     )
     studies["split"] = studies["patient_key"].map(split_of).astype("string")
     studies = studies.reset_index().loc[:, list(STUDY_COLUMNS)]
-    studies.attrs = {"data_root": manifest.attrs.get("data_root", ".")}
+    studies.attrs = dict(manifest.attrs)  # where each source's images are, what it is
     check_no_leak(studies)
 
     rejected_df = rejected.frame()
@@ -247,12 +247,14 @@ def _study_rows(frontal: pd.DataFrame, lateral: pd.DataFrame, images: pd.DataFra
             "frontal_id": frontal["image_id"],
             "frontal_path": frontal["path"],
             "frontal_view": frontal["view"],
+            "frontal_bits": frontal["bits"],
         }
     ).sort_index()
     studies.index.name = "study_key"
     lat = lateral.reindex(studies.index)
     studies["lateral_id"] = lat["image_id"].fillna("").astype("string")
     studies["lateral_path"] = lat["path"].fillna("").astype("string")
+    studies["lateral_bits"] = lat["bits"].fillna(0).astype("int64")
     studies["has_lateral"] = studies["lateral_id"] != ""
     return studies.join(_study_labels(images).astype("float32"), how="left")
 

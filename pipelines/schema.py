@@ -47,8 +47,10 @@ STUDY_COLUMNS: tuple[str, ...] = (
     "frontal_id",
     "frontal_path",
     "frontal_view",  # PA or AP
+    "frontal_bits",  # stored bits from the source metadata (0: unknown, detected when decoded)
     "lateral_id",  # '' when the study has no lateral view
     "lateral_path",  # '' when the study has no lateral view
+    "lateral_bits",  # 0 when unknown or no lateral view
     "has_lateral",
     *FINDINGS,
     "split",  # train, val, test

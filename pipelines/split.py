@@ -206,7 +206,8 @@ def official_pins(manifest: pd.DataFrame, spec: OfficialSplit | None) -> Pins:
     for split, path in official_files(spec) if spec else []:
         listed, by_stem = _read_table(path) if split is None else (_read_list(path, split), False)
         pins.files[str(path)] = _pin_listed(manifest, names, listed, by_stem, str(path), pins)
-    if MANIFEST_SPLIT_COLUMN in manifest.columns:
+    column = manifest.get(MANIFEST_SPLIT_COLUMN)
+    if column is not None and (column.fillna("").astype(str).str.strip() != "").any():
         pins.manifest_column = _pin_manifest_column(manifest, pins)
     return pins
 

@@ -63,8 +63,10 @@ def make_studies(root: Path, n: int) -> pd.DataFrame:
             "frontal_id": f"{i}f",
             "frontal_path": f"{i:04d}f.png",
             "frontal_view": "PA",
+            "frontal_bits": 8,
             "lateral_id": f"{i}l" if lateral else "",
             "lateral_path": lateral,
+            "lateral_bits": 8 if lateral else 0,
             "has_lateral": bool(lateral),
             "split": ("train", "train", "train", "val", "test")[(i // 2) % 5],
         }
