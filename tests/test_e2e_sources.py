@@ -81,7 +81,7 @@ def test_the_held_out_source_is_the_test_split_and_the_report_breaks_auroc_down(
 ) -> None:
     r = two_source_repo
     studies = pd.read_parquet(r / "data/studies/studies.parquet")
-    by_split = studies.groupby("split")["source"].agg(set).to_dict()
+    by_split = {k: set(v) for k, v in studies.groupby("split")["source"]}
     assert by_split == {"test": {"synthetic"}, "train": {"site-b"}, "val": {"site-b"}}
     headline = json.loads((r / "metrics/evaluate.json").read_text())
     assert set(headline["by_source_macro_auroc"]) == {"test", "val"}
