@@ -25,6 +25,7 @@ from pipelines.evaluation.provenance import code_version
 from pipelines.export.formats import dist_version
 from pipelines.labels import FINDINGS
 from pipelines.model import PIXEL_MEAN, PIXEL_STD
+from pipelines.notices import data_notice
 from pipelines.runners import INPUT_NAMES, OUTPUT_NAME
 
 log = logging.getLogger(__name__)
@@ -290,6 +291,7 @@ def model_card(
         "name": "cxr-dag two-branch DenseNet-121 (frontal + optional lateral chest radiograph)",
         "task": "multi-label classification of the 14 ChestX-ray14 findings",
         "intended_use": "research and engineering; not a medical device, not for diagnosis",
+        "notice": data_notice((data_summary or {}).get("sources")),
         "versions": versions(),
         "model": model_summary(meta, n_params),
         "input": input_spec(input_size, no_window),

@@ -10,7 +10,8 @@ Studies read without a lateral view take the policy's frontal-only thresholds (c
 evaluate on the model run with the lateral view hidden) where the card has them.
 
 :func:`data_notice` is the sentence shown with every prediction of a model trained on the
-embedded synthetic dataset, or of one whose card names no training data source.
+embedded synthetic dataset, or of one whose card names no training data source
+(:mod:`pipelines.notices`).
 """
 
 from __future__ import annotations
@@ -22,19 +23,11 @@ from typing import Any
 
 from pipelines.coverage import TRAINED
 from pipelines.errors import PredictError
+from pipelines.notices import data_notice as notice_for
 
 log = logging.getLogger(__name__)
 
 NOT_TRAINED = "not trained"
-SYNTHETIC_NOTICE = (
-    "This model was trained on the embedded synthetic dataset (generated images, not patients): "
-    "its outputs demonstrate the pipeline and mean nothing for a real patient. Not for clinical "
-    "use."
-)
-NO_SOURCE_NOTICE = (
-    "The model card names no training data source: nothing says what this model learned from. "
-    "Not for clinical use."
-)
 
 
 @dataclass(frozen=True)
@@ -129,10 +122,7 @@ def decisions_from_card(card: dict[str, Any], policy: str | None = None) -> Deci
 
 
 def data_notice(card: dict[str, Any]) -> str | None:
-    """The notice of a model trained on synthetic data or on unnamed data (None otherwise)."""
-    sources = (card.get("training_data") or {}).get("sources")
-    if not sources:
-        return NO_SOURCE_NOTICE
-    if any(s.get("synthetic") for s in sources.values()):
-        return SYNTHETIC_NOTICE
-    return None
+    """The card's data notice (:mod:`pipelines.notices`; worked out for cards without one)."""
+    if "notice" in card:
+        return card["notice"]
+    return notice_for((card.get("training_data") or {}).get("sources"))

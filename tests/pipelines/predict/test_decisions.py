@@ -7,13 +7,8 @@ import math
 import pytest
 
 from pipelines.errors import PredictError
-from pipelines.predict.decisions import (
-    NO_SOURCE_NOTICE,
-    NOT_TRAINED,
-    SYNTHETIC_NOTICE,
-    data_notice,
-    decisions_from_card,
-)
+from pipelines.notices import NO_SOURCE_NOTICE, SYNTHETIC_NOTICE
+from pipelines.predict.decisions import NOT_TRAINED, data_notice, decisions_from_card
 
 FINDINGS = ["Edema", "Mass", "Nodule"]
 
@@ -80,3 +75,4 @@ def test_data_notice_for_synthetic_or_unnamed_training_data():
     assert "Not for clinical use" in SYNTHETIC_NOTICE
     real = {"nih": {"reader": "nih", "synthetic": False, "studies": 10}}
     assert data_notice(card(sources=real)) is None
+    assert data_notice({**card(sources=real), "notice": "written by export"}) == "written by export"
