@@ -76,7 +76,7 @@ class Realism(StageParams):
         label_noise: see :class:`LabelNoise`.
     """
 
-    conspicuity: tuple[float, float] = (0.3, 1.0)
+    conspicuity: tuple[float, float] = (0.4, 1.0)
     nuisance: float = Field(1.6, ge=0.0, le=3.0)
     devices: float = Field(0.2, ge=0.0, le=1.0)
     label_noise: LabelNoise = LabelNoise(missed=0.12, spurious=0.015, unmentioned=0.04)

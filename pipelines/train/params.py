@@ -25,7 +25,7 @@ class TrainParams(StageParams):
     tensorboard: str = "runs/train"
     # input px, resized on the fly; null = the prepared size
     size: int | None = Field(64, ge=MIN_SIZE, alias="image_size")
-    epochs: int = Field(5, ge=1)
+    epochs: int = Field(3, ge=1)
     batch_size: int = Field(16, ge=2)
     lr: float = Field(2e-3, gt=0)
     min_lr_ratio: float = Field(0.01, ge=0, le=1)  # cosine floor, as a share of lr
