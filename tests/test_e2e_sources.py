@@ -63,7 +63,10 @@ def two_source_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     overrides = {
         "ingest": {"inputs": [synthetic, folder], "salt": "secret"},
         "pair": {"holdout_source": "synthetic"},
-        "train": {"min_positives": 3, "min_negatives": 3},
+        "train": {"epochs": 3, "min_positives": 3, "min_negatives": 3},
+        # The toy model's scores on some findings are tied to 1e-10, so their AUROC is set by
+        # float noise: export parity is tested on a model that learned (tests/test_e2e.py).
+        "export": {"formats": ["onnx"], "tolerances": {"onnx": {"max_auroc_drop": 1.0}}},
     }
     repo = make_pipeline_repo(base / "repo", overrides=overrides)
     write_image_folder(repo / "data/raw/site-b", base / "scratch")
