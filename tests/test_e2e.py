@@ -203,6 +203,12 @@ def test_a_second_clone_pulls_the_same_results_from_the_remote(
     extra.mkdir(parents=True)
     (extra / "labels.csv").write_text("path,patient,study,view,Effusion\n")
     assert dvc(pipeline_repo, "add", "data/raw/site_b").returncode == 0
+    # ingest, pair and preprocess read data/raw: they rerun, give the same outputs, and the
+    # stages after them stay cached
+    rerun = repro(pipeline_repo)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "Running stage 'ingest'" in rerun.stdout
+    assert "Running stage 'train'" not in rerun.stdout
     git(pipeline_repo, "add", "-A")
     git(pipeline_repo, "commit", "-qm", "track a raw input")
     push = dvc(pipeline_repo, "push")
