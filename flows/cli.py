@@ -175,6 +175,14 @@ def predict(
         Optional[str],  # noqa: UP045
         typer.Option(help="threshold policy from the model card (default: the card's)"),
     ] = None,
+    dicom_out: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--dicom-out",
+            metavar="DIR",
+            help="also write a DICOM SR of the findings into DIR (DICOM inputs only)",
+        ),
+    ] = None,
 ) -> None:
     """Per-finding probabilities and threshold decisions for one or more studies."""
     from pipelines.predict import predict_command
@@ -188,6 +196,7 @@ def predict(
             fmt=format,  # type: ignore[arg-type]
             out=out,
             threshold=threshold,
+            dicom_out=dicom_out,
         )
     )
     typer.echo(text, nl=False)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from pipelines.dicom_out import algorithm_from_card, require_dicom, write_study
 from pipelines.errors import DecodeError, PredictError
 from pipelines.imaging import prepare_image
 from pipelines.io import atomic_path
@@ -21,6 +22,10 @@ from pipelines.runners import Runner, load_runner, read_model_card
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "models/export/model.onnx"
+
+#: The explanation's hook for ``--dicom-out``: given one study's rows of :func:`predict`, the
+#: overlays to write as Secondary Captures, per (finding, view): RGB uint8 (H, W, 3).
+OverlaysFor = Callable[[pd.DataFrame], Mapping[tuple[str, str], np.ndarray]]
 
 
 def _decode(path: Path, size: int, no_window: str = "bits") -> np.ndarray:
@@ -119,6 +124,22 @@ def predict(
     return df
 
 
+def write_dicom_outputs(
+    df: pd.DataFrame,
+    model: str | Path,
+    out_dir: str | Path,
+    overlays_for: OverlaysFor | None = None,
+) -> list[Path]:
+    """Each study's SR (and SCs of its overlays) in ``out_dir`` (:mod:`pipelines.dicom_out`)."""
+    algorithm = algorithm_from_card(read_model_card(model), model)
+    written: list[Path] = []
+    for _study, rows in df.groupby("study", sort=False):
+        overlays = overlays_for(rows) if overlays_for is not None else None
+        written += write_study(rows, algorithm, out_dir, overlays)
+    log.info("wrote %d DICOM object(s) to %s", len(written), out_dir)
+    return written
+
+
 def predict_command(
     paths: Sequence[str | Path],
     model: str | Path = DEFAULT_MODEL,
@@ -127,14 +148,21 @@ def predict_command(
     fmt: OutputFormat = "table",
     out: str | Path | None = None,
     threshold: str | None = None,
+    dicom_out: str | Path | None = None,
+    overlays_for: OverlaysFor | None = None,
 ) -> str:
-    """What ``cxr predict PATH... [--model] [--runtime] [--frontal-only] [--format] [--out]`` does.
+    """What ``cxr predict PATH... [--model] [--runtime] [--frontal-only] [--format] [--out]
+    [--dicom-out DIR]`` does.
 
     Args:
         paths: one folder / CSV / image, or two images (frontal, lateral).
         model, runtime, frontal_only, threshold: as in :func:`predict`.
         fmt: ``table``, ``json`` or ``csv``.
         out: write the rendering there (atomically) as well as returning it.
+        dicom_out: also write each study's DICOM SR there (:mod:`pipelines.dicom_out`); DICOM
+            inputs only.
+        overlays_for: with ``dicom_out``, the overlays of a study (:data:`OverlaysFor`),
+            written as Secondary Captures; None: the SR only.
 
     Returns:
         The rendered predictions (the CLI prints it); the data notice, if any, is also logged
@@ -145,6 +173,8 @@ def predict_command(
     """
     if fmt not in FORMATS:
         raise PredictError(f"unknown output format '{fmt}'; choose {', '.join(FORMATS)}")
+    if dicom_out is not None:
+        require_dicom(paths)
     df = predict(
         paths if len(paths) != 1 else paths[0],
         model=model,
@@ -155,6 +185,8 @@ def predict_command(
     if df.attrs.get("notice"):
         log.warning("%s", df.attrs["notice"])
     text = format_predictions(df, fmt)
+    if dicom_out is not None:
+        write_dicom_outputs(df, model, dicom_out, overlays_for)
     if out is not None:
         with atomic_path(out) as tmp:
             tmp.write_text(text, encoding="utf-8")
