@@ -175,6 +175,21 @@ def predict(
         Optional[str],  # noqa: UP045
         typer.Option(help="threshold policy from the model card (default: the card's)"),
     ] = None,
+    explain: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            metavar="DIR",
+            help="write Grad-CAM overlays (PNG per positive finding and view) to DIR",
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        Path,
+        typer.Option(help="the PyTorch checkpoint --explain needs (exported models have none)"),
+    ] = Path("models/best.pt"),
+    explain_finding: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="explain this finding instead of the positive ones (repeatable)"),
+    ] = None,
 ) -> None:
     """Per-finding probabilities and threshold decisions for one or more studies."""
     from pipelines.predict import predict_command
@@ -188,6 +203,9 @@ def predict(
             fmt=format,  # type: ignore[arg-type]
             out=out,
             threshold=threshold,
+            explain=explain,
+            checkpoint=checkpoint,
+            explain_findings=explain_finding or None,
         )
     )
     typer.echo(text, nl=False)

@@ -14,6 +14,13 @@ from pipelines.errors import DecodeError, PredictError
 from pipelines.imaging import prepare_image
 from pipelines.io import atomic_path
 from pipelines.predict.decisions import Decisions, data_notice, decisions_from_card
+from pipelines.predict.explain import (
+    DEFAULT_CHECKPOINT,
+    OVERLAY_SIZE,
+    findings_to_explain,
+    load_explainer,
+    write_overlays,
+)
 from pipelines.predict.render import FORMATS, OutputFormat, format_predictions
 from pipelines.predict.studies import StudyInput, collect_studies
 from pipelines.runners import Runner, load_runner, read_model_card
@@ -119,6 +126,52 @@ def predict(
     return df
 
 
+def explain_predictions(
+    path: str | Path | Sequence[str | Path],
+    df: pd.DataFrame,
+    model: str | Path,
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    findings: Sequence[str] | None = None,
+    frontal_only: bool = False,
+    threshold: str | None = None,
+) -> list[Path]:
+    """Grad-CAM overlays of the predictions ``df`` of ``path`` (:mod:`pipelines.predict.explain`).
+
+    Args:
+        path: what :func:`predict` was given.
+        df: its output.
+        model: the exported model (its card: findings, status, decode settings).
+        checkpoint: the eager checkpoint it was exported from.
+        out_dir: where the PNGs go (created).
+        findings: explain these (None: each study's positive findings).
+        frontal_only, threshold: as in :func:`predict`.
+
+    Returns:
+        The PNG files written.
+
+    Raises:
+        PredictError: a missing or mismatched checkpoint, or an unknown finding.
+    """
+    card = read_model_card(model)
+    names = list(card["output"]["findings"])
+    unknown = sorted(set(findings or []) - set(names))
+    if unknown:
+        raise PredictError(f"unknown findings {unknown}; the model's: {', '.join(names)}")
+    explainer = load_explainer(checkpoint, names)
+    decisions = decisions_from_card(card, threshold)
+    no_window = card["input"].get("photometric", {}).get("no_window", "bits")
+    decode = lambda p: _decode(p, OVERLAY_SIZE, no_window)  # noqa: E731
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for n, study in enumerate(collect_studies(path)):
+        rows = df.iloc[n * len(names) : (n + 1) * len(names)]
+        chosen = findings_to_explain(rows, findings, decisions)
+        written += write_overlays(study, n + 1, chosen, explainer, decode, out, frontal_only)
+    return written
+
+
 def predict_command(
     paths: Sequence[str | Path],
     model: str | Path = DEFAULT_MODEL,
@@ -127,24 +180,33 @@ def predict_command(
     fmt: OutputFormat = "table",
     out: str | Path | None = None,
     threshold: str | None = None,
+    explain: str | Path | None = None,
+    checkpoint: str | Path = DEFAULT_CHECKPOINT,
+    explain_findings: Sequence[str] | None = None,
 ) -> str:
-    """What ``cxr predict PATH... [--model] [--runtime] [--frontal-only] [--format] [--out]`` does.
+    """What ``cxr predict PATH... [--model] [--runtime] [--frontal-only] [--format] [--out]
+    [--explain DIR [--checkpoint] [--explain-finding]]`` does.
 
     Args:
         paths: one folder / CSV / image, or two images (frontal, lateral).
         model, runtime, frontal_only, threshold: as in :func:`predict`.
         fmt: ``table``, ``json`` or ``csv``.
         out: write the rendering there (atomically) as well as returning it.
+        explain: write Grad-CAM overlays there (:func:`explain_predictions`).
+        checkpoint: the eager checkpoint explaining needs.
+        explain_findings: the findings to explain (None: the positive ones).
 
     Returns:
         The rendered predictions (the CLI prints it); the data notice, if any, is also logged
         (a CSV has no place for it).
 
     Raises:
-        PredictError: as :func:`predict`, or an unknown format.
+        PredictError: as :func:`predict`, or an unknown format, or no usable checkpoint.
     """
     if fmt not in FORMATS:
         raise PredictError(f"unknown output format '{fmt}'; choose {', '.join(FORMATS)}")
+    if explain is not None and not Path(checkpoint).is_file():  # fail before predicting
+        load_explainer(checkpoint, [])
     df = predict(
         paths if len(paths) != 1 else paths[0],
         model=model,
@@ -154,6 +216,12 @@ def predict_command(
     )
     if df.attrs.get("notice"):
         log.warning("%s", df.attrs["notice"])
+    if explain is not None:
+        target = paths if len(paths) != 1 else paths[0]
+        written = explain_predictions(
+            target, df, model, checkpoint, explain, explain_findings, frontal_only, threshold
+        )
+        log.warning("explain: %d overlay(s) in %s (from %s)", len(written), explain, checkpoint)
     text = format_predictions(df, fmt)
     if out is not None:
         with atomic_path(out) as tmp:
