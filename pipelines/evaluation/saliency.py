@@ -123,12 +123,23 @@ def prepared_regions(
     return out
 
 
-def _blocks(explainer: Explainer, dataset: ShardDataset, rows: Sequence[int], batch: int) -> Blocks:
-    parts = []
-    for start in range(0, len(rows), batch):
-        b = dataset.get_batch(rows[start : start + batch])
-        parts.append(explainer.blocks(b["frontal"], b["lateral"], b["has_lateral"]))
-    return Blocks.concat(parts)
+class BlockCache:
+    """Each study's last-block outputs, computed once (in batches) and shared by every finding,
+    the localisation and the galleries alike."""
+
+    def __init__(self, explainer: Explainer, dataset: ShardDataset, batch: int = 32):
+        self.explainer, self.dataset, self.batch = explainer, dataset, max(1, batch)
+        self._rows: dict[int, Blocks] = {}
+
+    def get(self, rows: Sequence[int]) -> Blocks:
+        """The blocks of these studies (rows of the dataset), in this order."""
+        missing = [int(r) for r in dict.fromkeys(rows) if int(r) not in self._rows]
+        for start in range(0, len(missing), self.batch):
+            chunk = missing[start : start + self.batch]
+            b = self.dataset.get_batch(chunk)
+            blocks = self.explainer.blocks(b["frontal"], b["lateral"], b["has_lateral"])
+            self._rows.update({r: blocks.take([j]) for j, r in enumerate(chunk)})
+        return Blocks.concat([self._rows[int(r)] for r in rows])
 
 
 def _view_scores(heat: np.ndarray, mask: np.ndarray) -> dict[str, float]:
@@ -149,11 +160,11 @@ def _view_scores(heat: np.ndarray, mask: np.ndarray) -> dict[str, float]:
 
 
 def _finding_localisation(
-    explainer: Explainer, blocks: Blocks, finding: str, rows: list[int], masks: list[dict]
+    cache: BlockCache, finding: str, rows: list[int], masks: list[dict]
 ) -> dict[str, Any]:
-    """Localisation of one finding on its studies (``rows`` into ``blocks``)."""
-    sub = blocks.take(rows)
-    cf, cl = explainer.cams(sub, finding)
+    """Localisation of one finding on its studies (``rows`` of the dataset)."""
+    sub = cache.get(rows)
+    cf, cl = cache.explainer.cams(sub, finding)
     per_view: dict[str, list[dict[str, float]]] = {v: [] for v in VIEWS}
     shares = []
     present = sub.present.cpu().numpy()
@@ -184,7 +195,7 @@ def localisation(
     regions: Regions,
     findings: Sequence[str],
     max_studies: int,
-    batch: int = 32,
+    cache: BlockCache | None = None,
 ) -> dict[str, Any]:
     """Localisation figures per finding and view (see the module docstring).
 
@@ -194,7 +205,7 @@ def localisation(
         regions: from :func:`prepared_regions`.
         findings: those to measure (the trained ones).
         max_studies: studies per finding at most.
-        batch: studies per trunk pass.
+        cache: the studies' block outputs (None: computed here).
 
     Returns:
         The metrics: ``measurable``, ``studies_per_finding``, ``findings`` (per finding:
@@ -208,15 +219,13 @@ def localisation(
         rows = [i for i, k in enumerate(keys) if any(f in v for v in regions.get(k, {}).values())]
         if rows:
             chosen[f] = rows[:max_studies]
-    union = sorted({i for rows in chosen.values() for i in rows})
-    if not union:
+    if not chosen:
         return {"measurable": False, "reason": "no test study shows a finding with a region"}
-    blocks = _blocks(explainer, dataset, union, batch)
-    at = {row: j for j, row in enumerate(union)}
+    cache = cache or BlockCache(explainer, dataset)
     out: dict[str, Any] = {}
     for f, rows in chosen.items():
         masks = [{v: m[f] for v, m in regions[keys[i]].items() if f in m} for i in rows]
-        out[f] = _finding_localisation(explainer, blocks, f, [at[i] for i in rows], masks)
+        out[f] = _finding_localisation(cache, f, rows, masks)
     mean = {}
     for view in VIEWS:
         vals = [r[view] for r in out.values() if view in r]
@@ -260,8 +269,7 @@ def _tile(
 
 
 def _finding_gallery(
-    explainer: Explainer,
-    dataset: ShardDataset,
+    cache: BlockCache,
     finding: str,
     picks: dict[str, list[int]],
     probs: np.ndarray,
@@ -270,9 +278,9 @@ def _finding_gallery(
     rows = sorted({i for ids in picks.values() for i in ids})
     if not rows:
         return {kind: [] for kind, _ in KINDS}
+    dataset = cache.dataset
     batch = dataset.get_batch(rows)
-    blocks = explainer.blocks(batch["frontal"], batch["lateral"], batch["has_lateral"])
-    cf, cl = explainer.cams(blocks, finding)
+    cf, cl = cache.explainer.cams(cache.get(rows), finding)
     keys = dataset.meta["study_key"].astype(str).to_numpy()
     tiles: dict[int, dict[str, Any]] = {}
     for j, i in enumerate(rows):
@@ -298,6 +306,7 @@ def galleries(
     thresholds: Mapping[str, float | None],
     k: int,
     px: int,
+    cache: BlockCache | None = None,
 ) -> list[dict[str, Any]]:
     """Per finding of ``thresholds``, the gallery's kinds (see the module docstring).
 
@@ -308,14 +317,16 @@ def galleries(
         thresholds: per finding to show, its Youden threshold (None: 0.5).
         k: studies per kind.
         px: side of each image in the PNGs.
+        cache: the studies' block outputs (None: computed here).
     """
+    cache = cache or BlockCache(explainer, dataset)
     out = []
     for name, threshold in thresholds.items():
         j = list(dataset.findings).index(name)
         t = 0.5 if threshold is None else float(threshold)
         y, p = dataset.labels[:, j], probs[:, j]
         picks = _select(y, p, t, k)
-        kinds = _finding_gallery(explainer, dataset, name, picks, p, px)
+        kinds = _finding_gallery(cache, name, picks, p, px)
         out.append({"finding": name, "threshold": f"{t:.3f}", "kinds": kinds})
     return out
 
@@ -327,9 +338,8 @@ def test_probabilities(predictions: pd.DataFrame, dataset: ShardDataset) -> np.n
     return part[[f"p_{f}" for f in dataset.findings]].to_numpy(dtype=np.float64)
 
 
-def _measure(
-    params: SaliencyParams, explainer: Explainer, dataset: ShardDataset, findings: list[str]
-) -> dict[str, Any]:
+def _measure(params: SaliencyParams, cache: BlockCache, findings: list[str]) -> dict[str, Any]:
+    explainer, dataset = cache.explainer, cache.dataset
     if not Path(params.regions).is_file():
         return {"measurable": False, "reason": f"no finding regions ({params.regions}): real data"}
     if not Path(params.studies).is_file():
@@ -338,7 +348,8 @@ def _measure(
     regions = prepared_regions(params.studies, params.regions, keys, int(dataset.size or 0))
     if not regions:
         return {"measurable": False, "reason": "no test study's files have recorded regions"}
-    return localisation(explainer, dataset, regions, findings, params.localisation_studies)
+    cap = params.localisation_studies
+    return localisation(explainer, dataset, regions, findings, cap, cache)
 
 
 def saliency_results(
@@ -362,9 +373,11 @@ def saliency_results(
         "kinds": kind -> title, "gallery_px": ...}``.
     """
     findings = list(thresholds)
-    loc = _measure(params, explainer, dataset, findings)
+    # one trunk pass per study used (at most localisation_studies + 3 gallery_studies per
+    # finding, whatever the test set's size), shared by the localisation and the galleries
+    cache = BlockCache(explainer, dataset)
+    loc = _measure(params, cache, findings)
     probs = test_probabilities(predictions, dataset)
-    shown = galleries(
-        explainer, dataset, probs, thresholds, params.gallery_studies, params.gallery_px
-    )
+    k, px = params.gallery_studies, params.gallery_px
+    shown = galleries(explainer, dataset, probs, thresholds, k, px, cache)
     return {"localisation": loc, "galleries": shown, "kinds": dict(KINDS)}
