@@ -29,7 +29,14 @@ install-test: $(VENV)/.installed-test
 demo: install
 	$(BIN)/dvc repro
 	@cat outputs/evaluation/report.md
-	@echo "\nReport: outputs/evaluation/report.html  Models: models/export/  All metrics: $(BIN)/dvc metrics show"
+	@echo ""
+	@echo "Open:  outputs/evaluation/report.html (the report, offline)   plots/synthesize/findings.png (the findings)"
+	@echo "Files: models/export/ (the exported models and their card)   $(BIN)/dvc metrics show (every metric)"
+	@echo "Next:"
+	@echo "  source $(VENV)/bin/activate                       # then dvc, cxr and python are the project's"
+	@echo "  dvc exp run --temp -S train.lr=0.001 && dvc exp show   # an experiment beside this run"
+	@echo "  cxr predict $$(ls -d data/raw/synthetic/dicom/*/* | head -n 1)   # a study of the demo set"
+	@echo "  cxr serve                                         # the Prefect UI and the nightly schedule"
 
 test: install-test
 	$(BIN)/pytest -q

@@ -39,6 +39,9 @@ def ingest(
     labels: Annotated[Optional[Path], typer.Option(help="label CSV (MIMIC, DICOM)")] = None,  # noqa: UP045
     verify_files: Annotated[bool, typer.Option(help="open each image header")] = True,
     uncertain: Annotated[str, typer.Option(help="-1 labels: ignore, ones, zeros")] = "ignore",
+    blank: Annotated[
+        str, typer.Option(help="blank CheXpert/MIMIC labels: zeros, nan, nan_unless_no_finding")
+    ] = "zeros",
     workers: Annotated[int, typer.Option(help="processes (0 = all cores)")] = 0,
 ) -> None:
     """Read raw inputs into OUT/manifest.parquet, OUT/rejected.csv and OUT/summary.json."""
@@ -52,6 +55,7 @@ def ingest(
             labels=str(labels) if labels else None,
             verify_files=verify_files,
             uncertain=uncertain,  # type: ignore[arg-type]
+            blank=blank,  # type: ignore[arg-type]
             workers=workers,
             out=str(out),
         )
@@ -71,9 +75,24 @@ def pair(
     train: float = 0.7,
     val: float = 0.15,
     test: float = 0.15,
+    official_split: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            metavar="SPLIT=LIST|FILE",
+            help="SPLIT=LIST, repeatable (test=test_list.txt: a list of image file names), or "
+            "one FILE: a table with a split column (mimic-cxr-2.0.0-split.csv.gz)",
+        ),
+    ] = None,
+    holdout_source: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            metavar="NAME",
+            help="put every patient of this source in test; train and val on the rest",
+        ),
+    ] = None,
 ) -> None:
     """One row per study with a patient-wise split: OUT/studies.parquet and OUT/summary.json."""
-    from pipelines.pair import PairParams, run_pair
+    from pipelines.pair import PairParams, official_split_option, run_pair
 
     def go() -> dict:
         params = PairParams(
@@ -81,6 +100,8 @@ def pair(
             out=str(out),
             missing_view=missing_view,  # type: ignore[arg-type]
             fractions={"train": train, "val": val, "test": test},
+            official_split=official_split_option(official_split or []),
+            holdout_source=holdout_source or None,
         )
         return run_pair(params, seed)
 

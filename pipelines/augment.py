@@ -50,7 +50,7 @@ from torch import nn
 from pipelines.config import BaseParams, StageParams, load_params, parse_section
 from pipelines.data import INDEX_FILE, read_index, shard_name, write_index, write_shard
 from pipelines.errors import UserError
-from pipelines.io import atomic_path, write_json
+from pipelines.io import atomic_path, write_metrics
 from pipelines.labels import FINDINGS
 from pipelines.schema import SPLITS
 from pipelines.stage import run_stage
@@ -431,7 +431,7 @@ def run_augment(
 ) -> dict[str, Any]:
     """Write the augmented shards, the summary JSON and the preview PNG."""
     summary = augment_shards(params.prepared, params.out, params, seed)
-    write_json(metrics, summary)
+    write_metrics(metrics, summary)
     save_preview(params.prepared, params, seed, preview)
     log.info(
         "augment v%d: %d copies, %d studies, %d images, %.1f images/s",

@@ -134,11 +134,14 @@ class CheckpointPaths:
 def save_atomic(path: str | Path, state: dict[str, Any]) -> None:
     """``torch.save`` through a temporary file: a kill never leaves a torn checkpoint.
 
+    Saved through a file object, so the archive inside is always named ``archive`` (saved to a
+    path, torch names it after the file: the temporary name would make every file differ).
+
     Raises:
         OutputError: the file cannot be written.
     """
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(state, fh)
 
 
 def save_model_file(path: str | Path, model: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:

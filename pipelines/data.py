@@ -147,13 +147,25 @@ class ShardDataset(Dataset):
     Args:
         roots: prepared folders (e.g. ``data/prepared`` and ``data/augmented``).
         splits: split names to include (``train``, ``val``, ``test``).
+        findings: the label columns of ``labels``, in this order (default: all of
+            :data:`~pipelines.labels.FINDINGS`): a model trained on a subset reads just those.
 
     Raises:
         FileNotFoundError: a folder has no index.
-        ValueError: folders disagree on image size, or a shard disagrees with its index.
+        ValueError: folders disagree on image size, a shard disagrees with its index, or a
+            finding is not in the label space.
     """
 
-    def __init__(self, roots: str | Path | Sequence[str | Path], splits: str | Sequence[str]):
+    def __init__(
+        self,
+        roots: str | Path | Sequence[str | Path],
+        splits: str | Sequence[str],
+        findings: Sequence[str] = FINDINGS,
+    ):
+        unknown = [f for f in findings if f not in FINDINGS]
+        if unknown:
+            raise ValueError(f"findings {unknown} are not in the label space")
+        self.findings = tuple(findings)
         roots = [roots] if isinstance(roots, str | Path) else list(roots)
         splits = [splits] if isinstance(splits, str) else list(splits)
         self._paths: list[Path] = []
@@ -184,7 +196,7 @@ class ShardDataset(Dataset):
         self._shard = self.meta["_shard"].to_numpy(dtype=np.int64)
         self._row = self.meta["_row"].to_numpy(dtype=np.int64)
         # own, writable copies (pandas may hand out read-only views)
-        self.labels = np.array(self.meta[list(FINDINGS)].to_numpy(dtype=np.float32))
+        self.labels = np.array(self.meta[list(self.findings)].to_numpy(dtype=np.float32))
         self.has_lateral = np.array(self.meta["has_lateral"].to_numpy(dtype=bool))
         self._maps: list[np.ndarray] | None = None
         self._pid = -1

@@ -126,20 +126,17 @@ def score_dataset(
         dual.append(probs[:n])
         if frontal_only:
             masked.append(probs[n:])
-    width = len(FINDINGS)
+    width = len(dataset.findings)
     stack = lambda parts: np.concatenate(parts) if parts else np.zeros((0, width), np.float32)  # noqa: E731
     return stack(dual), (stack(masked) if frontal_only else None)
 
 
 def predictions_frame(
-    dataset: ShardDataset,
-    split: str,
-    dual: np.ndarray,
-    masked: np.ndarray | None,
-    findings: tuple[str, ...] = FINDINGS,
+    dataset: ShardDataset, split: str, dual: np.ndarray, masked: np.ndarray | None
 ) -> pd.DataFrame:
-    """The predictions rows of one split: one per study and mode (keys, labels, probabilities)."""
-    meta = dataset.meta
+    """The predictions rows of one split: one per study and mode (keys, source, labels and
+    probabilities of the dataset's findings)."""
+    meta, findings = dataset.meta, dataset.findings
     base = pd.DataFrame(
         {
             "split": split,
@@ -148,6 +145,8 @@ def predictions_frame(
             "has_lateral": dataset.has_lateral,
         }
     )
+    if "source" in meta:
+        base["source"] = meta["source"].astype(str).to_numpy()
     labels = pd.DataFrame(dataset.labels, columns=[f"y_{f}" for f in findings])
     frames = []
     for mode, probs in (("dual", dual), ("frontal_only", masked)):
@@ -163,6 +162,16 @@ def _model_summary(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: meta[k] for k in keep if k in meta}
 
 
+def _datasets(params: EvaluateParams, findings: list[str]) -> dict[str, ShardDataset]:
+    try:
+        datasets = {s: ShardDataset(params.prepared, s, findings) for s in SPLITS_SCORED}
+    except ValueError as exc:
+        raise UserError(f"{params.prepared}: {exc}") from exc
+    if len(datasets["test"]) == 0:
+        raise UserError(f"{params.prepared}: no studies in the test split to evaluate")
+    return datasets
+
+
 def score_splits(params: EvaluateParams, device: torch.device) -> pd.DataFrame:
     """Load the checkpoint and score the val and test splits (both modes).
 
@@ -171,20 +180,16 @@ def score_splits(params: EvaluateParams, device: torch.device) -> pd.DataFrame:
         UserError: no test studies, or the checkpoint's label space differs from the shards'.
         FileNotFoundError: the prepared folder has no index.
     """
-    datasets: dict[str, ShardDataset] = {}
-    for split in SPLITS_SCORED:  # data first: a missing folder fails before the model loads
-        try:
-            datasets[split] = ShardDataset(params.prepared, split)
-        except ValueError as exc:
-            raise UserError(f"{params.prepared}: {exc}") from exc
-    if len(datasets["test"]) == 0:
-        raise UserError(f"{params.prepared}: no studies in the test split to evaluate")
+    datasets = _datasets(params, FINDINGS)  # data first: bad data fails before the model loads
     model, meta = load_model(params.checkpoint, map_location=device)
-    if tuple(meta.get("findings", ())) != FINDINGS:
+    findings = list(meta.get("findings", FINDINGS))
+    if not set(findings) <= set(FINDINGS):
         raise UserError(
-            f"{params.checkpoint}: model findings {meta.get('findings')} differ from the label "
-            "space of the prepared data"
+            f"{params.checkpoint}: model findings {findings} are not in the label space of the "
+            "prepared data"
         )
+    if tuple(findings) != FINDINGS:  # a head of chosen findings reads just those labels
+        datasets = _datasets(params, findings)
     masked = not (meta.get("model_params") or {}).get("frontal_only", False)
     size = meta.get("size")
     frames = []
@@ -205,6 +210,8 @@ def score_splits(params: EvaluateParams, device: torch.device) -> pd.DataFrame:
         frames.append(predictions_frame(dataset, split, dual, frontal))
     predictions = pd.concat(frames, ignore_index=True)
     predictions.attrs["model"] = _model_summary(meta)
+    predictions.attrs["untrained"] = dict(meta.get("untrained") or {})
+    predictions.attrs["label_coverage"] = dict(meta.get("label_coverage") or {})
     predictions.attrs["frontal_only"] = (
         FRONTAL_ONLY_METHOD if masked else "not scored: the model has no lateral branch"
     )

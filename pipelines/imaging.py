@@ -12,6 +12,15 @@ PNG (8/16-bit, L, LA, I;16, P, RGB, RGBA) and JPEG go through Pillow: colour bec
 black being both the background of a radiograph and the padding of :func:`to_square`. EXIF
 orientation is applied.
 
+A 16-bit greyscale PNG is scaled by its real bit depth, not by 65535: radiographs exported from
+DICOM usually keep their 10, 12 or 14 stored bits in the 16-bit container (PadChest's PNGs hold
+12-bit values), and dividing by 65535 would squeeze them into a fraction of the range. The depth
+is the caller's ``bits`` (the source's BitsStored) when it holds the image's maximum, else the
+smallest of :data:`GRAY16_DEPTHS` that does (:func:`gray16_depth`). ``bits`` of 16 or more says
+no more than any 16-bit PNG header does, so it is detected too: a true 16-bit image reaches the
+upper bits and keeps its scale; one whose maximum stays below 16384 is scaled by 14 bits or
+fewer.
+
 Failures raise :class:`~pipelines.errors.DecodeError` with a stable ``reason`` code
 (:data:`REASONS`) and a ``detail`` that never carries header values of identifying tags (PHI).
 """
@@ -44,6 +53,10 @@ REASONS: tuple[str, ...] = (
     "too_large",  # Pillow's decompression-bomb guard
     "decode_failed",  # anything else the decoders raised
 )
+
+#: The depths a 16-bit greyscale PNG without a usable ``bits`` is scaled by: the smallest that
+#: holds the image's maximum (what detectors store).
+GRAY16_DEPTHS: tuple[int, ...] = (10, 12, 14, 16)
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -81,7 +94,11 @@ def sniff_format(path: str | Path) -> Format:
 
 
 def read_image(
-    path: str | Path, *, draft_size: int | None = None, no_window: NoWindow = "bits"
+    path: str | Path,
+    *,
+    draft_size: int | None = None,
+    no_window: NoWindow = "bits",
+    bits: int | None = None,
 ) -> np.ndarray:
     """Decode an image file to float32 (H, W) in [0, 1], dense = bright.
 
@@ -91,6 +108,9 @@ def read_image(
             detail it would throw away (DCT scaling to no less than twice this size).
         no_window: how a DICOM without a VOI LUT or window is scaled: ``bits`` (the range the
             stored bits can hold, after the modality LUT) or ``minmax`` (the image's own range).
+        bits: the stored bits of a 16-bit greyscale PNG when the caller knows them (the
+            manifest's ``bits``); None, 0 or 16 (what any 16-bit PNG's header says): detected
+            (:func:`gray16_depth`). Other images ignore it (a DICOM's own header says).
 
     Raises:
         DecodeError: with a reason from :data:`REASONS` naming what went wrong.
@@ -102,7 +122,7 @@ def read_image(
     if fmt == "dicom":
         img = read_dicom(path, no_window)
     elif fmt in ("png", "jpeg"):
-        img = _read_pillow(path, draft_size)
+        img = _read_pillow(path, draft_size, bits)
     else:
         raise DecodeError(path, "not_an_image", "content is not DICOM, PNG or JPEG")
     if img.size == 0:
@@ -110,7 +130,7 @@ def read_image(
     return img
 
 
-def _read_pillow(path: Path, draft_size: int | None) -> np.ndarray:
+def _read_pillow(path: Path, draft_size: int | None, bits: int | None = None) -> np.ndarray:
     try:
         with Image.open(path) as im:
             if im.format == "JPEG" and draft_size:
@@ -120,7 +140,7 @@ def _read_pillow(path: Path, draft_size: int | None) -> np.ndarray:
                     im.draft("L", (math.ceil(w * scale), math.ceil(h * scale)))
             im.load()
             im = ImageOps.exif_transpose(im)
-            return _pil_to_unit(im)
+            return _pil_to_unit(im, bits)
     except DecodeError:
         raise
     except Image.DecompressionBombError as exc:
@@ -132,18 +152,45 @@ def _read_pillow(path: Path, draft_size: int | None) -> np.ndarray:
         raise DecodeError(path, reason, f"{type(exc).__name__}: {exc}"[:300]) from None
 
 
-def _pil_to_unit(im: Image.Image) -> np.ndarray:
-    """A Pillow image -> float32 luminance in [0, 1]; alpha composited onto black."""
+def gray16_depth(peak: float, bits: int | None = None) -> int:
+    """The bit depth a 16-bit greyscale image with maximum ``peak`` is scaled by.
+
+    Args:
+        peak: the image's largest value.
+        bits: the stored bits the caller knows; used when 0 < ``bits`` < 16 and ``peak`` fits
+            (a maximum above it means the value is wrong). None, 0 or >= 16: unknown.
+
+    Returns:
+        ``bits``, else the smallest of :data:`GRAY16_DEPTHS` whose range holds ``peak`` (16 when
+        none does).
+    """
+    if bits is not None and 0 < bits < 16 and peak <= 2**bits - 1:
+        return int(bits)
+    return next((d for d in GRAY16_DEPTHS if peak <= 2**d - 1), 16)
+
+
+def _gray16_to_unit(im: Image.Image, bits: int | None) -> np.ndarray:
+    """A 16-bit greyscale image (``I;16*`` or ``I``) -> float32 in [0, 1] by its real depth."""
+    arr = np.asarray(im, dtype=np.float32)
+    peak = float(arr.max()) if arr.size else 0.0
+    scaled = arr / float(2 ** gray16_depth(peak, bits) - 1)
+    return np.clip(scaled, 0.0, 1.0, out=scaled)
+
+
+def _pil_to_unit(im: Image.Image, bits: int | None = None) -> np.ndarray:
+    """A Pillow image -> float32 luminance in [0, 1]; alpha composited onto black.
+
+    ``bits``: the stored bits of a 16-bit greyscale image (:func:`gray16_depth`); other modes
+    ignore it.
+    """
     mode = im.mode
     if mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
         im = im.convert("L" if mode == "1" else "RGB")
     elif mode in ("P", "PA"):
         im = im.convert("RGBA")
     mode = im.mode
-    if mode.startswith("I;16"):
-        return np.asarray(im, dtype=np.float32) / 65535.0
-    if mode == "I":  # 16-bit PNGs on older Pillow
-        return np.clip(np.asarray(im, dtype=np.float32) / 65535.0, 0.0, 1.0)
+    if mode.startswith("I;16") or mode == "I":  # "I": 16-bit PNGs on older Pillow
+        return _gray16_to_unit(im, bits)
     if mode == "F":
         return np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
     arr = np.asarray(im)
@@ -197,24 +244,29 @@ def to_square(img: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def prepare_image(path: str | Path, size: int, *, no_window: NoWindow = "bits") -> np.ndarray:
+def prepare_image(
+    path: str | Path, size: int, *, no_window: NoWindow = "bits", bits: int | None = None
+) -> np.ndarray:
     """``to_square(read_image(path), size)``: the uint8 (size, size) array a model sees.
+
+    ``no_window`` and ``bits`` are those of :func:`read_image`.
 
     Raises:
         DecodeError: the file cannot be decoded (see :func:`read_image`).
     """
-    return to_square(read_image(path, draft_size=size, no_window=no_window), size)
+    img = read_image(path, draft_size=size, no_window=no_window, bits=bits)
+    return to_square(img, size)
 
 
 def try_prepare(
-    path: str | Path, size: int, *, no_window: NoWindow = "bits"
+    path: str | Path, size: int, *, no_window: NoWindow = "bits", bits: int | None = None
 ) -> tuple[np.ndarray | None, DecodeError | None]:
     """:func:`prepare_image` that returns the error instead of raising (for worker pools).
 
     Anything unexpected becomes a ``decode_failed`` error naming the exception type.
     """
     try:
-        return prepare_image(path, size, no_window=no_window), None
+        return prepare_image(path, size, no_window=no_window, bits=bits), None
     except DecodeError as exc:
         return None, exc
     except Exception as exc:  # a decoder bug must not kill a whole stage
@@ -222,10 +274,31 @@ def try_prepare(
 
 
 def prepare_many(
-    paths: Sequence[str], size: int, no_window: NoWindow = "bits"
+    paths: Sequence[str],
+    size: int,
+    no_window: NoWindow = "bits",
+    bits: Sequence[int | None] | None = None,
 ) -> list[tuple[np.ndarray | None, DecodeError | None]]:
-    """:func:`try_prepare` over several paths (one worker task); ``''`` gives ``(None, None)``."""
-    return [try_prepare(p, size, no_window=no_window) if p else (None, None) for p in paths]
+    """:func:`try_prepare` over several paths (one worker task); ``''`` gives ``(None, None)``.
+
+    Args:
+        paths: image paths (``''`` for a missing view).
+        size: output side.
+        no_window: see :func:`read_image`.
+        bits: one ``bits`` per path (see :func:`read_image`; None or 0 = detect), or None for
+            all detected.
+
+    Raises:
+        ValueError: ``bits`` is not as long as ``paths``.
+    """
+    if bits is None:
+        bits = [None] * len(paths)
+    elif len(bits) != len(paths):
+        raise ValueError(f"prepare_many: {len(bits)} bits for {len(paths)} paths")
+    return [
+        try_prepare(p, size, no_window=no_window, bits=b) if p else (None, None)
+        for p, b in zip(paths, bits, strict=True)
+    ]
 
 
 def cpu_count() -> int:

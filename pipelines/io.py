@@ -73,6 +73,29 @@ def write_json(path: str | Path, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
+#: Keys that say how a run went, not what it produced (timings, speed, worker counts): they are
+#: logged, never written into a stage's metrics, so the same inputs give byte-identical outputs
+#: on every run and machine, and dvc.lock records the same hashes on every clone.
+RUN_FACTS: frozenset[str] = frozenset(
+    {"seconds", "images_per_s", "pairs_per_s", "workers", "part_seconds", "seconds_per_study",
+     "export_seconds"}
+)  # fmt: skip
+
+
+def without_run_facts(data: Any) -> Any:
+    """``data`` with every :data:`RUN_FACTS` key removed, at any depth."""
+    if isinstance(data, dict):
+        return {k: without_run_facts(v) for k, v in data.items() if k not in RUN_FACTS}
+    if isinstance(data, list):
+        return [without_run_facts(v) for v in data]
+    return data
+
+
+def write_metrics(path: str | Path, summary: dict[str, Any]) -> None:
+    """Write a stage's summary as its DVC metrics file, without its :data:`RUN_FACTS`."""
+    write_json(path, without_run_facts(summary))
+
+
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "item"):  # numpy scalars
         return obj.item()

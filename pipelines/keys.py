@@ -1,9 +1,15 @@
 """Pseudonymous keys: salted hashes of patient / study / image identifiers.
 
-The salt never enters an output. It comes from the ``CXR_SALT`` environment variable, else from
-the file named by ``CXR_SALT_FILE`` (default ``.cxr/salt``, git-ignored), which is created with a
-random secret on first use. Set ``CXR_SALT`` (or share the salt file out of band) when several
-machines must produce the same keys.
+The salt never enters an output. The secret salt (real data) comes from the ``CXR_SALT``
+environment variable, else from the file named by ``CXR_SALT_FILE`` (default ``.cxr/salt``,
+git-ignored), which is created with a random secret on first use. Set ``CXR_SALT`` (or share the
+salt file out of band) when several machines must produce the same keys.
+
+The embedded synthetic dataset has fake identities, so the demo uses a public, fixed salt
+(:data:`DEMO_SALT`): every clone then writes the same keys, files and ``dvc.lock``. Ingest refuses
+it for anything but the synthetic dataset. Either way the split does not depend on the salt
+(:func:`pipelines.split.patient_order`): the salt protects identities, it does not decide results.
+A salt is named in outputs only by its :func:`salt_fingerprint`, so a changed salt shows.
 """
 
 from __future__ import annotations
@@ -24,8 +30,22 @@ DEFAULT_SALT_FILE = Path(".cxr/salt")
 KEY_CHARS = 16
 
 
-def get_salt() -> bytes:
-    """Return the secret salt, creating the salt file on first use."""
+#: The public salt of the embedded synthetic dataset (fake identities only).
+DEMO_SALT = b"cxr-dag demo salt: public, for the embedded synthetic dataset only"
+#: The Manufacturer (0008,0070) of every synthetic DICOM file: how ingest recognises the
+#: synthetic dataset before it accepts the demo salt.
+SYNTHETIC_MANUFACTURER = "cxr-dag synthetic"
+
+
+def salt_fingerprint(salt: bytes) -> str:
+    """12 hex digits that tell salts apart without revealing them (a one-way hash)."""
+    return hashlib.sha256(b"cxr-dag salt fingerprint\0" + salt).hexdigest()[:12]
+
+
+def get_salt(mode: str = "secret") -> bytes:
+    """The salt of ``mode``: ``secret`` (created on first use) or ``demo`` (:data:`DEMO_SALT`)."""
+    if mode == "demo":
+        return DEMO_SALT
     env = os.environ.get(SALT_ENV)
     if env:
         return env.encode()

@@ -14,9 +14,25 @@ Rules, all deterministic and independent of row order:
   (``no_frontal``): the frontal view is the one every model input needs.
 - Study labels: per finding, 1 if any image of the study says 1, else 0 if any says 0, else NaN.
 - A study whose images carry two patient keys is dropped (``study_patient_conflict``).
-- Split by patient: patients (sorted by key) are shuffled with ``base.seed`` and cut by the
-  fractions (rounded); optional official lists (e.g. NIH ``test_list.txt``) pin the patients of
-  the listed images to that split first. No patient is ever in two splits (asserted).
+- Split by patient (:mod:`pipelines.split`): patients, sorted by their source and first image
+  path (never by their salted key, so the salt cannot change a split), are shuffled with
+  ``base.seed`` and cut by the fractions (rounded). Pinned first: the patients of the images
+  named by ``official_split`` (``{split: list}`` of image names, e.g. NIH ``test_list.txt``, or
+  one table with a ``split`` column, e.g. MIMIC's ``mimic-cxr-2.0.0-split.csv.gz``), of the
+  images whose manifest ``official_split`` is set, and, with ``holdout_source: NAME``, every
+  patient of that source (to test; train and val then come from the other sources, in
+  proportion to their fractions, and ``fractions.test`` is unused). No patient is ever in two
+  splits (asserted).
+
+The summary (``summary.json``) holds, besides the study counts per split:
+
+- ``official_split``: ``files`` (per official file, as given: ``rows`` listed, ``matched``
+  rows naming a manifest image, ``unmatched``, ``images_pinned``, ``patients_pinned`` and the
+  same per split in ``by_split``); ``manifest_column`` (``images_pinned``,
+  ``patients_pinned``, ``by_split``; null when the manifest has no ``official_split`` column);
+  ``patients_pinned`` per split, all official pins together (the held-out source not counted);
+- ``holdout_source`` (null or the name) and ``holdout_patients``;
+- ``studies_by_source``: per split, the studies of each source.
 
 Every manifest image is either used in a study or listed in ``rejected.csv`` with its reason.
 """
@@ -36,10 +52,19 @@ from pipelines.config import BaseParams, StageParams, load_params, parse_section
 from pipelines.dicom.choice import RANK, rank_images
 from pipelines.dicom.view import FRONTAL_VIEWS
 from pipelines.errors import UserError
-from pipelines.io import write_json, write_parquet, write_rejected
+from pipelines.io import write_metrics, write_parquet, write_rejected
 from pipelines.labels import FINDINGS
 from pipelines.schema import SPLITS, STUDY_COLUMNS
-from pipelines.split import assign_splits, check_no_leak, official_pins
+from pipelines.split import (
+    SPLIT_NAMES,
+    OfficialSplit,
+    assign_splits,
+    check_no_leak,
+    holdout_pins,
+    official_files,
+    official_pins,
+    patient_order,
+)
 from pipelines.stage import run_stage
 
 log = logging.getLogger(__name__)
@@ -64,8 +89,19 @@ class PairParams(StageParams):
     manifest: str = "data/manifest/manifest.parquet"
     missing_view: Literal["keep_frontal_only", "require_both"] = "keep_frontal_only"
     fractions: dict[str, float] = {"train": 0.7, "val": 0.15, "test": 0.15}
-    official_split: dict[str, str] | None = None
+    official_split: dict[str, str] | str | None = None
+    holdout_source: str | None = None
     out: str = "data/studies"
+
+    @field_validator("official_split")
+    @classmethod
+    def _official_split(cls, v: OfficialSplit | None) -> OfficialSplit | None:
+        unknown = sorted(set(v) - set(SPLITS)) if isinstance(v, dict) else []
+        if unknown:
+            raise ValueError(f"unknown split(s) {unknown}; the lists are keyed by {list(SPLITS)}")
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("an empty path; give a table with a split column, or null")
+        return v or None
 
     @field_validator("fractions")
     @classmethod
@@ -96,18 +132,27 @@ def pair_studies(
         (studies, rejected images, summary).
 
     Raises:
-        SplitLeakError: official lists put one patient in two splits.
+        UserError: an official split file is missing, unreadable or matches no image, or the
+            held-out source is not in the manifest.
+        SplitLeakError: the pins put one patient in two splits.
     """
     start = time.perf_counter()
+    pins = official_pins(manifest, params.official_split)
+    official = {"files": pins.files, "manifest_column": pins.manifest_column}
+    official["patients_pinned"] = pins.per_split()
+    n_held = holdout_pins(manifest, params.holdout_source, pins) if params.holdout_source else 0
     rejected = _Rejected()
     images = _drop_patient_conflicts(manifest, rejected)
     frontal, lateral, n_lateral_only = _choose_views(images, params, rejected)
     studies = _study_rows(frontal, lateral, images)
-    pins = official_pins(manifest, params.official_split) if params.official_split else {}
-    split_of = assign_splits(studies["patient_key"], params.fractions, seed, pins)
+    closed = ("test",) if params.holdout_source else ()
+    order = patient_order(manifest)
+    split_of = assign_splits(
+        studies["patient_key"], params.fractions, seed, pins.split, order, closed
+    )
     studies["split"] = studies["patient_key"].map(split_of).astype("string")
     studies = studies.reset_index().loc[:, list(STUDY_COLUMNS)]
-    studies.attrs = {"data_root": manifest.attrs.get("data_root", ".")}
+    studies.attrs = dict(manifest.attrs)  # where each source's images are, what it is
     check_no_leak(studies)
 
     rejected_df = rejected.frame()
@@ -115,8 +160,28 @@ def pair_studies(
     if used + len(rejected_df) != len(manifest):
         raise RuntimeError(f"pair lost images: {len(manifest)} in, {used} used + rejected")
     summary = summarize_studies(studies, rejected_df, n_lateral_only=n_lateral_only)
+    summary |= {
+        "official_split": official,
+        "holdout_source": params.holdout_source,
+        "holdout_patients": n_held,
+    }
+    if pins.split:
+        _warn_empty_splits(summary, params)
     summary["seconds"] = round(time.perf_counter() - start, 3)
     return studies, rejected_df, summary
+
+
+def _warn_empty_splits(summary: dict[str, Any], params: PairParams) -> None:
+    """Log the splits that should have patients but got none (called when there are pins)."""
+    for split in SPLITS:
+        wanted = params.fractions[split] > 0 or (split == "test" and params.holdout_source)
+        if wanted and summary["studies"] and not summary["splits"][split]["studies"]:
+            log.warning(
+                "pair: the %s split has no study although it should (fraction %.2f): the pins "
+                "(official_split, holdout_source) leave it no patient",
+                split,
+                params.fractions[split],
+            )
 
 
 class _Rejected:
@@ -182,12 +247,14 @@ def _study_rows(frontal: pd.DataFrame, lateral: pd.DataFrame, images: pd.DataFra
             "frontal_id": frontal["image_id"],
             "frontal_path": frontal["path"],
             "frontal_view": frontal["view"],
+            "frontal_bits": frontal["bits"],
         }
     ).sort_index()
     studies.index.name = "study_key"
     lat = lateral.reindex(studies.index)
     studies["lateral_id"] = lat["image_id"].fillna("").astype("string")
     studies["lateral_path"] = lat["path"].fillna("").astype("string")
+    studies["lateral_bits"] = lat["bits"].fillna(0).astype("int64")
     studies["has_lateral"] = studies["lateral_id"] != ""
     return studies.join(_study_labels(images).astype("float32"), how="left")
 
@@ -205,6 +272,7 @@ def summarize_studies(
             "dual_view": int(part["has_lateral"].sum()),
             "positives": {f: int((part[f] == 1).sum()) for f in FINDINGS},
         }
+    by_source = studies.groupby(["split", "source"]).size()
     return {
         "studies": len(studies),
         "dual_view": int(studies["has_lateral"].sum()),
@@ -212,12 +280,53 @@ def summarize_studies(
         "lateral_only": n_lateral_only,
         "images_unused": {str(k): int(n) for k, n in rejected["reason"].value_counts().items()},
         "splits": splits,
+        "studies_by_source": {
+            split: {str(src): int(n) for (s, src), n in by_source.items() if s == split}
+            for split in SPLITS
+        },
     }
+
+
+def official_split_option(items: list[str]) -> OfficialSplit | None:
+    """``cxr pair --official-split`` values -> ``pair.official_split``.
+
+    Each item is ``SPLIT=LIST`` (``test=test_list.txt``; ``val``'s aliases ``valid``,
+    ``validate``, ``validation`` too), giving ``{split: list}``, or a bare ``FILE``: one table
+    with a split column. An item whose text before ``=`` is no split name is a ``FILE``.
+
+    Raises:
+        UserError: both forms mixed, two tables, or one split given twice.
+    """
+    lists: dict[str, str] = {}
+    tables: list[str] = []
+    for item in items:
+        head, sep, tail = item.partition("=")
+        split = SPLIT_NAMES.get(head.strip().lower()) if sep else None
+        if split is None:
+            tables.append(item)
+        elif split in lists:
+            raise UserError(f"--official-split: the {split} split is given twice")
+        elif not tail.strip():
+            raise UserError(f"--official-split {item}: no list file after '='")
+        else:
+            lists[split] = tail.strip()
+    if lists and tables:
+        raise UserError(
+            f"--official-split: give SPLIT=LIST items (e.g. test=test_list.txt) or one table "
+            f"with a split column, not both ('{tables[0]}' has no SPLIT= prefix)"
+        )
+    if len(tables) > 1:
+        raise UserError(
+            f"--official-split: at most one table with a split column, got {len(tables)}"
+        )
+    return lists or (tables[0] if tables else None)
 
 
 def run_pair(params: PairParams, seed: int) -> dict[str, Any]:
     """Read the manifest, pair, write ``studies.parquet``, ``rejected.csv``, ``summary.json``."""
     path = Path(params.manifest)
+    if params.official_split:
+        official_files(params.official_split)  # fail on a missing file before the long part
     if not path.is_file():
         raise UserError(f"{path}: manifest not found; run the ingest stage first")
     manifest = pd.read_parquet(path)
@@ -225,7 +334,7 @@ def run_pair(params: PairParams, seed: int) -> dict[str, Any]:
     out = Path(params.out)
     write_parquet(studies, out / "studies.parquet")
     write_rejected(rejected, out / "rejected.csv")
-    write_json(out / "summary.json", summary)
+    write_metrics(out / "summary.json", summary)
     log.info(
         "pair: %d studies (%d dual-view, %d frontal-only); train/val/test = %s",
         summary["studies"],
@@ -233,6 +342,12 @@ def run_pair(params: PairParams, seed: int) -> dict[str, Any]:
         summary["frontal_only"],
         "/".join(str(summary["splits"][s]["studies"]) for s in SPLITS),
     )
+    if params.holdout_source:
+        log.info(
+            "pair: held-out source %s: %d patients in test",
+            params.holdout_source,
+            summary["holdout_patients"],
+        )
     return summary
 
 

@@ -32,6 +32,7 @@ SWEEP_KEY = "cxr-sweep"
 ARTIFACT_KEY = re.compile(r"^[a-z0-9-]+$")
 
 NOT_ESTIMABLE = "not estimable"
+NOT_TRAINED = "not trained"
 
 
 @dataclass(frozen=True)
@@ -100,11 +101,18 @@ def auroc_rows(findings_metrics: Mapping[str, Any], headline: Mapping[str, Any])
     """Per-finding test AUROC with its CI and counts, then the macro average.
 
     A finding whose AUROC could not be estimated (one class only in the test split) shows
-    ``not estimable`` in the ``auroc`` column and no CI, never 0.5.
+    ``not estimable`` in the ``auroc`` column and no CI, never 0.5. A finding the model was not
+    trained on (the headline's ``not_trained``) shows ``not trained`` and its reason: no AUROC
+    when training could not teach it, its AUROC but no decision when validation gave it no
+    threshold.
     """
+    not_trained = dict(headline.get("not_trained") or {})
     rows = []
     for name, f in (findings_metrics.get("findings") or {}).items():
         estimable = f.get("auroc") is not None
+        status = f.get("status", "ok") if estimable else NOT_ESTIMABLE
+        if name in not_trained:
+            status = f"{status}; no decision: {not_trained.pop(name)}"
         rows.append(
             {
                 "finding": name,
@@ -113,7 +121,19 @@ def auroc_rows(findings_metrics: Mapping[str, Any], headline: Mapping[str, Any])
                 "ci_high": _r(f.get("auroc_hi")),
                 "n_pos": f.get("n_pos"),
                 "n_neg": f.get("n_neg"),
-                "status": f.get("status", "ok") if estimable else NOT_ESTIMABLE,
+                "status": status,
+            }
+        )
+    for name, why in not_trained.items():  # left out of every metric
+        rows.append(
+            {
+                "finding": name,
+                "auroc": NOT_TRAINED,
+                "ci_low": None,
+                "ci_high": None,
+                "n_pos": None,
+                "n_neg": None,
+                "status": f"{NOT_TRAINED}: {why}",
             }
         )
     if headline.get("macro_auroc") is not None:

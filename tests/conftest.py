@@ -192,8 +192,9 @@ def make_pipeline_repo(
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(ROOT / name, repo / name)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in (TINY_PARAMS | (overrides or {})).items():
-        params[section].update(values)
+    for layer in (TINY_PARAMS, overrides or {}):  # each section key by key
+        for section, values in layer.items():
+            params[section].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git(repo, "init", "-q")
     assert dvc(repo, "init", "-q").returncode == 0

@@ -26,11 +26,13 @@ from pipelines.dicom.reasons import CORRUPT, Reject
 logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 #: The elements the ingest reader and ``cxr predict`` parse (pydicom seeks past the others;
-#: SpecificCharacterSet is always read): identity, modality, body part, view, image geometry.
+#: SpecificCharacterSet is always read): identity, SOP class, modality, presentation intent,
+#: body part, view, image geometry.
 HEADER_TAGS: tuple[str, ...] = (
+    "SOPClassUID",
     "SOPInstanceUID",
+    "PresentationIntentType",
     "Modality",
-    "StudyDescription",
     "SeriesDescription",
     "PatientID",
     "BodyPartExamined",

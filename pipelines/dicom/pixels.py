@@ -3,16 +3,27 @@
 pydicom 3 decodes, with the pylibjpeg / pyjpegls plugins for JPEG baseline, extended, lossless,
 JPEG 2000 and JPEG-LS (RLE natively). Then:
 
-1. the modality LUT (Modality LUT Sequence, or Rescale Slope / Intercept);
-2. the VOI LUT: the first VOI LUT Sequence item if present, else the first Window Center / Width
-   (with its VOI LUT Function: LINEAR, LINEAR_EXACT, SIGMOID). Both are
-   :func:`pydicom.pixels.apply_modality_lut` / :func:`pydicom.pixels.apply_voi_lut`;
-3. scaled to [0, 1] by the VOI output range (the window's ``y_min .. y_max``; for a LUT,
-   ``0 .. 2**bits - 1`` of its descriptor, widened if the data exceed it), or, with no VOI, by
-   the range the stored bits can hold after the modality LUT (``no_window="bits"``) or by the
-   image's own min / max (``no_window="minmax"``);
+1. the modality LUT (Modality LUT Sequence, or Rescale Slope / Intercept:
+   :func:`pydicom.pixels.apply_modality_lut`);
+2. the VOI LUT: the first VOI LUT Sequence item if present (looked up here: pydicom's
+   ``apply_voi`` indexes an 8-bit LUT with 8-bit indices, so a LUT of more than 256 entries
+   wraps), else the first Window Center / Width with its VOI LUT Function (LINEAR,
+   LINEAR_EXACT, SIGMOID: :func:`pydicom.pixels.apply_windowing`);
+3. scaled to [0, 1] by the VOI output range: the window's ``y_min .. y_max``; for a LUT,
+   ``0 .. 2**depth - 1`` where ``depth`` is the smallest of 8..16 bits that holds the LUT's
+   largest entry. PS3.3 C.11.2.1.1 lets the descriptor's third value be 8 to 16 bits, and
+   vendors over-state it (16 bits holding 12-bit entries, values up to 4095, is common): taken
+   at its word, such a LUT would use 1/16 of the range. The depth equals the descriptor's when
+   the data fill it, and is wider when the data exceed it. With no VOI: the range the stored
+   bits can hold after the modality LUT (``no_window="bits"``) or the image's own min / max
+   (``no_window="minmax"``);
 4. ``MONOCHROME1`` inverted (``1 - x``). A Presentation LUT Shape is not applied on top: in
-   DX/CR objects it restates the photometric interpretation (INVERSE with MONOCHROME1).
+   DX/CR objects it restates the photometric interpretation (INVERSE with MONOCHROME1);
+5. padding pixels rendered black (0, after the inversion). PixelPaddingValue (0028,0120) marks
+   the area outside the collimated exposure (PS3.3 C.7.5.1.1.2): one stored value, or with
+   PixelPaddingRangeLimit (0028,0121) the inclusive range between the two, given before the
+   modality LUT. Those pixels are left out of the ``minmax`` scaling too, so that neither a
+   window nor an inversion shows the background white, nor does it set the image's range.
 
 For integer pixels of up to 16 bits, steps 1-4 are computed once over every possible stored
 value (at most 65,536 entries) and applied as one table look-up, which is exact (the steps are
@@ -169,30 +180,56 @@ def _voi_lut_item(ds: Any) -> Any | None:
     return item
 
 
-def _mono_transfer(values: np.ndarray, ds: Any, no_window: NoWindow, observed: Any) -> np.ndarray:
+def _lut_entries(ds: Any, item: Any) -> tuple[int, np.ndarray]:
+    """The first mapped value and the entries (int64) of a VOI LUT item.
+
+    Raises:
+        ValueError: fewer entries than the descriptor announces.
+    """
+    n, first = int(item.LUTDescriptor[0]) or 65536, int(item.LUTDescriptor[1])
+    data = item.LUTData
+    if isinstance(data, bytes):  # OW: 16-bit words in the data set's byte order
+        little = getattr(ds, "original_encoding", (None, True))[1] is not False
+        entries = np.frombuffer(data[: len(data) // 2 * 2], dtype="<u2" if little else ">u2")
+    else:  # US: one value or several
+        entries = np.atleast_1d(np.asarray(data, dtype=np.int64))
+    if entries.size < n:
+        raise ValueError(f"LUTData has {entries.size} entries; its descriptor announces {n}")
+    return first, entries[:n].astype(np.int64)
+
+
+def _apply_voi_lut(x: np.ndarray, ds: Any, item: Any) -> tuple[np.ndarray, float]:
+    """The VOI LUT's output for modality values ``x``, and its top (``2**depth - 1``).
+
+    Values below the first mapped one take the first entry, values past the end the last.
+    """
+    first, entries = _lut_entries(ds, item)
+    index = np.clip(np.asarray(x, dtype=np.int64) - first, 0, entries.size - 1)
+    depth = max(8, int(entries.max()).bit_length())  # the data's depth (module docstring)
+    return entries[index].astype(np.float64), float(2**depth - 1)
+
+
+def _mono_transfer(
+    values: np.ndarray, ds: Any, no_window: NoWindow, counted: np.ndarray | None
+) -> np.ndarray:
     """Modality LUT, VOI LUT / window and scaling to [0, 1] of an array of stored values.
 
     Args:
         values: stored pixel values (the whole image, or every possible value for a table).
         ds: the dataset.
         no_window: scaling when there is no VOI.
-        observed: (min, max) stored values actually present (for ``minmax``).
+        counted: which of ``values`` set the ``minmax`` range (None: all of them).
     """
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_modality_lut
     from pydicom.pixels.processing import apply_windowing
 
     x = apply_modality_lut(values, ds)
     lut = _voi_lut_item(ds)
     if lut is not None:
         if x.dtype.kind == "f":  # rescaled: the LUT is indexed by (integral) modality values
-            x = np.rint(x).astype(np.int64)
-        y = apply_voi_lut(x, ds, index=0, prefer_lut=True).astype(np.float64)
-        bits = int(lut.LUTDescriptor[2])
-        lo, hi = 0.0, float(2**bits - 1)
-        data_max = float(np.max(np.asarray(y))) if y.size else hi
-        if data_max > hi:  # descriptor understates the entries' depth
-            hi = float(2 ** math.ceil(math.log2(data_max + 1)) - 1)
-        return _unit(y, lo, hi)
+            x = np.rint(x)
+        y, top = _apply_voi_lut(x, ds, lut)
+        return _unit(y, 0.0, top)
     if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
         try:
             # the window's output range y_min .. y_max: probe it with -inf / +inf, in one call
@@ -203,8 +240,7 @@ def _mono_transfer(values: np.ndarray, ds: Any, no_window: NoWindow, observed: A
         except (ValueError, TypeError, IndexError):
             pass  # a malformed window (width < 1 ...): fall back to the no-window scaling
     if no_window == "minmax":
-        lo_v, hi_v = observed
-        present = np.asarray(x)[(values >= lo_v) & (values <= hi_v)]
+        present = np.asarray(x) if counted is None else np.asarray(x)[counted]
         return _unit(np.asarray(x, dtype=np.float64), float(present.min()), float(present.max()))
     return _unit(np.asarray(x, dtype=np.float64), *_stored_range(ds))
 
@@ -233,11 +269,54 @@ def _unit(y: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(out, 0.0, 1.0, out=out)
 
 
+def _padding_range(ds: Any, dtype: np.dtype) -> tuple[int, int] | None:
+    """The stored values that are padding (module docstring, step 5), None when none are.
+
+    A value that is not an integer is ignored; a signed image's value written unsigned (a
+    writer's wrong VR: 63536 for -2000) is read as the two's complement it is.
+    """
+    if dtype.kind not in "ui":
+        return None
+    ends = []
+    for keyword in ("PixelPaddingValue", "PixelPaddingRangeLimit"):
+        try:
+            value = int(ds.get(keyword))
+        except (TypeError, ValueError):  # absent, empty or malformed
+            break
+        width = 8 * dtype.itemsize
+        if dtype.kind == "i" and value >= 2 ** (width - 1):
+            value -= 2**width
+        ends.append(value)
+    return (min(ends), max(ends)) if ends else None
+
+
 def _mono_to_unit(arr: np.ndarray, ds: Any, no_window: NoWindow, invert: bool) -> np.ndarray:
-    """Stored monochrome pixels -> float32 [0, 1], display convention."""
+    """Stored monochrome pixels -> float32 [0, 1], display convention, padding black."""
+    padding = _padding_range(ds, arr.dtype)
+    pad = None if padding is None else (arr >= padding[0]) & (arr <= padding[1])
+    if pad is not None and not pad.any():
+        padding = pad = None
+    img = _mono_lookup(arr, ds, no_window, invert, padding, pad)
+    if pad is not None:
+        img[pad] = 0.0
+    return img
+
+
+def _mono_lookup(
+    arr: np.ndarray,
+    ds: Any,
+    no_window: NoWindow,
+    invert: bool,
+    padding: tuple[int, int] | None,
+    pad: np.ndarray | None,
+) -> np.ndarray:
+    """Steps 1-4 of the module docstring; ``pad`` (the padding pixels) is left out of minmax."""
     observed = None
     if no_window == "minmax":  # only this scaling needs the pixels' own range
-        observed = (math.floor(float(arr.min())), math.ceil(float(arr.max())))
+        kept = arr if pad is None else arr[~pad]
+        if kept.size == 0:  # nothing but padding
+            return np.zeros(arr.shape, dtype=np.float32)
+        observed = (math.floor(float(kept.min())), math.ceil(float(kept.max())))
     if arr.dtype.kind in "ui" and arr.dtype.itemsize <= 2:
         # A table over every possible stored value, indexed by the pixels. Unsigned: the values
         # 0 .. 2**BitsStored - 1 (pixels above are clipped to the top, as pydicom masks them);
@@ -250,9 +329,14 @@ def _mono_to_unit(arr: np.ndarray, ds: Any, no_window: NoWindow, invert: bool) -
         else:
             domain = np.arange(2 ** (8 * arr.dtype.itemsize), dtype=unsigned).view(arr.dtype)
             index = arr.view(unsigned)
-        table = _mono_transfer(domain, ds, no_window, observed)
+        counted = None
+        if observed is not None:  # the values between the observed ends, padding left out
+            counted = (domain >= observed[0]) & (domain <= observed[1])
+            if padding is not None:
+                counted &= (domain < padding[0]) | (domain > padding[1])
+        table = _mono_transfer(domain, ds, no_window, counted)
         if invert:
             table = 1.0 - table
         return np.take(table, index)
-    img = _mono_transfer(arr, ds, no_window, observed)
+    img = _mono_transfer(arr, ds, no_window, None if pad is None else ~pad)
     return 1.0 - img if invert else img

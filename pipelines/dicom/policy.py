@@ -1,8 +1,15 @@
-"""What a usable chest radiograph is: modality, body part, photometric, frames, transfer syntax.
+"""What a usable chest radiograph is: modality, intent, body part, photometric, frames, syntax.
 
-The ingest reader (:func:`check_image`, every rule) and ``cxr predict`` (modality and body part)
-share these rules; the decoder (:mod:`pipelines.dicom.pixels`) shares the photometric and frame
-rules, so that ingest accepts only what preprocess can decode.
+The ingest reader (:func:`check_image`, every rule) and ``cxr predict`` (modality, presentation
+intent and body part) share these rules; the decoder (:mod:`pipelines.dicom.pixels`) shares the
+photometric and frame rules, so that ingest accepts only what preprocess can decode.
+
+Presentation intent (:func:`for_processing`): an image whose PresentationIntentType (0008,0068)
+is ``FOR PROCESSING``, or whose SOP class is a "For Processing" one, holds the detector's data
+before the vendor's processing (equalisation, edge enhancement, the tone curve). It is meant for
+further processing, neither for display nor for a model trained on processed images (as the
+public chest X-ray datasets are): refused. ``FOR PRESENTATION`` and an absent value (CR has
+none) are accepted.
 
 Body part (:func:`non_chest_part`): a blank BodyPartExamined is accepted; so is one holding a
 chest word (``CHEST``, ``THORAX``, ``PORT CHEST``, ``CHEST ABDOMEN`` ...); one naming a known
@@ -17,10 +24,18 @@ from functools import lru_cache
 
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
-from pydicom.uid import UID, JPEGExtended12Bit
+from pydicom.uid import (
+    UID,
+    BreastProjectionXRayImageStorageForProcessing,
+    DigitalIntraOralXRayImageStorageForProcessing,
+    DigitalMammographyXRayImageStorageForProcessing,
+    DigitalXRayImageStorageForProcessing,
+    JPEGExtended12Bit,
+)
 
 from pipelines.dicom.header import CODE_STRING, UID_STRING, integer, shown, text
 from pipelines.dicom.reasons import (
+    FOR_PROCESSING,
     MULTI_FRAME,
     NOT_CHEST,
     UNSUPPORTED_MODALITY,
@@ -48,6 +63,16 @@ NOT_CHEST_WORDS: frozenset[str] = frozenset({
 })
 # fmt: on
 
+#: The "For Processing" SOP classes of projection radiography (DX, mammography, intra-oral).
+FOR_PROCESSING_CLASSES: frozenset[str] = frozenset(
+    {
+        DigitalXRayImageStorageForProcessing,
+        DigitalMammographyXRayImageStorageForProcessing,
+        DigitalIntraOralXRayImageStorageForProcessing,
+        BreastProjectionXRayImageStorageForProcessing,
+    }
+)
+
 #: Photometric interpretations the decoder turns into a grey radiograph (and every ``YBR_*``).
 DECODABLE_PHOTOMETRIC: frozenset[str] = frozenset({"MONOCHROME1", "MONOCHROME2", "RGB"})
 
@@ -74,6 +99,25 @@ def is_chest(body_part: str) -> bool:
     return not non_chest_part(body_part)
 
 
+def for_processing(ds: Dataset) -> str:
+    """Why an image is one for processing, not for presentation ('' when it is not).
+
+    Args:
+        ds: the header (PresentationIntentType and SOPClassUID are read).
+
+    Returns:
+        '' for a FOR PRESENTATION image or one without a presentation intent; else which
+        attribute says FOR PROCESSING (names a defined term or a SOP class, never a free value).
+    """
+    intent = " ".join(text(ds, "PresentationIntentType").upper().replace("_", " ").split())
+    if intent == "FOR PROCESSING":
+        return "PresentationIntentType (0008,0068) is FOR PROCESSING"
+    sop_class = text(ds, "SOPClassUID")
+    if sop_class in FOR_PROCESSING_CLASSES:
+        return f"the SOP class is {UID(sop_class).name}"
+    return ""
+
+
 def is_decodable_photometric(photometric: str) -> bool:
     """Whether the decoder reads this PhotometricInterpretation (upper case, stripped)."""
     return photometric in DECODABLE_PHOTOMETRIC or photometric.startswith("YBR")
@@ -97,14 +141,14 @@ def decoder_plugins(uid: str) -> tuple[str, ...]:
 
 
 def check_image(ds: Dataset, syntax: UID) -> None:
-    """Ingest's rules for one header: modality, body part, frames, photometric, syntax.
+    """Ingest's rules for one header: modality, intent, body part, frames, photometric, syntax.
 
     Args:
         ds: the header.
         syntax: its transfer syntax (:func:`pipelines.dicom.header.transfer_syntax`).
 
     Raises:
-        Reject: ``unsupported_modality``, ``not_chest``, ``multi_frame``,
+        Reject: ``unsupported_modality``, ``for_processing``, ``not_chest``, ``multi_frame``,
             ``unsupported_photometric`` or ``unsupported_transfer_syntax`` (``corrupt`` for a
             non-integer NumberOfFrames / BitsStored); details echo code strings and UIDs only.
     """
@@ -115,6 +159,13 @@ def check_image(ds: Dataset, syntax: UID) -> None:
         raise Reject(
             UNSUPPORTED_MODALITY,
             f"Modality is {shown(modality, CODE_STRING)}; accepted: CR, DX, DR",
+        )
+    raw = for_processing(ds)
+    if raw:
+        raise Reject(
+            FOR_PROCESSING,
+            f"{raw}: the detector's data before the vendor's processing, not for display or a "
+            "model; only FOR PRESENTATION images are used",
         )
     part = non_chest_part(text(ds, "BodyPartExamined"))
     if part:

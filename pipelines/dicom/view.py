@@ -6,10 +6,12 @@ runs of whitespace collapsed, blanks and unknown text are ``OTHER``) and so agre
 
 A DICOM header's view (:func:`dicom_view`), first decisive source wins: ``ViewPosition``; then
 ``ViewCodeSequence`` (code values of DICOM CID 4010, SNOMED CT and legacy SNOMED-RT, then the
-CodeMeaning text); then the text of SeriesDescription, ProtocolName, StudyDescription,
-AcquisitionDeviceProcessingDescription (word-boundary tokens). The raw value it reports is the
-defined term, code meaning or matched token, never a whole free-text description (which could
-carry PHI).
+CodeMeaning text); then the text of the series- and image-level SeriesDescription, ProtocolName
+and AcquisitionDeviceProcessingDescription (word-boundary tokens). StudyDescription is never
+consulted: it describes the whole study ("CHEST PA AND LATERAL", or "CHEST PA" for a study that
+also holds a lateral), so it says nothing about which image is which. The raw value it reports
+is the defined term, code meaning or matched token, never a whole free-text description (which
+could carry PHI).
 
 This module needs no pydicom (the table readers and the pair stage use it); the header helpers
 are imported when a DICOM header is looked at.
@@ -114,10 +116,11 @@ VIEW_CODES: dict[str, str] = {
     "R-102CD": "LATERAL",  # SRT lateral
 }
 
+#: The free-text fields that may decide an image's view, in order: series and image level only
+#: (a study-level text, StudyDescription, describes every image of the study alike).
 VIEW_TEXT_FIELDS: tuple[str, ...] = (
     "SeriesDescription",
     "ProtocolName",
-    "StudyDescription",
     "AcquisitionDeviceProcessingDescription",
 )
 
@@ -224,8 +227,9 @@ def dicom_view(ds: Dataset) -> tuple[str, str]:
 
     Order: ``ViewPosition``; then ``ViewCodeSequence`` (code values for postero-anterior,
     antero-posterior, left/right lateral, then CodeMeaning); then the text of SeriesDescription,
-    ProtocolName, StudyDescription, AcquisitionDeviceProcessingDescription. Decubitus and oblique
-    projections are ``OTHER``; a text field naming several views (``PA AND LAT``) decides nothing.
+    ProtocolName, AcquisitionDeviceProcessingDescription (never StudyDescription: a study-level
+    text). Decubitus and oblique projections are ``OTHER``; a text field naming several views
+    (``PA AND LAT``) decides nothing.
 
     Args:
         ds: a header, e.g. from :func:`pipelines.dicom.header.read_header`.

@@ -122,6 +122,9 @@ def figure_reliability(ev: Evaluation) -> Figure:
     return fig
 
 
+_FOREST_LABELS = {"dual": "both views", "frontal_only": "lateral view masked"}
+
+
 def figure_forest(ev: Evaluation) -> Figure:
     """Per-finding AUROC with CIs (dual and frontal-only) and the macro mean."""
     names = [*ev.findings, "Macro mean"]
@@ -148,7 +151,8 @@ def figure_forest(ev: Evaluation) -> Figure:
                 continue
             if est.lower is not None:
                 ax.plot([est.lower, est.upper], [yy, yy], color=colour, lw=1.5)
-            ax.plot(est.value, yy, "o", color=colour, ms=4, label=mode if i == 0 else None)
+            label = _FOREST_LABELS[mode] if i == 0 else None
+            ax.plot(est.value, yy, "o", color=colour, ms=4, label=label, clip_on=False)
     ax.axvline(0.5, color="#999999", lw=0.8, ls=":")
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels(names[::-1], fontsize=8)
@@ -158,11 +162,15 @@ def figure_forest(ev: Evaluation) -> Figure:
         for e in [*(f.auroc for f in mode.discrimination.findings), mode.discrimination.macro_auroc]
         if e.value is not None
     ]
-    ax.set_xlim(min([0.45, *(v - 0.02 for v in lows)]), 1.0)
+    ax.set_xlim(min([0.45, *(v - 0.02 for v in lows)]), 1.02)  # a point at 1.0 is not clipped
+    ax.axvline(1.0, color="#cccccc", lw=0.6)
+    ax.set_ylim(-0.6, len(names) - 0.4)
     ax.set_xlabel(f"AUROC with {ev.params.ci_level:.0%} CI (patient bootstrap)", fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
+    # above the axes, where it covers no row (inside, it hid the macro mean)
+    ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, frameon=False)
     ax.grid(axis="x", color="#eeeeee", lw=0.6)
-    _fixed_margins(fig)
+    h = fig.get_figheight()
+    fig.subplots_adjust(left=0.2, right=0.97, bottom=0.6 / h, top=1 - 0.45 / h)
     return fig
 
 

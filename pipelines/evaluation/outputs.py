@@ -27,6 +27,9 @@ from pipelines.evaluation.report import render_html, render_markdown
 from pipelines.evaluation.summary import RULES, Evaluation, ReportParams, summarize
 from pipelines.io import atomic_path, write_json
 
+#: The headline's AUROC of a finding left out as not trained.
+NOT_TRAINED = "not trained"
+
 # --------------------------------------------------------------------------------------------
 # Metrics and thresholds
 # --------------------------------------------------------------------------------------------
@@ -111,6 +114,26 @@ def metrics_dict(ev: Evaluation) -> dict[str, Any]:
     out["findings"] = {
         row.finding: _finding_metrics(ev, row) for row in dual.discrimination.findings
     }
+    if ev.not_trained:
+        out["not_trained"] = dict(ev.not_trained)
+    if ev.sources:
+        out["by_source"] = source_metrics(ev)
+    return out
+
+
+def source_metrics(ev: Evaluation) -> dict[str, dict[str, Any]]:
+    """Per split and source: studies, patients, macro AUROC and per-finding AUROC (with CIs)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in ev.sources:
+        d = r.discrimination
+        block: dict[str, Any] = {"studies": d.n_studies, "patients": d.n_patients}
+        _put(block, "macro_auroc", d.macro_auroc)
+        per: dict[str, Any] = {}
+        for f in d.findings:
+            per[f.finding] = {"n_pos": f.n_pos, "n_neg": f.n_neg}
+            _put(per[f.finding], "auroc", f.auroc)
+        block["findings"] = per
+        out.setdefault(r.split, {})[r.source] = block
     return out
 
 
@@ -119,7 +142,9 @@ def split_metrics(full: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
 
     The headline (``metrics/evaluate.json``) keeps ``dvc metrics show`` readable: counts, macro /
     micro AUROC with CIs, frontal-only and lateral-gain summaries, plus one AUROC and one
-    lateral-view delta per finding (the string ``not estimable`` where there is none). The
+    lateral-view delta per finding (the string ``not estimable`` where there is none, ``not
+    trained`` for a finding left out), and each source's macro AUROC where a split holds several
+    sources. The
     details (``metrics/evaluate_findings.json``) hold the bootstrap settings and every
     per-finding number: CIs, counts, status, ECE, operating points.
 
@@ -129,14 +154,25 @@ def split_metrics(full: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
     Returns:
         ``(headline, details)``.
     """
-    headline = {k: v for k, v in full.items() if k not in ("findings", "bootstrap")}
+    details_only = ("findings", "bootstrap", "by_source")
+    headline = {k: v for k, v in full.items() if k not in details_only}
     findings = full.get("findings", {})
     headline["auroc"] = {k: f.get("auroc", f["status"]) for k, f in findings.items()}
+    unscored = [f for f in full.get("not_trained", {}) if f not in findings]
+    headline["auroc"] |= dict.fromkeys(unscored, NOT_TRAINED)
+    if "by_source" in full:
+        headline["by_source_macro_auroc"] = {
+            split: {name: b.get("macro_auroc", NOT_ESTIMABLE) for name, b in per.items()}
+            for split, per in full["by_source"].items()
+        }
     if "lateral_gain" in full:
         headline["lateral_delta"] = {
             k: f.get("lateral_delta", NOT_ESTIMABLE) for k, f in findings.items()
         }
-    return headline, {"bootstrap": full.get("bootstrap", {}), "findings": findings}
+    details = {"bootstrap": full.get("bootstrap", {}), "findings": findings}
+    if "by_source" in full:
+        details["by_source"] = full["by_source"]
+    return headline, details
 
 
 def _policy_major(per_finding: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
@@ -148,7 +184,8 @@ def thresholds_dict(ev: Evaluation) -> dict[str, Any]:
 
     Top-level ``youden`` and ``sensitivity_target`` are for the dual-view model (what the model
     card carries); ``frontal_only`` holds the same for studies scored without a lateral view.
-    A threshold is ``null`` where the finding has one class only in the validation split.
+    A finding that is not trained (:mod:`pipelines.coverage`) has no threshold at all; it is
+    listed under ``not_trained`` with its reason, which the model card and ``cxr predict`` carry.
 
     Args:
         ev: from :func:`summarize`.
@@ -170,6 +207,7 @@ def thresholds_dict(ev: Evaluation) -> dict[str, Any]:
     }
     if "frontal_only" in ev.modes and ev.modes["frontal_only"].thresholds:
         out["frontal_only"] = _policy_major(ev.modes["frontal_only"].thresholds)
+    out["not_trained"] = dict(ev.not_trained)
     return out
 
 

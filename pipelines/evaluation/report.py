@@ -118,6 +118,31 @@ def _findings_rows(ev: Evaluation) -> list[list[Any]]:
     return rows
 
 
+def _not_trained_rows(ev: Evaluation) -> list[list[Any]]:
+    """The not-trained findings: training label counts (where recorded) and the reason."""
+    train = ev.label_coverage.get("train", {})
+    rows: list[list[Any]] = []
+    for name, why in ev.not_trained.items():
+        c = train.get(name, {})
+        counts = [c.get(k, "") for k in ("positives", "negatives", "unannotated")]
+        rows.append([name, *counts, Cell(why, "ne")])
+    return rows
+
+
+def _source_table(ev: Evaluation) -> dict[str, Any] | None:
+    """The findings x (split, source) AUROC table (None: one source only)."""
+    if not ev.sources:
+        return None
+    head: list[Any] = [Cell("Studies (patients)", "bold")]
+    head += [f"{r.discrimination.n_studies} ({r.discrimination.n_patients})" for r in ev.sources]
+    rows: list[list[Any]] = [head]
+    for j, name in enumerate(ev.findings):
+        rows.append([name, *(_estimate(r.discrimination.findings[j].auroc) for r in ev.sources)])
+    macro = [_estimate(r.discrimination.macro_auroc) for r in ev.sources]
+    rows.append([Cell("Macro mean", "bold"), *macro])
+    return {"columns": [f"{r.split}: {r.source}" for r in ev.sources], "rows": rows}
+
+
 def _paired(ev: Evaluation) -> dict[str, Any] | None:
     """The dual vs frontal-only section: counts, subset and table rows (None: not compared)."""
     if ev.paired is None:
@@ -223,6 +248,8 @@ def render_html(
             lateral_gain=lateral_gain,
             has_frontal_only=front is not None,
             findings_rows=_findings_rows(ev),
+            not_trained_rows=_not_trained_rows(ev),
+            source_table=_source_table(ev),
             paired=_paired(ev),
             operating_points=[(rule, _operating_rows(ops)) for rule, ops in operating_points],
             versions=_flatten("", shown_versions),
@@ -262,6 +289,15 @@ def render_markdown(ev: Evaluation) -> str:
             f"({ev.macro_verdict()}; {ev.paired_counts['studies']} studies)"
         )
     lines += [f"- Note: {n}" for n in ev.notes]
+    lines += [
+        f"- **Not trained** (no metric, no decision): {f}: {why}"
+        for f, why in ev.not_trained.items()
+    ]
+    for r in ev.sources:
+        lines.append(
+            f"- AUROC by source, {r.split} split, {r.source}: macro "
+            f"{_md(r.discrimination.macro_auroc)} ({r.discrimination.n_studies} studies)"
+        )
     paired = {d.finding: d for d in ev.paired or []}
     lines += [
         "",

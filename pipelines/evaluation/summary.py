@@ -27,6 +27,7 @@ from pydantic import Field
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from pipelines.config import StageParams
+from pipelines.coverage import untrained_by_validation
 from pipelines.errors import ReportError
 from pipelines.evaluation.bootstrap import Estimate, PatientBootstrap
 from pipelines.evaluation.calibration import expected_calibration_error, reliability_curve
@@ -45,9 +46,14 @@ from pipelines.evaluation.operating_points import (
     sensitivity_threshold,
     youden_threshold,
 )
+from pipelines.evaluation.sources import SourceResult, by_source
 from pipelines.labels import FINDINGS
 
 PREDICTION_COLUMNS: tuple[str, ...] = ("split", "study_key", "patient_key", "has_lateral", "mode")
+#: Optional columns kept when present: the study's source (a multi-source manifest's name).
+OPTIONAL_COLUMNS: tuple[str, ...] = ("source",)
+#: The predictions' attrs the evaluation reads (what evaluate records of the model).
+ATTRS: tuple[str, ...] = ("model", "frontal_only", "untrained", "label_coverage")
 MODES: tuple[str, ...] = ("dual", "frontal_only")
 FRONTAL_ONLY_METHOD = (
     "the same trained model scores each study a second time with its lateral view hidden "
@@ -129,7 +135,7 @@ def validate_predictions(predictions: pd.DataFrame, source: str = "predictions")
         source: name of the table in error messages (its file path).
 
     Returns:
-        A copy with the known columns only (and the ``model`` / ``frontal_only`` attrs).
+        A copy with the known columns only (and the attrs of :data:`ATTRS`).
 
     Raises:
         ReportError: missing columns, no dual-mode test rows, duplicate rows, probabilities
@@ -141,15 +147,19 @@ def validate_predictions(predictions: pd.DataFrame, source: str = "predictions")
     findings = prediction_findings(predictions)
     if not findings:
         raise ReportError(f"{source}: no y_<finding> / p_<finding> column pairs")
-    cols = [*PREDICTION_COLUMNS, *(f"y_{f}" for f in findings), *(f"p_{f}" for f in findings)]
+    optional = [c for c in OPTIONAL_COLUMNS if c in predictions.columns]
+    cols = [*PREDICTION_COLUMNS, *optional]
+    cols += [*(f"y_{f}" for f in findings), *(f"p_{f}" for f in findings)]
     df = predictions[cols].copy()
+    if "source" in df:
+        df["source"] = df["source"].fillna("").astype(str)
     df["split"] = df["split"].astype(str)
     df["mode"] = df["mode"].astype(str)
     df["has_lateral"] = df["has_lateral"].astype(bool)
     _check_rows(df, source)
     _check_values(df, findings, source)
     _check_modes_match(df, source)
-    df.attrs = {k: v for k, v in predictions.attrs.items() if k in ("model", "frontal_only")}
+    df.attrs = {k: v for k, v in predictions.attrs.items() if k in ATTRS}
     return df
 
 
@@ -235,6 +245,12 @@ class Evaluation:
     paired_counts: dict[str, int] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: the model's findings that are not trained, each with its reason (:mod:`pipelines.coverage`);
+    #: those training could not teach are not in ``findings`` (not scored at all)
+    not_trained: dict[str, str] = field(default_factory=dict)
+    #: per split, per finding: labelled positives / negatives / unannotated (from training)
+    label_coverage: dict[str, Any] = field(default_factory=dict)
+    sources: list[SourceResult] = field(default_factory=list)
 
     def macro_verdict(self) -> str:
         """Verdict of the paired macro AUROC difference (``not estimable`` if not compared)."""
@@ -335,6 +351,31 @@ def _compare_modes(
     ev.paired_counts = {"studies": int(subset.sum()), "patients": sub_boot.n_patients}
 
 
+def _scored_findings(
+    df: pd.DataFrame, val: pd.DataFrame, source: str
+) -> tuple[list[str], dict[str, str]]:
+    """The findings to score, and every finding that is not trained with its reason.
+
+    Not trained (:mod:`pipelines.coverage`): what training recorded (too few labelled training
+    studies: the ``untrained`` attr; its output carries no learned signal, so it is left out of
+    every metric) and what validation cannot threshold
+    (:func:`pipelines.coverage.untrained_by_validation`: still scored, since AUROC needs no
+    threshold, but ``cxr predict`` makes no decision on it).
+
+    Raises:
+        ReportError: no finding is left to score.
+    """
+    present = prediction_findings(df)
+    recorded = {f: r for f, r in (df.attrs.get("untrained") or {}).items() if f in present}
+    findings = [f for f in present if f not in recorded]
+    if not findings:
+        why = "; ".join(f"{f}: {r}" for f, r in recorded.items())
+        raise ReportError(f"{source}: no trained finding to evaluate ({why})")
+    by_val = untrained_by_validation(_arrays(val, findings, "y"), findings)
+    not_trained = {f: recorded.get(f) or by_val[f] for f in present if f in recorded or f in by_val}
+    return findings, not_trained
+
+
 def summarize(
     predictions: pd.DataFrame,
     params: ReportParams | Mapping[str, Any] | None = None,
@@ -356,9 +397,9 @@ def summarize(
     """
     params = report_params(params)
     df = validate_predictions(predictions, source)
-    findings = prediction_findings(df)
     test = _split(df, "test", "dual")
     val = _split(df, "val", "dual")
+    findings, not_trained = _scored_findings(df, val, source)
     boot = PatientBootstrap(test["patient_key"].to_numpy(), params.bootstrap_resamples, params.seed)
     counts = {
         "test_studies": len(test),
@@ -369,6 +410,9 @@ def summarize(
     }
     modes = {"dual": _mode_result(test, val, findings, boot, params)}
     ev = Evaluation(findings, params, counts, modes, model=dict(df.attrs.get("model", {})))
+    ev.not_trained = not_trained
+    ev.label_coverage = dict(df.attrs.get("label_coverage") or {})
+    ev.sources = by_source(df, findings, params.bootstrap_resamples, params.seed, params.ci_level)
     if not len(val):
         ev.notes.append("No validation predictions: operating points were not chosen.")
     front = _split(df, "test", "frontal_only", test.index)

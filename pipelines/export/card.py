@@ -12,18 +12,20 @@ from __future__ import annotations
 import json
 import logging
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from pipelines.coverage import finding_status, label_coverage
 from pipelines.data import ShardDataset, read_index
 from pipelines.errors import ExportError
-from pipelines.evaluation.provenance import git_commit
+from pipelines.evaluation.provenance import code_version
 from pipelines.export.formats import dist_version
 from pipelines.labels import FINDINGS
 from pipelines.model import PIXEL_MEAN, PIXEL_STD
+from pipelines.notices import data_notice
 from pipelines.runners import INPUT_NAMES, OUTPUT_NAME
 
 log = logging.getLogger(__name__)
@@ -40,13 +42,19 @@ NOTES = (
 
 
 Thresholds = dict[str, dict[str, float | None]]
+#: Mappings of thresholds.json keyed by finding that are not threshold policies.
+NOT_POLICIES = ("not_trained",)
 
 
 def _policies(data: dict[str, Any]) -> Thresholds:
     """Entries mapping finding names to numbers (or null): one threshold policy each."""
     table: Thresholds = {}
     for policy, values in data.items():
-        if not isinstance(values, dict) or not set(values) & set(FINDINGS):
+        if (
+            policy in NOT_POLICIES
+            or not isinstance(values, dict)
+            or not set(values) & set(FINDINGS)
+        ):
             continue
         table[policy] = {
             f: (float(v) if isinstance(v, int | float) else None)
@@ -67,12 +75,17 @@ def read_thresholds(path: Path) -> dict[str, Any]:
 
     Returns:
         ``{"thresholds": {policy: {finding: t}}, "thresholds_frontal_only": {...},
-        "notes": {...}}``, all empty when the file is absent.
+        "not_trained": {finding: reason}, "notes": {...}}``, all empty when the file is absent.
 
     Raises:
         ExportError: the file exists but is not a JSON object.
     """
-    empty: dict[str, Any] = {"thresholds": {}, "thresholds_frontal_only": {}, "notes": {}}
+    empty: dict[str, Any] = {
+        "thresholds": {},
+        "thresholds_frontal_only": {},
+        "not_trained": {},
+        "notes": {},
+    }
     if not path.is_file():
         log.warning("export: %s not found; the model card will carry no thresholds", path)
         return empty
@@ -88,6 +101,7 @@ def read_thresholds(path: Path) -> dict[str, Any]:
     return {
         "thresholds": _policies(data),
         "thresholds_frontal_only": _policies(frontal) if isinstance(frontal, dict) else {},
+        "not_trained": {str(k): str(v) for k, v in (data.get("not_trained") or {}).items()},
         "notes": {k: v for k, v in data.items() if isinstance(v, str | int | float | bool)},
     }
 
@@ -107,20 +121,23 @@ def read_test_metrics(path: Path) -> dict[str, Any] | None:
         raise ExportError(f"{path}: not valid JSON ({exc.msg})") from exc
 
 
-def training_data_summary(prepared: Path) -> dict[str, Any]:
-    """Counts only (studies, with lateral, positives and annotated per finding, per split)."""
+def training_data_summary(prepared: Path, findings: Sequence[str] = FINDINGS) -> dict[str, Any]:
+    """Counts only: per split, studies, with lateral and the label coverage of each finding
+    (labelled positives, negatives and unannotated studies; :mod:`pipelines.coverage`); per
+    source, what it is and its studies per split (from the prepared index)."""
     index = read_index(prepared)
     splits: dict[str, Any] = {}
     for split in index["splits"]:
-        ds = ShardDataset(prepared, split)
-        labels = ds.labels
+        ds = ShardDataset(prepared, split, findings)
         splits[split] = {
             "studies": len(ds),
             "with_lateral": int(ds.has_lateral.sum()),
-            "positives": {f: int(np.nansum(labels[:, j] == 1)) for j, f in enumerate(FINDINGS)},
-            "annotated": {f: int((~np.isnan(labels[:, j])).sum()) for j, f in enumerate(FINDINGS)},
+            "label_coverage": label_coverage(ds.labels, ds.findings),
         }
-    return {"prepared_size": index["size"], "splits": splits}
+    # per source: its reader, whether it is the embedded synthetic dataset, studies per split
+    # (cxr predict's data notice reads it; absent for data prepared before sources were kept)
+    sources = index.get("sources") or {}
+    return {"prepared_size": index["size"], "splits": splits, "sources": sources}
 
 
 def versions() -> dict[str, Any]:
@@ -128,7 +145,6 @@ def versions() -> dict[str, Any]:
     import onnx
     import onnxruntime
 
-    git = git_commit() or {}
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -136,9 +152,7 @@ def versions() -> dict[str, Any]:
         "onnxruntime": onnxruntime.__version__,
         "onnxscript": dist_version("onnxscript"),
         "executorch": dist_version("executorch"),
-        "cxr_dag": dist_version("cxr-dag"),
-        "code_commit": git.get("commit"),
-        "code_dirty": git.get("dirty"),
+        "code": code_version(),
     }
 
 
@@ -206,14 +220,31 @@ def input_spec(input_size: int, no_window: str = "bits") -> dict[str, Any]:
 
 
 def output_spec(
-    findings: list[str], thresholds: dict[str, Any], default_policy: str
+    findings: list[str],
+    thresholds: dict[str, Any],
+    default_policy: str,
+    untrained: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The output: name, shape, activation, findings and the thresholds (see read_thresholds)."""
+    """The output: name, shape, activation, findings, each finding's status and the thresholds.
+
+    Args:
+        findings: the model's outputs.
+        thresholds: what :func:`read_thresholds` returns.
+        default_policy: the policy ``cxr predict`` uses by default.
+        untrained: what training recorded as not trained (the checkpoint meta's ``untrained``).
+
+    ``status`` is ``trained`` or ``not trained: <reason>``
+    (:func:`pipelines.coverage.finding_status` on the default policy): ``cxr predict`` decides
+    only on trained findings.
+    """
+    not_trained = dict(untrained or {}) | thresholds.get("not_trained", {})
+    policy = thresholds.get("thresholds", {}).get(default_policy)
     return {
         "name": OUTPUT_NAME,
         "shape": ["batch", len(findings)],
         "activation": "sigmoid (independent per finding)",
         "findings": findings,
+        "status": finding_status(findings, not_trained, policy),
         "thresholds": thresholds.get("thresholds", {}),
         "thresholds_frontal_only": thresholds.get("thresholds_frontal_only", {}),
         "threshold_notes": thresholds.get("notes", {}),
@@ -260,10 +291,13 @@ def model_card(
         "name": "cxr-dag two-branch DenseNet-121 (frontal + optional lateral chest radiograph)",
         "task": "multi-label classification of the 14 ChestX-ray14 findings",
         "intended_use": "research and engineering; not a medical device, not for diagnosis",
+        "notice": data_notice((data_summary or {}).get("sources")),
         "versions": versions(),
         "model": model_summary(meta, n_params),
         "input": input_spec(input_size, no_window),
-        "output": output_spec(list(meta.get("findings", FINDINGS)), thresholds, default_policy),
+        "output": output_spec(
+            list(meta.get("findings", FINDINGS)), thresholds, default_policy, meta.get("untrained")
+        ),
         "files": files,
         "parity": {"test": parity, **parity_summary},
         "metrics": {"test": test_metrics},

@@ -13,7 +13,8 @@
   installed; otherwise the model card records it as skipped. It is an optional dependency, not
   a default one, because it pulls in torchao, coremltools and tokenizer packages.
 
-Each exporter returns what the model card records about how the file was made.
+Each exporter returns what the model card records about how the file was made, and leaves a
+file that is the same bytes in every clone (:mod:`pipelines.export.reproducible`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from torch import nn
 
 from pipelines.errors import ExportError
 from pipelines.export.inference import example_inputs
+from pipelines.export.reproducible import strip_onnx, strip_torch_archive
 from pipelines.runners import INPUT_NAMES, OUTPUT_NAME
 
 Format = Literal["torchscript", "onnx", "int8", "mobile", "executorch"]
@@ -103,6 +105,7 @@ def export_torchscript(traced: torch.jit.ScriptModule, path: Path) -> dict[str, 
     """Save the traced module (TorchScript)."""
     with quiet():
         torch.jit.save(traced, str(path))
+    strip_torch_archive(path)
     return {"method": "torch.jit.trace", "deprecated": "TorchScript is deprecated in PyTorch"}
 
 
@@ -129,6 +132,7 @@ def export_onnx(module: nn.Module, path: Path, size: int, opset: int = 18) -> di
             )
     except Exception as exc:
         raise ExportError(f"{path}: ONNX export failed: {first_line(exc)}") from exc
+    strip_onnx(path)
     return {"method": "torch.onnx.export(dynamo=True)", "opset": opset, "dynamic_batch": True}
 
 
@@ -156,6 +160,7 @@ def export_mobile(traced: torch.jit.ScriptModule, path: Path) -> dict[str, Any]:
                 if "XNNPACK is not enabled" in reason
                 else first_line(exc)
             )
+    strip_torch_archive(path)
     return info
 
 

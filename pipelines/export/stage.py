@@ -26,6 +26,7 @@ from pydantic import Field, field_validator, model_validator
 from pipelines.config import BaseParams, StageParams, load_params, parse_section
 from pipelines.data import ShardDataset, read_index
 from pipelines.errors import ExportError, ParityError
+from pipelines.evaluation.provenance import dvc_hashes
 from pipelines.export.card import (
     model_card,
     read_test_metrics,
@@ -48,7 +49,7 @@ from pipelines.export.formats import (
 from pipelines.export.inference import CXRInference, eager_runner
 from pipelines.export.parity import check_parity, run_parity
 from pipelines.export.quantize import ShardCalibrationReader, quantize_onnx
-from pipelines.io import write_json
+from pipelines.io import write_json, write_metrics
 from pipelines.labels import FINDINGS
 from pipelines.runners import CARD_FILE, load_runner
 from pipelines.stage import run_stage
@@ -262,7 +263,7 @@ def export_all(
     prepared, out = Path(params.prepared), Path(params.out)
     index = read_index(prepared)
     size = int(index["size"])
-    test = ShardDataset(prepared, "test")
+    test = ShardDataset(prepared, "test", meta.get("findings", FINDINGS))
     out.mkdir(parents=True, exist_ok=True)
     for name in FILES.values():  # no stale file of a format not made this time
         (out / name).unlink(missing_ok=True)
@@ -280,7 +281,7 @@ def export_all(
     try:
         check_parity(figures, params.tolerances)
     except ParityError as exc:
-        write_json(params.metrics, metrics | {"passed": False, "error": str(exc)})
+        write_metrics(params.metrics, metrics | {"passed": False, "error": str(exc)})
         raise
     metrics["passed"] = True
     card = model_card(
@@ -293,12 +294,13 @@ def export_all(
         thresholds=read_thresholds(Path(params.thresholds)),
         default_policy=params.default_threshold_policy,
         test_metrics=read_test_metrics(Path(params.evaluation)),
-        data_summary=training_data_summary(prepared),
+        data_summary=training_data_summary(prepared, test.findings)
+        | {"dvc": dvc_hashes([params.checkpoint, params.prepared])},
         n_params=sum(p.numel() for p in module.parameters()),
         no_window=str(index.get("no_window", "bits")),
     )
     write_json(out / CARD_FILE, card)
-    write_json(params.metrics, metrics)
+    write_metrics(params.metrics, metrics)
     return metrics
 
 
@@ -337,8 +339,12 @@ def run_export(params: ExportParams, seed: int = 0) -> dict[str, Any]:
             f"{params.prepared}: image size {prepared_size} differs from the "
             f"{meta['prepared_size']} px the model was trained on"
         )
-    if list(meta.get("findings", FINDINGS)) != list(FINDINGS):
-        raise ExportError(f"{params.checkpoint}: label space differs from pipelines.labels")
+    unknown = set(meta.get("findings", FINDINGS)) - set(FINDINGS)
+    if unknown:
+        raise ExportError(
+            f"{params.checkpoint}: findings {sorted(unknown)} are not in the label space "
+            "(pipelines.labels)"
+        )
     return export_all(CXRInference(model, meta.get("size")), meta, params, seed)
 
 

@@ -41,7 +41,7 @@ from pipelines.imaging import cpu_count, prepare_many
 from pipelines.io import REJECTED_COLUMNS
 from pipelines.labels import FINDINGS
 from pipelines.preprocess.grid import grid_item
-from pipelines.schema import SPLITS
+from pipelines.schema import SOURCES_ATTR, SPLITS, ImageRoots
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "study_key",
@@ -63,7 +63,7 @@ class PreprocessParams(StageParams):
     """The ``preprocess`` section of params.yaml."""
 
     studies: str = "data/studies/studies.parquet"
-    data_root: str | None = None  # None: the table's attrs["data_root"]
+    data_root: str | None = None  # one image root for every source; None: the table's roots
     size: int = Field(128, ge=8, le=2048, alias="image_size")
     shard_size: int = Field(512, ge=1)  # studies per shard (buffer: shard_size * 2 * size**2 B)
     workers: int = Field(0, ge=0)  # 0 = all cores
@@ -94,13 +94,16 @@ def check_table(studies: pd.DataFrame) -> None:
 
 
 def preprocess_studies(
-    studies: pd.DataFrame, data_root: str | Path, out: str | Path, params: PreprocessParams
+    studies: pd.DataFrame,
+    data_root: str | Path | ImageRoots,
+    out: str | Path,
+    params: PreprocessParams,
 ) -> PreprocessResult:
     """Decode every study's views and write shards per split into ``out``.
 
     Args:
         studies: the pair stage's table (``pipelines.schema.STUDY_COLUMNS``).
-        data_root: the folder the image paths are relative to.
+        data_root: where each source's image paths are relative to (one folder for all).
         out: the prepared folder; old shards and index in it are removed first.
         params: size, shard size, workers, chunk, ``no_window``, grid.
 
@@ -113,21 +116,22 @@ def preprocess_studies(
     """
     start = time.perf_counter()
     check_table(studies)
-    root, out = Path(data_root), Path(out)
+    roots = data_root if isinstance(data_root, ImageRoots) else ImageRoots(Path(data_root))
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     clear(out)
     table = ordered(studies)
     workers = params.workers or cpu_count()
     sink = _Sink(out, params)
     with _executor(workers) as pool:
-        jobs = _jobs(table, root, params.chunk)
+        jobs = _jobs(table, roots, params.chunk)
         results = _ordered_map(pool, jobs, params.size, params.no_window, 2 * workers + 2)
         rows = table.itertuples(index=False)
         for chunk in results:
             for frontal, lateral in zip(chunk[0::2], chunk[1::2], strict=True):
                 sink.add(next(rows)._asdict(), frontal, lateral)
     sink.close()
-    write_index(out, params.size, sink.index, stage="preprocess")
+    write_index(out, params.size, sink.index, stage="preprocess", sources=source_summary(studies))
     rejected = pd.DataFrame(sink.rejected, columns=[*REJECTED_COLUMNS, *REJECTED_EXTRA])
     summary = _summary(table, sink, rejected, workers, time.perf_counter() - start)
     return PreprocessResult(summary=summary, rejected=rejected, grid=sink.preview())
@@ -146,14 +150,48 @@ def ordered(studies: pd.DataFrame) -> pd.DataFrame:
     return table.drop(columns="_split_rank").reset_index(drop=True)
 
 
-def _jobs(table: pd.DataFrame, root: Path, chunk: int) -> Iterator[list[str]]:
-    """Image paths of ``chunk`` studies per job: frontal, lateral ('' when none), ..."""
+Job = tuple[list[str], list[int | None]]
+
+
+def _bits(table: pd.DataFrame, view: str) -> list[int | None]:
+    """Per study, the stored bits of a view from the source metadata (None: detect)."""
+    column = f"{view}_bits"
+    if column not in table:
+        return [None] * len(table)
+    values = pd.to_numeric(table[column], errors="coerce").fillna(0).astype(int)
+    return [int(b) or None for b in values]
+
+
+def _jobs(table: pd.DataFrame, roots: ImageRoots, chunk: int) -> Iterator[Job]:
+    """Per ``chunk`` studies: image paths (frontal, lateral or '', ...) and their stored bits."""
+    frontal_bits, lateral_bits = _bits(table, "frontal"), _bits(table, "lateral")
     for lo in range(0, len(table), chunk):
-        part = table.iloc[lo : lo + chunk]
         paths: list[str] = []
-        for fp, lp in zip(part["frontal_path"], part["lateral_path"], strict=True):
-            paths += [str(root / fp), str(root / lp) if lp else ""]
-        yield paths
+        bits: list[int | None] = []
+        for i in range(lo, min(lo + chunk, len(table))):
+            row = table.iloc[i]
+            source = str(row["source"])
+            paths += [
+                roots.resolve(source, row["frontal_path"]),
+                roots.resolve(source, row["lateral_path"]),
+            ]
+            bits += [frontal_bits[i], lateral_bits[i]]
+        yield paths, bits
+
+
+def source_summary(studies: pd.DataFrame) -> dict[str, Any]:
+    """Per source: what it is (reader, synthetic; from the table's attrs) and studies per split.
+
+    The model card's training-data section and ``cxr predict``'s data notice read it.
+    """
+    about = dict(studies.attrs.get(SOURCES_ATTR) or {})
+    counts = studies.groupby([studies["source"].astype(str), studies["split"].astype(str)]).size()
+    out: dict[str, Any] = {}
+    for name in sorted(set(studies["source"].astype(str))):
+        info = dict(about.get(name) or {"reader": name, "synthetic": None})
+        info["studies"] = {s: int(counts.get((name, s), 0)) for s in SPLITS}
+        out[name] = info
+    return out
 
 
 class _Sink:
@@ -331,12 +369,12 @@ def _executor(workers: int) -> Executor:
 
 
 def _ordered_map(
-    pool: Executor, jobs: Iterable[list[str]], size: int, no_window: str, max_pending: int
+    pool: Executor, jobs: Iterable[Job], size: int, no_window: str, max_pending: int
 ) -> Iterator[list[tuple[np.ndarray | None, DecodeError | None]]]:
     """Decode jobs in the pool, yielding results in submission order, bounded in flight."""
     pending: deque[Future] = deque()
-    for paths in jobs:
-        pending.append(pool.submit(prepare_many, paths, size, no_window))
+    for paths, bits in jobs:
+        pending.append(pool.submit(prepare_many, paths, size, no_window, bits))
         if len(pending) >= max_pending:
             yield pending.popleft().result()
     while pending:

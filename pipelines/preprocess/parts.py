@@ -40,9 +40,10 @@ from pipelines.preprocess.core import (
     PreprocessResult,
     ordered,
     preprocess_studies,
+    source_summary,
 )
 from pipelines.preprocess.grid import grid_from
-from pipelines.schema import SPLITS
+from pipelines.schema import SPLITS, ImageRoots
 
 PART_FILE = "part.json"
 # params that change how a run goes, not what it writes: a part may use its own
@@ -95,7 +96,7 @@ def _partition(
 
 def preprocess_part(
     studies: pd.DataFrame,
-    data_root: str | Path,
+    data_root: str | Path | ImageRoots,
     out: str | Path,
     params: PreprocessParams,
     part: int,
@@ -204,7 +205,8 @@ def merge_parts(
         ]
         for s in SPLITS
     }
-    write_index(out, params.size, splits, stage="preprocess", parts=parts)
+    sources = source_summary(studies)
+    write_index(out, params.size, splits, stage="preprocess", parts=parts, sources=sources)
 
     columns = records[0]["rejected_columns"]
     rej = pd.DataFrame([r for rec in records for r in rec["rejected"]], columns=columns)

@@ -16,10 +16,11 @@ import pandas as pd
 
 from pipelines.config import load_section
 from pipelines.errors import UserError
-from pipelines.io import write_json, write_rejected
+from pipelines.io import write_metrics, write_rejected
 from pipelines.preprocess.core import PreprocessParams, preprocess_studies
 from pipelines.preprocess.grid import save_grid
 from pipelines.preprocess.parts import merge_parts, part_name, preprocess_part
+from pipelines.schema import ImageRoots
 from pipelines.stage import run_stage
 
 log = logging.getLogger("pipelines.preprocess")
@@ -39,7 +40,7 @@ def run_preprocess(
     studies, data_root = _read_studies(params)
     result = preprocess_studies(studies, data_root, params.out, params)
     write_rejected(result.rejected, params.rejected)
-    write_json(metrics, result.summary)
+    write_metrics(metrics, result.summary)
     save_grid(result.grid, grid)
     s = result.summary
     log.info(
@@ -54,13 +55,13 @@ def run_preprocess(
     return s
 
 
-def _read_studies(params: PreprocessParams) -> tuple[pd.DataFrame, str | Path]:
-    """The studies table and the folder its image paths are relative to."""
+def _read_studies(params: PreprocessParams) -> tuple[pd.DataFrame, ImageRoots]:
+    """The studies table and where each source's image paths are relative to."""
     path = Path(params.studies)
     if not path.is_file():
         raise UserError(f"{path}: studies table not found; run the pair stage first")
     studies = pd.read_parquet(path)
-    return studies, params.data_root or studies.attrs.get("data_root", ".")
+    return studies, ImageRoots.from_attrs(studies.attrs, params.data_root)
 
 
 def run_part(params: PreprocessParams, part: int, parts: int) -> dict[str, Any]:
@@ -90,7 +91,7 @@ def run_merge(
     studies, _ = _read_studies(params)
     result = merge_parts(studies, params.out, params, parts)
     write_rejected(result.rejected, params.rejected)
-    write_json(metrics, result.summary)
+    write_metrics(metrics, result.summary)
     save_grid(result.grid, grid)
     s = result.summary
     log.info(

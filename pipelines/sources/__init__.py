@@ -18,7 +18,7 @@ import pandas as pd
 
 from pipelines.errors import SourceError
 from pipelines.io import Rejection
-from pipelines.labels import UncertainPolicy
+from pipelines.labels import BlankPolicy, UncertainPolicy
 
 SOURCES: tuple[str, ...] = ("dicom", "nih", "chexpert", "mimic", "padchest", "openi", "csv")
 
@@ -32,6 +32,9 @@ class ReadOptions:
         labels: a label file (MIMIC chexpert/negbio CSV; DICOM folder: CSV keyed by study_uid).
         verify_files: open each image (header only) to check it exists and read its size.
         uncertain: policy for -1 (uncertain) labels.
+        blank: what a blank CheXpert / MIMIC label (not mentioned in the report) becomes:
+            ``zeros`` (negative, the default: see ``docs/label-mapping.md``), ``nan`` (not
+            annotated) or ``nan_unless_no_finding`` (negative where ``No Finding`` is 1).
         workers: parallel workers for per-file work (0 = all cores; processes for DICOM
             headers, threads for image-header checks).
         salt: the secret used for keys (:func:`pipelines.keys.get_salt`).
@@ -41,18 +44,24 @@ class ReadOptions:
     labels: Path | None = None
     verify_files: bool = True
     uncertain: UncertainPolicy = "ignore"
+    blank: BlankPolicy = "zeros"
     workers: int = 0
     salt: bytes = b""
 
 
 @dataclass
 class SourceResult:
-    """Accepted manifest rows, rejected inputs, and the count of inputs seen."""
+    """Accepted manifest rows, rejected inputs, and the count of inputs seen.
+
+    ``counts`` holds what a reader noticed about accepted rows beyond the manifest (PadChest:
+    ``placeholder_labels``, ``unknown_terms``), for the ingest summary.
+    """
 
     manifest: pd.DataFrame
     rejected: list[Rejection] = field(default_factory=list)
     n_inputs: int = 0
     data_root: str = "."
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 Reader = Callable[[Path, ReadOptions], SourceResult]

@@ -1,4 +1,4 @@
-"""CheXpert: ``train.csv`` / ``valid.csv`` -> manifest rows.
+"""CheXpert: ``train.csv`` / ``valid.csv`` (or ``.csv.gz``) -> manifest rows.
 
 Columns used: ``Path``, ``Frontal/Lateral``, ``AP/PA`` and the CheXpert observations mapped by
 :data:`pipelines.labels.CHEXPERT_TO_FINDINGS` (Atelectasis, Cardiomegaly, Consolidation, Edema,
@@ -16,9 +16,11 @@ Pleural Effusion -> Effusion, Pneumonia, Pneumothorax). Sex and age are not read
 - View: ``Lateral`` -> LATERAL; Frontal -> ``AP/PA`` through the canonical view map (PA, AP;
   anything else OTHER). ``view_raw`` is ``Frontal/AP``-style text.
 - Labels: 1 positive, 0 negative, -1 uncertain (``options.uncertain``: ignore -> NaN, ones,
-  zeros). **Blank -> 0**: the CheXpert labeler leaves findings that the report does not mention
-  blank, and the CheXpert authors treat those as negative. The seven other ChestX-ray14
-  findings are not annotated by CheXpert (NaN). Any other cell value is ``label_out_of_domain``.
+  zeros). Blank (the labeler found no mention in the report) by ``options.blank``: ``zeros``
+  (the default: negative), ``nan`` (not annotated) or ``nan_unless_no_finding`` (negative in
+  rows whose ``No Finding`` is 1, else NaN; the CSV must have ``No Finding``). Why zeros is the
+  default: ``docs/label-mapping.md``. The seven other ChestX-ray14 findings are not annotated by
+  CheXpert (NaN). Any other cell value is ``label_out_of_domain``.
 - Sizes: not in the CSV (0 / '' unless ``verify_files`` reads them).
 """
 
@@ -30,10 +32,10 @@ import numpy as np
 import pandas as pd
 
 from pipelines.dicom.view import canonical_views
-from pipelines.labels import CHEXPERT_TO_FINDINGS
+from pipelines.labels import CHEXPERT_NO_FINDING, CHEXPERT_TO_FINDINGS
 from pipelines.sources import ReadOptions, SourceResult
 from pipelines.sources.common import extract, finish, make_source_keys
-from pipelines.sources.label_parsing import coded_labels
+from pipelines.sources.label_parsing import blank_fill, coded_labels
 from pipelines.sources.rows import Rows
 from pipelines.sources.tables import find_table, read_table
 
@@ -55,15 +57,19 @@ def read(input_path: Path, options: ReadOptions) -> SourceResult:
     """Read a CheXpert ``train.csv`` / ``valid.csv``.
 
     Args:
-        input_path: the CSV (or a folder holding exactly one ``train.csv``).
-        options: reader options (``images``, ``uncertain``, ``verify_files``, ``salt`` ...).
+        input_path: the CSV (or a folder holding exactly one ``train.csv`` or
+            ``train.csv.gz``).
+        options: reader options (``images``, ``uncertain``, ``blank``, ``verify_files``,
+            ``salt`` ...).
 
     Raises:
-        SourceError: the CSV is missing, unreadable or lacks a required column.
+        SourceError: the CSV is missing, unreadable or lacks a required column (``No Finding``
+            too under ``blank: nan_unless_no_finding``).
     """
     table = find_table(input_path, ["train.csv"], "CheXpert CSV")
     required = [PATH, FRONTAL_LATERAL, AP_PA, *CHEXPERT_TO_FINDINGS]
-    df = read_table(table, required, what="CheXpert CSV")
+    df = read_table(table, required, [CHEXPERT_NO_FINDING], what="CheXpert CSV")
+    blank_value = blank_fill(df, options.blank, table, "CheXpert CSV")
     path = df[PATH].str.strip().str.replace("\\", "/", regex=False)
     root = Path(options.images) if options.images else default_root(table, path)
     rows = Rows(len(df), SOURCE, table)
@@ -72,7 +78,9 @@ def read(input_path: Path, options: ReadOptions) -> SourceResult:
     rows.reject(
         ids["image"].isna().to_numpy(), "unparsable_path", "Path has no patientN/studyN/<file> tail"
     )
-    labels = coded_labels(df, CHEXPERT_TO_FINDINGS, rows, blank_value=0.0, policy=options.uncertain)
+    labels = coded_labels(
+        df, CHEXPERT_TO_FINDINGS, rows, blank_value=blank_value, policy=options.uncertain
+    )
     rows.reject_duplicates(ids["image"].fillna(""))
 
     keep = rows.keep

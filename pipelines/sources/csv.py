@@ -1,5 +1,7 @@
 """Generic CSV for image folders: one row per image -> manifest rows.
 
+Input: the CSV (``.csv`` or ``.csv.gz``), or a folder holding exactly one such file.
+
 Required columns: ``path`` (image file, relative to the image root), ``patient``, ``study``,
 ``view``. Optional label columns:
 
@@ -61,7 +63,7 @@ def read(input_path: Path, options: ReadOptions) -> SourceResult:
     """Read a generic image-list CSV.
 
     Args:
-        input_path: the CSV.
+        input_path: the CSV (``.csv`` / ``.csv.gz``), or a folder holding exactly one.
         options: reader options (``images``, ``uncertain``, ``verify_files``, ``salt`` ...).
 
     Raises:

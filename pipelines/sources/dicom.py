@@ -12,7 +12,8 @@ Each file is opened once, in a pool of worker processes, and only its header is 
 
 1. the Pixel Data element is there and whole (:mod:`pipelines.dicom.integrity`);
 2. the image is a usable chest radiograph (:func:`pipelines.dicom.policy.check_image`: modality,
-   body part, one frame, decodable photometric interpretation and transfer syntax);
+   not FOR PROCESSING, body part, one frame, decodable photometric interpretation and transfer
+   syntax);
 3. it has a patient, study and SOP instance id, and a view (:func:`pipelines.dicom.view.find_view`).
 
 An optional labels CSV keyed by ``study_uid`` (:func:`read_study_labels`) gives the findings.

@@ -2,7 +2,9 @@
 
 With ``ReadOptions.verify_files`` every image's header is opened in a thread pool (format from
 the content, not the name) for its size, bit depth and colour mode; missing or unreadable files
-are rejected with the image path relative to the image root.
+are rejected with the image path relative to the image root. A bit depth the source's metadata
+gave (PadChest's ``BitsStored_DICOM``: 12-bit values in 16-bit PNGs) is kept: the header only
+knows the container's depth.
 """
 
 from __future__ import annotations
@@ -93,14 +95,29 @@ def image_header(path: Path) -> tuple[int, int, int, str] | tuple[str, str]:
     return width, height, bits, photometric
 
 
+def stored_bits(given: np.ndarray, file_bits: np.ndarray) -> np.ndarray:
+    """Each row's bits: the metadata's (``given``) where plausible, else the file header's.
+
+    ``given`` is kept where it is > 0 and within ``file_bits`` (or the file's depth is unknown).
+    """
+    given = np.asarray(given, dtype=np.int64)
+    file_bits = np.asarray(file_bits, dtype=np.int64)
+    keep = (given > 0) & ((file_bits == 0) | (given <= file_bits))
+    return np.where(keep, given, file_bits)
+
+
 def verify_files(
     df: pd.DataFrame, root: Path | str, workers: int = 0
 ) -> tuple[pd.DataFrame, list[Rejection]]:
     """Check that each manifest image exists and read its header (thread pool).
 
-    Width, height, bits and photometric are replaced by what the file says. Missing files are
-    rejected as ``missing_file``, unreadable ones as ``unreadable_image`` with the reason; the
-    rejection path is the image path relative to ``root``.
+    Width, height and photometric are replaced by what the file says. Bits too, except where the
+    row already has bits (> 0, from the source's metadata) that fit the file's depth: those are
+    the stored bits, the header's depth only the container's (a 16-bit PNG of 12-bit values).
+    Bits above the file's depth (metadata of the original DICOM beside an 8-bit export) give way
+    to the file's. Missing files are rejected as ``missing_file``, unreadable ones as
+    ``unreadable_image`` with the reason; the rejection path is the image path relative to
+    ``root``.
 
     Args:
         df: manifest rows (``path``, ``source``, size columns).
@@ -124,7 +141,7 @@ def verify_files(
         width, height, bits, photometric = zip(*good, strict=True)
         out["width"] = np.asarray(width, dtype=np.int64)
         out["height"] = np.asarray(height, dtype=np.int64)
-        out["bits"] = np.asarray(bits, dtype=np.int64)
+        out["bits"] = stored_bits(out["bits"].to_numpy(), np.asarray(bits, dtype=np.int64))
         out["photometric"] = pd.array(photometric, dtype="string")
     sources = df["source"].astype(str).to_numpy()
     rejections = [

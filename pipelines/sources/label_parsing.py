@@ -1,19 +1,56 @@
 """Vectorised label parsing of the table readers into the :data:`~pipelines.labels.FINDINGS` matrix.
 
-Coded columns (CheXpert style: 1 / 0 / -1 / blank) and term lists (NIH, PadChest, Open-i, the
-generic CSV); a value outside the vocabulary rejects the row (``label_out_of_domain``) through
-:class:`~pipelines.sources.rows.Rows`.
+Coded columns (CheXpert style: 1 / 0 / -1 / blank, a blank resolved by the reader's blank
+policy) and term lists (NIH, PadChest, Open-i, the generic CSV); a value outside the vocabulary
+rejects the row (``label_out_of_domain``) through :class:`~pipelines.sources.rows.Rows`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipelines.labels import FINDINGS, UncertainPolicy, apply_uncertain_policy
+from pipelines.errors import SourceError
+from pipelines.labels import (
+    CHEXPERT_NO_FINDING,
+    FINDINGS,
+    BlankPolicy,
+    UncertainPolicy,
+    apply_uncertain_policy,
+    blank_values,
+)
 from pipelines.sources.rows import TEXT_CHARS, Rows
+
+
+def blank_fill(df: pd.DataFrame, policy: BlankPolicy, table: Path, what: str) -> np.ndarray:
+    """Each row's value for its blank CheXpert / MIMIC cells (see ``labels.blank_values``).
+
+    Args:
+        df: the label table (text cells); its ``No Finding`` column is read for
+            ``nan_unless_no_finding`` (``1`` / ``1.0`` = no finding; anything else is not).
+        policy: the blank policy.
+        table: the file, for the error message.
+        what: how the error names the file (``"CheXpert CSV"`` ...).
+
+    Returns:
+        float32, one value (0.0 or NaN) per row of ``df``.
+
+    Raises:
+        SourceError: ``nan_unless_no_finding`` and the table has no ``No Finding`` column.
+    """
+    no_finding = None
+    if policy == "nan_unless_no_finding":
+        if CHEXPERT_NO_FINDING not in df:
+            raise SourceError(
+                f"{table}: the blank policy nan_unless_no_finding needs the column "
+                f"'{CHEXPERT_NO_FINDING}', which the {what} lacks; choose zeros or nan"
+            )
+        text = df[CHEXPERT_NO_FINDING].astype(str).str.strip()
+        no_finding = pd.to_numeric(text, errors="coerce").to_numpy(np.float64)
+    return blank_values(policy, no_finding, len(df))
 
 
 def coded_labels(
@@ -21,7 +58,7 @@ def coded_labels(
     columns: Mapping[str, str],
     rows: Rows,
     *,
-    blank_value: float,
+    blank_value: float | np.ndarray,
     policy: UncertainPolicy,
 ) -> pd.DataFrame:
     """Parse CheXpert-style coded label columns into findings.
@@ -35,7 +72,7 @@ def coded_labels(
         df: the table (text cells).
         columns: source column -> finding.
         rows: row tracker for rejections.
-        blank_value: value of a blank cell.
+        blank_value: value of a blank cell: one for all rows, or one per row (:func:`blank_fill`).
         policy: uncertain policy (:func:`~pipelines.labels.apply_uncertain_policy`).
 
     Returns:
@@ -50,7 +87,9 @@ def coded_labels(
         if bad.any():
             detail = "column '" + col + "' has value '" + text.str.slice(0, TEXT_CHARS) + "'"
             rows.reject(bad, "label_out_of_domain", detail.to_numpy(dtype=object))
-        num[is_blank] = blank_value
+        num[is_blank] = np.broadcast_to(np.asarray(blank_value, dtype=np.float64), num.shape)[
+            is_blank
+        ]
         num[bad] = np.nan
         out[finding] = apply_uncertain_policy(num, policy)
     return pd.DataFrame(out, index=df.index)

@@ -11,9 +11,11 @@ the procedure text are never read. ``options.labels`` (required) is
 - Keys: patient = ``subject_id``, study = ``study_id``, image = ``dicom_id``, prefixed
   ``mimic:``. Non-numeric subject/study ids are rejected (``invalid_id``).
 - Labels: per study, joined onto every image of the study on (subject_id, study_id); the same
-  mapping and rules as CheXpert (:mod:`pipelines.sources.chexpert`): blank -> 0 for the seven
-  annotated findings, -1 by ``options.uncertain``, the other seven NaN. An image whose study has
-  no label row is rejected (``missing_labels``). A study repeated in the label file is an error.
+  mapping and rules as CheXpert (:mod:`pipelines.sources.chexpert`): a blank (not mentioned) by
+  ``options.blank`` (``zeros``: 0, the default; ``nan``; ``nan_unless_no_finding``: 0 where the
+  study's ``No Finding`` is 1, else NaN) for the seven annotated findings, -1 by
+  ``options.uncertain``, the other seven NaN. An image whose study has no label row is rejected
+  (``missing_labels``). A study repeated in the label file is an error.
 - View: ``ViewPosition`` through the canonical map (PA, AP, LATERAL/LL -> LATERAL; AP AXIAL,
   LAO, SWIMMERS, blank ... -> OTHER). Sizes without verification: ``Columns`` x ``Rows``.
 """
@@ -25,10 +27,10 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.errors import SourceError
-from pipelines.labels import CHEXPERT_TO_FINDINGS
+from pipelines.labels import CHEXPERT_NO_FINDING, CHEXPERT_TO_FINDINGS
 from pipelines.sources import ReadOptions, SourceResult
 from pipelines.sources.common import finish, make_source_keys, to_int, view_columns
-from pipelines.sources.label_parsing import coded_labels
+from pipelines.sources.label_parsing import blank_fill, coded_labels
 from pipelines.sources.rows import Rows
 from pipelines.sources.tables import find_table, read_table
 
@@ -40,11 +42,14 @@ ROWS, COLUMNS = "Rows", "Columns"
 def read_labels(path: Path) -> pd.DataFrame:
     """Read the chexpert/negbio CSV: one row per (subject_id, study_id), text cells.
 
+    The seven mapped observations are required, ``No Finding`` is read when present.
+
     Raises:
         SourceError: unreadable, a required column missing, or a study given twice.
     """
     what = "MIMIC label CSV"
-    labels = read_table(path, [SUBJECT, STUDY, *CHEXPERT_TO_FINDINGS], what=what)
+    required = [SUBJECT, STUDY, *CHEXPERT_TO_FINDINGS]
+    labels = read_table(path, required, [CHEXPERT_NO_FINDING], what=what)
     labels[SUBJECT] = labels[SUBJECT].str.strip()
     labels[STUDY] = labels[STUDY].str.strip()
     dup = labels.duplicated([SUBJECT, STUDY])
@@ -55,16 +60,46 @@ def read_labels(path: Path) -> pd.DataFrame:
     return labels
 
 
+def study_findings(
+    subject: pd.Series, study: pd.Series, labels: pd.DataFrame, rows: Rows, options: ReadOptions
+) -> pd.DataFrame:
+    """Each image's findings from its study's label row (``missing_labels`` when it has none).
+
+    Args:
+        subject: each image's subject_id.
+        study: each image's study_id.
+        labels: :func:`read_labels` of ``options.labels``.
+        rows: row tracker for ``missing_labels`` and ``label_out_of_domain``.
+        options: ``labels`` (named in the rejection), ``blank`` and ``uncertain``.
+
+    Raises:
+        SourceError: ``blank: nan_unless_no_finding`` and the label CSV has no ``No Finding``.
+    """
+    label_file = Path(options.labels or "")
+    joined = pd.DataFrame({SUBJECT: subject, STUDY: study}).merge(
+        labels, on=[SUBJECT, STUDY], how="left", indicator=True, validate="many_to_one"
+    )
+    unlabeled = (joined["_merge"] == "left_only").to_numpy()
+    rows.reject(unlabeled, "missing_labels", f"study has no row in {label_file.name}")
+    joined.loc[unlabeled, [c for c in labels.columns if c not in (SUBJECT, STUDY)]] = ""
+    blank_value = blank_fill(joined, options.blank, label_file, "MIMIC label CSV")
+    return coded_labels(
+        joined, CHEXPERT_TO_FINDINGS, rows, blank_value=blank_value, policy=options.uncertain
+    )
+
+
 def read(input_path: Path, options: ReadOptions) -> SourceResult:
     """Read MIMIC-CXR-JPG metadata and join the study labels.
 
     Args:
         input_path: the metadata CSV (or a folder with exactly one
             ``mimic-cxr-2.0.0-metadata.csv(.gz)``).
-        options: reader options; ``labels`` names the chexpert/negbio CSV.
+        options: reader options; ``labels`` names the chexpert/negbio CSV; ``blank`` and
+            ``uncertain`` resolve its blank and -1 cells.
 
     Raises:
-        SourceError: no label file given, or a CSV missing/unreadable/lacking a column.
+        SourceError: no label file given, or a CSV missing/unreadable/lacking a column
+            (``No Finding`` too under ``blank: nan_unless_no_finding``).
     """
     table = find_table(
         input_path,
@@ -89,15 +124,7 @@ def read(input_path: Path, options: ReadOptions) -> SourceResult:
         bad = ~values.str.fullmatch(r"\d{2,}").to_numpy()
         rows.reject(bad, "invalid_id", f"'{name}' is not a number of two or more digits")
 
-    joined = pd.DataFrame({SUBJECT: subject, STUDY: study}).merge(
-        labels, on=[SUBJECT, STUDY], how="left", indicator=True, validate="many_to_one"
-    )
-    unlabeled = (joined["_merge"] == "left_only").to_numpy()
-    rows.reject(unlabeled, "missing_labels", f"study has no row in {Path(options.labels).name}")
-    joined.loc[unlabeled, list(CHEXPERT_TO_FINDINGS)] = ""
-    findings = coded_labels(
-        joined, CHEXPERT_TO_FINDINGS, rows, blank_value=0.0, policy=options.uncertain
-    )
+    findings = study_findings(subject, study, labels, rows, options)
     dicom = df[DICOM].str.strip()
     rows.reject_duplicates(dicom)
 

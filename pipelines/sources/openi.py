@@ -1,5 +1,7 @@
 """Open-i / Indiana University chest X-ray: the paired CSV -> manifest rows.
 
+Input: the CSV (``.csv`` or ``.csv.gz``), or a folder holding exactly one such file.
+
 Columns read: ``study_uid``, ``image_id``, ``png_name``, ``view_position``, ``mesh_major`` and,
 when present, ``rows`` / ``columns``. The report text (``findings``, ``impression``) and sex are
 never read.
@@ -67,7 +69,7 @@ def read(input_path: Path, options: ReadOptions) -> SourceResult:
     """Read the Open-i / IU paired CSV.
 
     Args:
-        input_path: the CSV.
+        input_path: the CSV (``.csv`` / ``.csv.gz``), or a folder holding exactly one.
         options: reader options (``images``, ``verify_files``, ``workers``, ``salt``).
 
     Raises:

@@ -27,8 +27,22 @@ _DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
 _OPENERS: dict[str, Callable[..., object]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
 
+def with_gz_twins(patterns: Sequence[str]) -> list[str]:
+    """``patterns`` in order, each ``*.csv`` one followed by its ``*.csv.gz`` twin (no repeats)."""
+    out: list[str] = []
+    for pattern in patterns:
+        for p in (pattern, pattern + ".gz") if pattern.lower().endswith(".csv") else (pattern,):
+            if p not in out:
+                out.append(p)
+    return out
+
+
 def find_table(input_path: Path, patterns: Sequence[str], what: str) -> Path:
     """Return ``input_path`` if it is a file, else the single file in it matching ``patterns``.
+
+    A pattern ending in ``.csv`` also finds its gzip twin (``train.csv`` -> ``train.csv.gz``):
+    the released tables of MIMIC-CXR and others ship compressed, and :func:`read_table` reads
+    them by suffix. A folder holding both a table and its twin is ambiguous (which one is meant?).
 
     Raises:
         SourceError: the path does not exist, or a folder holds none or several matches.
@@ -38,6 +52,7 @@ def find_table(input_path: Path, patterns: Sequence[str], what: str) -> Path:
         return input_path
     if not input_path.exists():
         raise SourceError(f"{input_path}: {what} not found")
+    patterns = with_gz_twins(patterns)
     found = sorted({p for pattern in patterns for p in input_path.glob(pattern) if p.is_file()})
     if len(found) != 1:
         names = ", ".join(p.name for p in found) or "none"

@@ -17,6 +17,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 from pipelines.io import atomic_path
+from pipelines.keys import SYNTHETIC_MANUFACTURER
 
 SOP_CLASS = {
     "DX": "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
@@ -181,7 +182,7 @@ def _header(
     ds.StudyInstanceUID = uids["StudyInstanceUID"]
     ds.SeriesInstanceUID = uids["SeriesInstanceUID"]
     ds.Modality = modality
-    ds.Manufacturer = "cxr-dag synthetic"
+    ds.Manufacturer = SYNTHETIC_MANUFACTURER
     ds.BodyPartExamined = "CHEST"
     ds.ViewPosition = view_position
     lateral = view_position.upper() in ("LL", "RL", "LAT", "LATERAL")

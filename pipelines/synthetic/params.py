@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 
 from pipelines.config import StageParams
 from pipelines.labels import FINDINGS
+from pipelines.synthetic.style import EASY, LabelNoise, Realism, Style
 
 
 class SynthesizeParams(StageParams):
@@ -29,6 +31,10 @@ class SynthesizeParams(StageParams):
         voi_lut: share of images with a VOI LUT Sequence instead of a window.
         view_code: share of images that also carry a ViewCodeSequence.
         cr: share of studies stored as CR (the rest DX).
+        preset: ``realistic`` (subtle findings, nuisance, devices, label noise: the ``realism``
+            knobs) or ``easy`` (the original, fast-learning dataset;
+            :mod:`pipelines.synthetic.style`).
+        realism: the knobs of the realistic preset.
     """
 
     out: Path = Path("data/raw/synthetic")
@@ -44,6 +50,8 @@ class SynthesizeParams(StageParams):
     voi_lut: float = Field(0.15, ge=0.0, le=1.0)
     view_code: float = Field(0.3, ge=0.0, le=1.0)
     cr: float = Field(0.4, ge=0.0, le=1.0)
+    preset: Literal["realistic", "easy"] = "realistic"
+    realism: Realism = Realism()
 
     @field_validator("prevalence")
     @classmethod
@@ -58,6 +66,14 @@ class SynthesizeParams(StageParams):
             if "default" not in v and set(v) != set(FINDINGS):
                 raise ValueError("name every finding or give a 'default'")
         return v
+
+    def style(self) -> Style:
+        """The renderer's knobs: the ``realism`` section, or the easy preset's."""
+        return EASY if self.preset == "easy" else self.realism.style()
+
+    def label_noise(self) -> LabelNoise:
+        """The label errors: the ``realism`` section's, none in the easy preset."""
+        return LabelNoise() if self.preset == "easy" else self.realism.label_noise
 
     def prevalences(self) -> dict[str, float]:
         """Chance of each finding, in :data:`FINDINGS` order."""

@@ -5,7 +5,8 @@ dates, header values, UIDs) and each image's encoding and pixel seed. Two genera
 from ``params.seed`` keep the draws apart: one for the plan, one for the random hex names of
 the folders and files. A job is a dict::
 
-    index, patient, study_uid, anatomy, findings, has_lateral,
+    index, patient, study_uid, anatomy, findings (the truth, drawn in the pixels),
+    labels (what a report says: the findings with label errors), has_lateral,
     images: [{view, file, seed, kw (the write_dicom arguments)}, ...]
 """
 
@@ -20,6 +21,7 @@ from pipelines.labels import FINDINGS
 from pipelines.synthetic.anatomy import Anatomy, next_study, sample_anatomy
 from pipelines.synthetic.findings import CHRONIC_FINDINGS
 from pipelines.synthetic.params import SynthesizeParams
+from pipelines.synthetic.style import LabelNoise
 
 _FIRST_TEXT = (  # alternating male / female
     "James Mary Robert Patricia John Jennifer Michael Linda David Elizabeth William Barbara "
@@ -64,8 +66,9 @@ def plan_studies(params: SynthesizeParams) -> list[dict[str, Any]]:
     Returns:
         One job per study (see the module docstring), ``params.studies`` in all.
     """
-    plan_ss, names_ss = np.random.SeedSequence(params.seed).spawn(2)
+    plan_ss, names_ss, labels_ss = np.random.SeedSequence(params.seed).spawn(3)
     rng, names = np.random.default_rng(plan_ss), _HexNames(np.random.default_rng(names_ss))
+    label_rng = np.random.default_rng(labels_ss)  # the label errors draw apart from the rest
     prevalence = params.prevalences()
     jobs: list[dict[str, Any]] = []
     patient = 0
@@ -91,7 +94,9 @@ def plan_studies(params: SynthesizeParams) -> list[dict[str, Any]]:
             images = _images(
                 params, rng, names, i, study_dir, study_uid, phi, modality, has_lateral
             )
-            jobs.append(_job(i, patient, study_uid, study, findings, has_lateral, images))
+            job = _job(i, patient, study_uid, study, findings, has_lateral, images)
+            job["labels"] = report_labels(findings, params.label_noise(), label_rng)
+            jobs.append(job)
         patient += 1
     return jobs
 
@@ -114,6 +119,24 @@ def _job(
         "has_lateral": has_lateral,
         "images": images,
     }
+
+
+def report_labels(
+    findings: list[str], noise: LabelNoise, rng: np.random.Generator
+) -> dict[str, float]:
+    """The labels a text-mined report would give the study: its findings, with report errors.
+
+    Per finding, in label order, three uniforms decide: missed (a present finding labelled 0),
+    spurious (an absent one labelled 1), unmentioned (blank: NaN). Exact labels when ``noise``
+    is all zero (the draws happen anyway, so the other studies' labels do not shift).
+    """
+    out: dict[str, float] = {}
+    for f in FINDINGS:
+        miss, spur, blank = rng.random(3)
+        present = f in findings
+        label = float(not miss < noise.missed) if present else float(spur < noise.spurious)
+        out[f] = float("nan") if blank < noise.unmentioned else label
+    return out
 
 
 def _patient_phi(rng: np.random.Generator) -> dict[str, str]:

@@ -15,12 +15,19 @@ transform.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from pipelines.labels import FINDINGS
 from pipelines.synthetic.anatomy import Anatomy, Geometry
+from pipelines.synthetic.devices import (
+    Devices,
+    draw_devices_lateral,
+    draw_devices_pa,
+    study_devices,
+)
 from pipelines.synthetic.findings import REGISTRY, Finding
 from pipelines.synthetic.findings.base import Params
 from pipelines.synthetic.frames import LateralFrame, PAFrame, View
@@ -36,6 +43,7 @@ from pipelines.synthetic.shapes import (
     sramp,
     tilted,
 )
+from pipelines.synthetic.style import EASY, Style
 
 #: The findings shown on a view, each with its parameters for the study.
 Shown = list[tuple[Finding, Params]]
@@ -55,17 +63,20 @@ class _Nuisance:
     grain: np.ndarray
 
 
-def _nuisance(rng: np.random.Generator, size: int) -> _Nuisance:
-    """Everything that varies per image; always the same draws, whatever the findings."""
-    u = rng.random(7).tolist()
+def _nuisance(rng: np.random.Generator, size: int, k: float = 1.0) -> _Nuisance:
+    """Everything that varies per image; always the same draws, whatever the findings.
+
+    ``k`` (the style's nuisance) widens every range around its middle.
+    """
+    u = (np.asarray(rng.random(7)) - 0.5).tolist()  # centred uniforms
     return _Nuisance(
-        rot=math.radians(8.0 * (u[0] - 0.5)),
-        du=0.10 * (u[1] - 0.5),
-        dv=0.08 * (u[2] - 0.5),
-        scale=0.92 + 0.14 * u[3],
-        gain=0.95 + 0.35 * u[4],
-        gamma=0.85 + 0.3 * u[5],
-        noise=0.008 + 0.02 * u[6],
+        rot=math.radians(8.0 * k * u[0]),
+        du=0.10 * k * u[1],
+        dv=0.08 * k * u[2],
+        scale=0.99 + 0.14 * k * u[3],
+        gain=max(0.5, 1.125 + 0.35 * k * u[4]),
+        gamma=max(0.5, 1.0 + 0.3 * k * u[5]),
+        noise=max(0.002, 0.018 + 0.02 * k * u[6]),
         vessels=lines(noise(rng, size, 11), 0.32),
         fine=lines(noise(rng, size, 23), 0.25),
         grain=rng.standard_normal((size, size), dtype=np.float32),
@@ -171,13 +182,24 @@ def _pa_normal(fr: PAFrame) -> np.ndarray:
     return A
 
 
-def _render_pa(fr: PAFrame, shown: Shown) -> np.ndarray:
+def _draw(A: np.ndarray, draw: Callable[[np.ndarray], None], gain: float) -> None:
+    """Add a finding's drawing to ``A``, scaled by ``gain`` (in place when it is 1)."""
+    if gain == 1.0:
+        draw(A)
+        return
+    delta = np.zeros_like(A)
+    draw(delta)
+    A += gain * delta
+
+
+def _render_pa(fr: PAFrame, shown: Shown, devices: Devices) -> np.ndarray:
     """Attenuation map of a PA view (patient's right on the image left) with its findings."""
     for finding, p in shown:
         finding.prepare_pa(fr, p)
     A = _pa_normal(fr)
     for finding, p in shown:
-        finding.draw_pa(A, fr, p)
+        _draw(A, lambda m, f=finding, q=p: f.draw_pa(m, fr, q), finding.contrast(p))
+    draw_devices_pa(A, fr, devices)
     return A
 
 
@@ -277,11 +299,12 @@ def _lateral_normal(fr: LateralFrame) -> np.ndarray:
     return A
 
 
-def _render_lateral(fr: LateralFrame, shown: Shown) -> np.ndarray:
+def _render_lateral(fr: LateralFrame, shown: Shown, devices: Devices) -> np.ndarray:
     """Attenuation map of a left lateral view (anterior on the image left) with its findings."""
     A = _lateral_normal(fr)
     for finding, p in shown:
-        finding.draw_lateral(A, fr, p)
+        _draw(A, lambda m, f=finding, q=p: f.draw_lateral(m, fr, q), finding.contrast(p))
+    draw_devices_lateral(A, fr, devices)
     return A
 
 
@@ -289,7 +312,12 @@ def _render_lateral(fr: LateralFrame, shown: Shown) -> np.ndarray:
 # The view
 # --------------------------------------------------------------------------------------------
 def render_view(
-    rng: np.random.Generator, size: int, view: View, findings: frozenset[str], anatomy: Anatomy
+    rng: np.random.Generator,
+    size: int,
+    view: View,
+    findings: frozenset[str],
+    anatomy: Anatomy,
+    style: Style = EASY,
 ) -> np.ndarray:
     """Render one view of a synthetic chest.
 
@@ -304,6 +332,8 @@ def render_view(
         view: ``PA`` or ``LATERAL``.
         findings: names from :data:`pipelines.labels.FINDINGS`.
         anatomy: the patient and study (``sample_anatomy``, ``next_study``).
+        style: the dataset's knobs (:mod:`pipelines.synthetic.style`): findings' strengths,
+            nuisance, devices.
 
     Returns:
         float32 (size, size) in [0, 1]: bone and soft tissue bright, air dark.
@@ -318,17 +348,20 @@ def render_view(
         raise ValueError(f"unknown findings {unknown}; known: {', '.join(FINDINGS)}")
     if size < 16:
         raise ValueError(f"size must be at least 16 pixels, got {size}")
-    nu = _nuisance(rng, size)
+    nu = _nuisance(rng, size, style.nuisance)
     shown = [
-        (f, f.params(anatomy)) for f in REGISTRY.values() if f.name in findings and f.shows_on(view)
+        (f, f.params(anatomy, style))
+        for f in REGISTRY.values()
+        if f.name in findings and f.shows_on(view)
     ]
+    devices = study_devices(anatomy, findings, style)
     g = _geometry(anatomy, shown)
     a, b = _coords(size, nu)
     with np.errstate(divide="ignore", invalid="ignore"):
         if view == "PA":
-            A = _render_pa(_pa_frame(a, b, g, nu, size, anatomy), shown)
+            A = _render_pa(_pa_frame(a, b, g, nu, size, anatomy), shown, devices)
         else:
-            A = _render_lateral(_lateral_frame(a, b, g, nu, size, anatomy), shown)
+            A = _render_lateral(_lateral_frame(a, b, g, nu, size, anatomy), shown, devices)
     A = np.maximum(A, 0.0)
     img = (1.0 - np.exp(-nu.gain * A)) ** nu.gamma
     img = img + nu.noise * nu.grain * np.sqrt(img + 0.05)

@@ -3,7 +3,8 @@
 It writes::
 
     <out>/dicom/<hex per patient>/<hex per study>/<hex>.dcm   one PA and (usually) one lateral
-    <out>/labels.csv                                          study_uid + the 14 findings (0/1)
+    <out>/labels.csv       study_uid + the 14 findings as a report would give them (1 / 0 / blank)
+    <out>/truth.csv        study_uid + the findings drawn in the pixels (analyses only)
 
 Folder and file names are random hex from the seeded generator: they carry no PHI and no id.
 The DICOM headers do carry fake but realistic PHI (they are raw inputs for the ingest stage).
@@ -25,17 +26,20 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from pipelines.config import load_section
-from pipelines.io import atomic_path, write_json
+from pipelines.io import atomic_path, write_metrics
 from pipelines.labels import FINDINGS
 from pipelines.synthetic.dicom_writer import write_dicom
+from pipelines.synthetic.gallery import save_gallery
 from pipelines.synthetic.params import SynthesizeParams
 from pipelines.synthetic.plan import plan_studies
 from pipelines.synthetic.render import render_view
+from pipelines.synthetic.style import Style
 
 METRICS_PATH = Path("metrics/synthesize.json")
+GALLERY_PATH = Path("plots/synthesize/findings.png")
 
 
-def _write_studies(root: str, size: int, jobs: list[dict[str, Any]]) -> int:
+def _write_studies(root: str, size: int, style: Style, jobs: list[dict[str, Any]]) -> int:
     """Render and write a chunk of studies (runs in a worker process). Returns images written."""
     with threadpool_limits(limits=1):  # tiny BLAS calls: threads only add overhead
         written = 0
@@ -43,40 +47,48 @@ def _write_studies(root: str, size: int, jobs: list[dict[str, Any]]) -> int:
             findings = frozenset(job["findings"])
             for image in job["images"]:
                 rng = np.random.default_rng(image["seed"])
-                pixels = render_view(rng, size, image["view"], findings, job["anatomy"])
+                view = image["view"]
+                pixels = render_view(rng, size, view, findings, job["anatomy"], style)
                 write_dicom(Path(root) / "dicom" / image["file"], pixels, **image["kw"])
                 written += 1
     return written
 
 
+OUR_FILES = frozenset({"dicom", "labels.csv", "truth.csv"})
+
+
 def _is_ours(path: Path) -> bool:
-    return path.is_dir() and {p.name for p in path.iterdir()} <= {"dicom", "labels.csv"}
+    return path.is_dir() and {p.name for p in path.iterdir()} <= OUR_FILES
 
 
-def _write_images(partial: Path, size: int, jobs: list[dict[str, Any]], workers: int) -> int:
+def _write_images(
+    partial: Path, size: int, style: Style, jobs: list[dict[str, Any]], workers: int
+) -> int:
     """Render and write every image under ``partial/dicom``, in ``workers`` processes."""
     n_chunks = min(len(jobs), workers * 8)
     chunks = [jobs[k::n_chunks] for k in range(n_chunks)]
     if workers == 1 or len(chunks) == 1:
-        return sum(_write_studies(str(partial), size, c) for c in chunks)
+        return sum(_write_studies(str(partial), size, style, c) for c in chunks)
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return sum(
-            pool.map(
-                _write_studies,
-                [str(partial)] * len(chunks),
-                [size] * len(chunks),
-                chunks,
-            )
-        )
+        n = len(chunks)
+        return sum(pool.map(_write_studies, [str(partial)] * n, [size] * n, [style] * n, chunks))
 
 
-def _write_labels(path: Path, jobs: list[dict[str, Any]]) -> None:
-    """``labels.csv``: one row per study, its UID and 0/1 per finding."""
+def _write_labels(path: Path, jobs: list[dict[str, Any]], truth: bool = False) -> None:
+    """One row per study, its UID and per finding 1 / 0 / blank (not mentioned).
+
+    ``labels.csv`` (what ingest reads) holds the report-style labels; ``truth.csv``
+    (``truth=True``) the findings drawn in the pixels, for analyses only (never an input).
+    """
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["study_uid", *FINDINGS])
         for job in jobs:
-            writer.writerow([job["study_uid"], *(int(f in job["findings"]) for f in FINDINGS)])
+            if truth:
+                values = [int(f in job["findings"]) for f in FINDINGS]
+            else:
+                values = ["" if v != v else int(v) for v in (job["labels"][f] for f in FINDINGS)]
+            writer.writerow([job["study_uid"], *values])
 
 
 def synthesize(params: SynthesizeParams) -> dict[str, Any]:
@@ -96,7 +108,7 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
     out = Path(params.out)
     if out.exists() and not _is_ours(out):
         raise ValueError(
-            f"{out}: exists and is not a synthesize output (dicom/, labels.csv); "
+            f"{out}: exists and is not a synthesize output (dicom/, labels.csv, truth.csv); "
             "refusing to replace it"
         )
     jobs = plan_studies(params)
@@ -104,8 +116,10 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
     if partial.exists():
         shutil.rmtree(partial)
     (partial / "dicom").mkdir(parents=True)
-    images = _write_images(partial, params.size, jobs, params.workers or os.cpu_count() or 1)
+    workers = params.workers or os.cpu_count() or 1
+    images = _write_images(partial, params.size, params.style(), jobs, workers)
     _write_labels(partial / "labels.csv", jobs)
+    _write_labels(partial / "truth.csv", jobs, truth=True)
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)
@@ -116,6 +130,9 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
         "images": images,
         "lateral_missing": sum(not j["has_lateral"] for j in jobs),
         "positives": {f: sum(f in j["findings"] for j in jobs) for f in FINDINGS},
+        "labelled_positive": {f: sum(j["labels"][f] == 1 for j in jobs) for f in FINDINGS},
+        "unlabelled": {f: sum(j["labels"][f] != j["labels"][f] for j in jobs) for f in FINDINGS},
+        "preset": params.preset,
         "size": params.size,
         "seconds": round(time.perf_counter() - start, 3),
     }
@@ -126,7 +143,8 @@ def main() -> None:
     try:
         params = load_section(SynthesizeParams, "synthesize")
         summary = synthesize(params)
-        write_json(METRICS_PATH, summary)
+        write_metrics(METRICS_PATH, summary)
+        save_gallery(GALLERY_PATH, params.size, params.style(), params.seed)
     except (ValueError, OSError) as exc:  # ConfigError is a ValueError
         raise SystemExit(f"synthesize: {exc}") from None
     print(

@@ -11,9 +11,9 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, S
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
 from pipelines.augment import AugmentParams, OnlineAugment, online_generator
+from pipelines.coverage import label_coverage, untrained_by_coverage
 from pipelines.data import INDEX_FILE, ShardDataset, make_loader
 from pipelines.errors import UserError
-from pipelines.labels import FINDINGS
 from pipelines.losses import build_loss
 from pipelines.model import PIXEL_MEAN, PIXEL_STD, build_model
 from pipelines.runtime import Runtime
@@ -58,8 +58,8 @@ def _datasets(params: TrainParams) -> tuple[ShardDataset, ShardDataset, list[str
     if params.augmented and (Path(params.augmented) / INDEX_FILE).is_file():
         roots.append(params.augmented)
     try:
-        train_ds = ShardDataset(roots, "train")
-        val_ds = ShardDataset(params.prepared, "val")
+        train_ds = ShardDataset(roots, "train", params.head())
+        val_ds = ShardDataset(params.prepared, "val", params.head())
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from exc
     except ValueError as exc:
@@ -75,9 +75,16 @@ def build_data(params: TrainParams, rt: Runtime, seed: int) -> TrainData:
     """The train and val splits and their loaders (the train shuffle seeded by ``seed``).
 
     Raises:
-        UserError: missing or empty splits, too few studies, an input size below the minimum.
+        UserError: missing or empty splits, too few studies, no finding with enough labels,
+            an input size below the minimum.
     """
     train_ds, val_ds, roots = _datasets(params)
+    if len(untrained_findings(params, train_ds)) == len(train_ds.findings):
+        raise UserError(
+            f"{params.prepared}: no finding has {params.min_positives} labelled positive and "
+            f"{params.min_negatives} negative training studies ({len(train_ds)} studies); "
+            "add data or lower train.min_positives / train.min_negatives"
+        )
     size = params.size or train_ds.size
     if size < MIN_SIZE:
         raise UserError(f"train: input size {size} px is below the minimum of {MIN_SIZE}")
@@ -114,7 +121,7 @@ def build_trainer(
     augment: AugmentParams | None = None,
 ) -> Trainer:
     """The model, AdamW, the schedule, the loss and (``online_augment``) the online policy."""
-    model = build_model(params.model, len(FINDINGS)).to(rt.device)
+    model = build_model(params.model, len(params.head())).to(rt.device)
     if params.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(
@@ -132,6 +139,8 @@ def build_trainer(
         params.grad_clip,
         rt.rank,
         rt.world,
+        findings=params.head(),
+        untrained=frozenset(untrained_findings(params, data.train)),
     )
     if params.online_augment:
         trainer.augment = OnlineAugment(augment or AugmentParams()).to(rt.device)
@@ -139,11 +148,28 @@ def build_trainer(
     return trainer
 
 
+def untrained_findings(params: TrainParams, train: ShardDataset) -> dict[str, str]:
+    """The head's findings the training split cannot teach, with the reasons."""
+    coverage = label_coverage(train.labels, train.findings)
+    return untrained_by_coverage(coverage, params.min_positives, params.min_negatives)
+
+
 def model_meta(params: TrainParams, data: TrainData, seed: int, precision: str) -> dict:
-    """The ``meta`` of the model files (what :func:`pipelines.model.load_model` returns)."""
+    """The ``meta`` of the model files (what :func:`pipelines.model.load_model` returns).
+
+    With the head's findings go their label coverage on the train and val splits and the
+    findings training could not teach (:mod:`pipelines.coverage`).
+    """
+    head = list(params.head())
+    coverage = {
+        "train": label_coverage(data.train.labels, head),
+        "val": label_coverage(data.val.labels, head),
+    }
     return {
         "model_params": params.model.model_dump(),
-        "findings": list(FINDINGS),
+        "findings": head,
+        "label_coverage": coverage,
+        "untrained": untrained_findings(params, data.train),
         "size": data.size,
         "prepared_size": data.train.size,
         "pixel_mean": PIXEL_MEAN,

@@ -26,7 +26,7 @@ from pipelines.checkpoint import (
     set_rng_state,
 )
 from pipelines.errors import CheckpointError, UserError
-from pipelines.io import atomic_path, write_json
+from pipelines.io import atomic_path, write_metrics
 from pipelines.runtime import Runtime, resolve_precision, seed_everything, setup_runtime
 from pipelines.train.build import TrainData, build_data, build_trainer, model_meta
 from pipelines.train.params import TrainParams
@@ -36,7 +36,17 @@ log = logging.getLogger("pipelines.train")
 
 
 def _compatible(saved: dict[str, Any], params: TrainParams, path: Path) -> None:
-    keys = ("model", "size", "batch_size", "lr", "loss", "epochs", "prepared", "augmented")
+    keys = (
+        "model",
+        "size",
+        "batch_size",
+        "lr",
+        "loss",
+        "epochs",
+        "prepared",
+        "augmented",
+        "findings",
+    )
     now = params.model_dump()
     diff = [k for k in keys if saved.get(k) != now[k]]
     if diff:
@@ -79,6 +89,9 @@ def maybe_resume(
     return LoopState(), None
 
 
+_SPEED = {"train/pairs_per_s"}
+
+
 class _Loggers:
     """dvclive + TensorBoard on rank 0, rebuilt from the run's history (so resume is seamless)."""
 
@@ -96,9 +109,9 @@ class _Loggers:
         step = row["epoch"]
         self.live.step = step
         for key in ("train/loss", "val/loss", "val/macro_auroc", "lr", "train/pairs_per_s"):
-            value = row[key]
-            self.live.log_metric(key, value)
-            self.tb.add_scalar(key, value, global_step=step)
+            self.tb.add_scalar(key, row[key], global_step=step)
+            if key not in _SPEED:  # dvclive's files are DVC outputs: results only
+                self.live.log_metric(key, row[key])
         self.live.next_step()
         self.tb.flush()
 
@@ -205,7 +218,7 @@ def write_outputs(
     data: TrainData,
     state: LoopState,
     rt: Runtime,
-    precision: str,
+    meta: dict[str, Any],
     resumed_from: int | None,
     started: float,
 ) -> dict[str, Any]:
@@ -238,12 +251,17 @@ def write_outputs(
         "size": data.size,
         "batch_size": data.batch,
         "world_size": rt.world,
-        "precision": precision,
+        "precision": meta["precision"],
         "device": str(rt.device),
+        "findings": meta["findings"],
+        "not_trained": meta["untrained"],
+        "label_coverage": meta["label_coverage"],
         "pairs_per_s": float(np.median(speeds)) if history else None,
         "seconds": time.perf_counter() - started,
     }
-    write_json(params.metrics, summary)
+    write_metrics(params.metrics, summary)
+    for name, why in meta["untrained"].items():
+        log.warning("train: %s is not trained: %s", name, why)
     log.info(
         "train: best epoch %d, val macro AUROC %.4f; wrote %s",
         summary["best_epoch"],
@@ -331,7 +349,7 @@ def _train(
     summary: dict[str, Any] = {}
     if loggers is not None:
         loggers.close()
-        summary = write_outputs(params, data, state, rt, precision, resumed_from, started)
+        summary = write_outputs(params, data, state, rt, meta, resumed_from, started)
     if rt.distributed:
         dist.barrier()
     return TrainResult(summary, trainer.net)

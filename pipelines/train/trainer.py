@@ -10,7 +10,7 @@ validation is gathered from every rank, so all ranks see the same figures.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,17 +28,25 @@ from pipelines.labels import FINDINGS
 from pipelines.model import to_model_input
 
 
-def val_auroc(labels: np.ndarray, scores: np.ndarray) -> tuple[float, dict[str, float | None]]:
+def val_auroc(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    names: Sequence[str] = FINDINGS,
+    skip: Collection[str] = (),
+) -> tuple[float, dict[str, float | None]]:
     """Validation macro AUROC and the per-finding AUROC (None where not estimable).
 
     Args:
         labels: (N, F) 1 / 0 / NaN.
         scores: (N, F) any monotone score (logits or probabilities).
+        names: the F findings.
+        skip: findings left out of the macro mean (not trained: :mod:`pipelines.coverage`).
     """
     per = auroc_per_finding(labels, scores)
-    names = FINDINGS[: labels.shape[1]]
+    names = tuple(names)[: labels.shape[1]]
     by_name = {f: None if np.isnan(v) else float(v) for f, v in zip(names, per, strict=True)}
-    return mean_estimable(per), by_name
+    kept = [v for f, v in zip(names, per, strict=True) if f not in skip]
+    return mean_estimable(np.asarray(kept, dtype=np.float64)), by_name
 
 
 @dataclass
@@ -72,6 +80,8 @@ class Trainer:
     world: int = 1
     augment: nn.Module | None = None  # online augmentation of training batches (uint8 in)
     augment_generator: torch.Generator | None = None  # its draws, on ``device``
+    findings: tuple[str, ...] = FINDINGS  # the head's outputs (their validation AUROC names)
+    untrained: frozenset[str] = frozenset()  # left out of the validation macro AUROC
     scaler: torch.amp.GradScaler = field(init=False)
 
     def __post_init__(self) -> None:
@@ -195,5 +205,5 @@ class Trainer:
         order = np.argsort(idx, kind="stable")
         logits, labels = logits[order], labels[order]
         loss = float(self.loss_fn(torch.from_numpy(logits), torch.from_numpy(labels)))
-        macro, per = val_auroc(labels, logits)
+        macro, per = val_auroc(labels, logits, self.findings, self.untrained)
         return {"loss": loss, "macro_auroc": macro, "auroc": per, "pairs": len(idx)}

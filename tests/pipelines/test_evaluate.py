@@ -107,7 +107,7 @@ def stage_run(tmp_path_factory):
     params = _params(tmp)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("pipelines.evaluate.load_model", lambda path, map_location: (model, meta))
-        metrics = evaluate(params, versions={"git": {"commit": "0" * 40, "dirty": False}})
+        metrics = evaluate(params, versions={"code": {"sources_sha256": "0" * 16}})
     return tmp, params, model, metrics
 
 
@@ -267,6 +267,8 @@ def test_score_dataset_without_masking(stage_run):
     model = stage_run[2]
 
     class Tiny(torch.utils.data.Dataset):
+        findings = FINDINGS
+
         def __len__(self):
             return 3
 

@@ -63,8 +63,10 @@ def make_studies(root: Path, n: int) -> pd.DataFrame:
             "frontal_id": f"{i}f",
             "frontal_path": f"{i:04d}f.png",
             "frontal_view": "PA",
+            "frontal_bits": 8,
             "lateral_id": f"{i}l" if lateral else "",
             "lateral_path": lateral,
+            "lateral_bits": 8 if lateral else 0,
             "has_lateral": bool(lateral),
             "split": ("train", "train", "train", "val", "test")[(i // 2) % 5],
         }
@@ -128,7 +130,9 @@ def test_sigkill_mid_preprocess_then_rerun_equals_uninterrupted(
     )
     ref_summary = run_preprocess(ref_params, metrics=ref / "metrics.json", grid=ref / "grid.png")
     # a complete earlier run with other params in the folder the killed run will write
-    earlier = PreprocessParams(**section | {"out": str(out), "shard_size": 3})
+    earlier = PreprocessParams(  # every path under work/: nothing lands in the test's cwd
+        **section | {"out": str(out), "shard_size": 3, "rejected": str(out.parent / "rej.csv")}
+    )
     run_preprocess(earlier, metrics=tmp_path / "m.json", grid=tmp_path / "g.png")
     old_shards = len(list(out.glob("*.images.npy")))
     full_shard = (ref / "prepared" / "train-00000.images.npy").stat().st_size  # 2 studies

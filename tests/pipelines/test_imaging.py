@@ -13,7 +13,9 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pipelines.errors import DecodeError
 from pipelines.imaging import (
     REASONS,
+    gray16_depth,
     prepare_image,
+    prepare_many,
     read_image,
     sniff_format,
     to_square,
@@ -163,6 +165,74 @@ def test_png_modes(tmp_path):
 
     Image.fromarray(np.dstack([px8, alpha])).save(tmp_path / "la.png")
     np.testing.assert_allclose(read_image(tmp_path / "la.png"), img, atol=1e-5)
+
+
+def test_16_bit_png_scaled_by_its_real_depth(tmp_path):
+    px12 = phantom(bits=12)  # 12-bit values in a 16-bit PNG, as PadChest's
+    Image.fromarray(px12).save(tmp_path / "p12.png")
+    with Image.open(tmp_path / "p12.png") as im:
+        assert im.mode.startswith("I;16")
+    full = px12 / 4095
+    for bits in (None, 0, 12, 16):  # detected, or the hint
+        img = read_image(tmp_path / "p12.png", bits=bits)
+        np.testing.assert_allclose(img, full, atol=1e-6, err_msg=str(bits))
+        assert img.max() == 1.0
+    np.testing.assert_allclose(read_image(tmp_path / "p12.png", bits=10), full, atol=1e-6)
+    sq = prepare_image(tmp_path / "p12.png", 32)
+    assert sq.max() > 200  # not about 255 / 16 as by 65535
+
+    dark = (px12 // 4).astype(np.uint16)  # a 12-bit image whose maximum is 1023
+    Image.fromarray(dark).save(tmp_path / "dark12.png")
+    np.testing.assert_allclose(read_image(tmp_path / "dark12.png"), dark / 1023, atol=1e-6)
+    hinted = read_image(tmp_path / "dark12.png", bits=12)  # the hint keeps its scale
+    np.testing.assert_allclose(hinted, dark / 4095, atol=1e-6)
+    np.testing.assert_allclose(
+        prepare_image(tmp_path / "dark12.png", 32, bits=12),
+        to_square(hinted, 32),
+    )
+
+    px16 = phantom(bits=16)  # a true 16-bit image: unchanged
+    Image.fromarray(px16).save(tmp_path / "p16.png")
+    for bits in (None, 12, 16):
+        np.testing.assert_allclose(
+            read_image(tmp_path / "p16.png", bits=bits), px16 / 65535, atol=1e-6
+        )
+
+    px8 = phantom(bits=8)  # 8-bit: the hint does not apply
+    Image.fromarray(px8).save(tmp_path / "p8.png")
+    for bits in (None, 12, 16):
+        np.testing.assert_allclose(read_image(tmp_path / "p8.png", bits=bits), px8 / 255, atol=1e-6)
+
+
+def test_bits_pass_through_every_entry_point(tmp_path):
+    dark = (phantom(bits=12) // 4).astype(np.uint16)
+    Image.fromarray(dark).save(tmp_path / "dark12.png")
+    path = str(tmp_path / "dark12.png")
+    want12 = prepare_image(path, 16, bits=12)
+    detected = prepare_image(path, 16)
+    assert detected.max() > 200 and want12.max() < 70  # scaled by 10 bits vs 12
+    arr, err = try_prepare(path, 16, bits=12)
+    assert err is None and np.array_equal(arr, want12)
+    out = prepare_many([path, "", path], 16, bits=[12, None, None])
+    assert np.array_equal(out[0][0], want12) and out[1] == (None, None)
+    assert np.array_equal(out[2][0], detected)
+    assert np.array_equal(prepare_many([path], 16)[0][0], detected)
+    with pytest.raises(ValueError, match="1 bits for 2 paths"):
+        prepare_many([path, path], 16, bits=[12])
+    dcm = write_dicom(tmp_path / "d.dcm", phantom())
+    np.testing.assert_array_equal(read_image(dcm, bits=8), read_image(dcm))  # DICOM: its header
+
+
+def test_gray16_depth():
+    assert gray16_depth(65535) == 16 and gray16_depth(16384) == 16
+    assert gray16_depth(16383) == 14 and gray16_depth(4096) == 14
+    assert gray16_depth(4095) == 12 and gray16_depth(1024) == 12
+    assert gray16_depth(1023) == 10 and gray16_depth(0) == 10
+    assert gray16_depth(4095, 12) == 12 and gray16_depth(100, 12) == 12
+    assert gray16_depth(100, 8) == 8
+    assert gray16_depth(5000, 12) == 14  # a maximum above the hint: the hint is wrong
+    assert gray16_depth(100, 16) == 10 and gray16_depth(100, 0) == 10  # 16 / 0: unknown
+    assert gray16_depth(70000) == 16
 
 
 def test_jpeg_and_misnamed_files(tmp_path):

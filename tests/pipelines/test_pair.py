@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.errors import SplitLeakError
+from pipelines.errors import SplitLeakError, UserError
 from pipelines.labels import FINDINGS
-from pipelines.pair import PairParams, pair_studies
+from pipelines.pair import PairParams, pair_studies, run_pair
 from pipelines.schema import STUDY_COLUMNS, conform_manifest
-from pipelines.split import assign_splits, check_no_leak
+from pipelines.split import check_no_leak
 
 
 def image(img: str, patient: str, study: str, view: str, w: int = 100, h: int = 100, **labels):
@@ -133,12 +133,6 @@ def test_official_split_pins_patients(tmp_path):
     }
 
 
-def test_leak_is_detected():
-    studies = pd.DataFrame({"patient_key": ["p", "p"], "split": ["train", "test"]})
-    with pytest.raises(SplitLeakError, match="1 patients"):
-        check_no_leak(studies)
-
-
 def test_fractions_validated():
     with pytest.raises(ValueError, match="sum to 1"):
         PairParams(fractions={"train": 0.5, "val": 0.1, "test": 0.1})
@@ -257,58 +251,6 @@ def test_pairing_properties(rows, seed, weights, missing_view, rnd):
     }
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.integers(1, 500), st.integers(0, 1000), fraction_weights)
-def test_split_fractions_hold_within_one_patient(n, seed, weights):
-    fractions = fractions_of(weights)
-    splits = assign_splits(pd.Series([f"p{i}" for i in range(n)]), fractions, seed)
-    counts = splits.value_counts()
-    assert counts.sum() == n and splits.notna().all() and splits.index.is_unique
-    for name, frac in fractions.items():
-        assert abs(counts.get(name, 0) - frac * n) <= 1
-        if frac == 0:
-            assert counts.get(name, 0) == 0
-
-
-@settings(max_examples=40, deadline=None)
-@given(
-    st.lists(st.integers(0, 60), min_size=1, max_size=120),
-    st.integers(0, 1000),
-    st.randoms(use_true_random=False),
-)
-def test_split_is_a_function_of_the_patient_set(patients, seed, rnd):
-    """Duplicates and order of the input patient keys change nothing."""
-    keys = pd.Series([f"p{p}" for p in patients])
-    first = assign_splits(keys, PairParams().fractions, seed)
-    shuffled = list(keys) + list(keys)
-    rnd.shuffle(shuffled)
-    pd.testing.assert_series_equal(
-        first, assign_splits(pd.Series(shuffled), PairParams().fractions, seed)
-    )
-    assert sorted(first.index) == sorted(set(keys))
-
-
-@settings(max_examples=40, deadline=None)
-@given(
-    st.integers(5, 200),
-    st.integers(0, 1000),
-    st.lists(st.tuples(st.integers(0, 199), st.sampled_from(["val", "test"])), max_size=20),
-)
-def test_pinned_patients_keep_their_split_and_the_rest_share_the_others(n, seed, pins):
-    keys = [f"p{i:03d}" for i in range(n)]
-    pinned = {keys[i]: split for i, split in pins if i < n}
-    fractions = PairParams().fractions
-    splits = assign_splits(pd.Series(keys), fractions, seed, pinned)
-    assert all(splits[k] == v for k, v in pinned.items())
-    free = splits.drop(index=list(pinned))
-    open_splits = [s for s in ("train", "val", "test") if s not in set(pinned.values())]
-    assert set(free) <= set(open_splits)
-    total = sum(fractions[s] for s in open_splits)
-    counts = free.value_counts()
-    for split in open_splits:
-        assert abs(counts.get(split, 0) - fractions[split] / total * len(free)) <= 1
-
-
 @settings(max_examples=20, deadline=None)
 @given(st.integers(3, 60), st.integers(1, 4), st.integers(0, 1000))
 def test_study_fractions_hold_within_one_patients_studies(n_patients, m, seed):
@@ -322,3 +264,128 @@ def test_study_fractions_hold_within_one_patients_studies(n_patients, m, seed):
     counts = studies["split"].value_counts()
     for split, frac in PairParams().fractions.items():
         assert abs(counts.get(split, 0) - frac * len(studies)) <= m
+
+
+# --- official split files, the manifest's official_split column, a held-out source ------------
+
+
+def two_source_manifest(n_a: int = 120, n_b: int = 30) -> pd.DataFrame:
+    """Patients of source 'nih' (2 studies each) and 'padchest' (1 study each)."""
+    rows = [
+        image(f"n{p}_{s}", f"nih{p}", f"ns{p}_{s}", "PA") | {"source": "nih"}
+        for p in range(n_a)
+        for s in range(2)
+    ]
+    rows += [image(f"q{p}", f"pad{p}", f"qs{p}", "PA") | {"source": "padchest"} for p in range(n_b)]
+    return manifest(rows)
+
+
+def test_a_split_table_pins_patients_and_the_summary_counts_its_matches(tmp_path):
+    rows = [image(f"dcm{p}", f"p{p}", f"s{p}", "PA") for p in range(30)]
+    m = manifest(rows)
+    m["path"] = "files/p10/p1000/s" + m["study_key"] + "/" + m["image_id"] + ".jpg"
+    table = tmp_path / "mimic-cxr-2.0.0-split.csv.gz"
+    listed = [(f"dcm{p}", "validate") for p in range(3)] + [(f"dcm{p}", "test") for p in (3, 4)]
+    pd.DataFrame(
+        [(d, "5", "1", s) for d, s in [*listed, ("absent", "train")]],
+        columns=["dicom_id", "study_id", "subject_id", "split"],
+    ).to_csv(table, index=False)
+    studies, _, summary = pair_studies(m, PairParams(official_split=str(table)), seed=0)
+    by = studies.set_index("patient_key")["split"]
+    assert list(by[["p0", "p1", "p2"]]) == ["val"] * 3 and list(by[["p3", "p4"]]) == ["test"] * 2
+    # train was listed (one row that matched nothing), so the 25 free patients share all splits
+    assert summary["official_split"]["files"][str(table)] | {"by_split": None} == {
+        "rows": 6, "matched": 5, "unmatched": 1, "images_pinned": 5, "patients_pinned": 5,
+        "by_split": None,
+    }  # fmt: skip
+    assert summary["official_split"]["patients_pinned"] == {"train": 0, "val": 3, "test": 2}
+    assert summary["official_split"]["manifest_column"] is None
+    assert summary["holdout_source"] is None and summary["holdout_patients"] == 0
+    assert summary["studies_by_source"] == {
+        s: {"csv": summary["splits"][s]["studies"]} for s in ("train", "val", "test")
+    }
+
+
+def test_the_manifest_official_split_column_pins_with_and_without_lists(tmp_path):
+    rows = [image(f"i{p}", f"p{p}", f"s{p}", "PA") for p in range(20)]
+    plain = manifest(rows)
+    with_column = plain.assign(official_split=[""] * 17 + ["test", "test", "val"])
+    studies, _, summary = pair_studies(with_column, PairParams(), seed=0)
+    by = studies.set_index("patient_key")["split"]
+    assert list(by[["p17", "p18", "p19"]]) == ["test", "test", "val"]
+    assert summary["official_split"]["manifest_column"]["patients_pinned"] == 3
+    assert summary["official_split"]["patients_pinned"] == {"train": 0, "val": 1, "test": 2}
+    # without the column: no pin, the same split as before the column existed
+    _, _, summary = pair_studies(plain, PairParams(), seed=0)
+    assert summary["official_split"] == {
+        "files": {},
+        "manifest_column": None,
+        "patients_pinned": {"train": 0, "val": 0, "test": 0},
+    }
+    listing = tmp_path / "test_list.txt"
+    listing.write_text("i19.png\n")  # the column says val
+    with pytest.raises(SplitLeakError, match=r"official_split column.*'val'.*'test' by"):
+        pair_studies(with_column, PairParams(official_split={"test": str(listing)}), seed=0)
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_a_held_out_source_is_the_test_split(seed):
+    m = two_source_manifest()
+    studies, _, summary = pair_studies(m, PairParams(holdout_source="padchest"), seed)
+    check_no_leak(studies)
+    per_source = studies.drop_duplicates("patient_key").groupby("source")["split"]
+    assert set(studies.loc[studies["source"] == "padchest", "split"]) == {"test"}
+    assert set(studies.loc[studies["source"] == "nih", "split"]) == {"train", "val"}
+    # train:val follows the fractions 0.7 : 0.15 among the 120 other patients (98.8 : 21.2)
+    assert per_source.value_counts()["nih"].to_dict() == {"train": 99, "val": 21}
+    assert summary["studies_by_source"] == {
+        "train": {"nih": 198}, "val": {"nih": 42}, "test": {"padchest": 30}
+    }  # fmt: skip
+    assert summary["holdout_source"] == "padchest" and summary["holdout_patients"] == 30
+
+
+def test_a_held_out_source_with_an_official_list(tmp_path):
+    m = two_source_manifest()
+    listing = tmp_path / "test_list.txt"
+    listing.write_text("n0_0.png\nn1_1.png\n")  # two nih patients in test too
+    params = PairParams(official_split={"test": str(listing)}, holdout_source="padchest")
+    studies, _, summary = pair_studies(m, params, seed=0)
+    assert summary["studies_by_source"]["test"] == {"nih": 4, "padchest": 30}
+    free = studies[(studies["source"] == "nih") & ~studies["patient_key"].isin(["nih0", "nih1"])]
+    assert free.drop_duplicates("patient_key")["split"].value_counts().to_dict() == {
+        "train": 97, "val": 21  # 118 * 0.7 / 0.85 = 97.2
+    }  # fmt: skip
+    listing.write_text("q3.png\n")  # a held-out patient
+    train = params.model_copy(update={"official_split": {"train": str(listing)}})
+    with pytest.raises(SplitLeakError, match=r"holdout_source 'padchest'.*'train' by"):
+        pair_studies(m, train, seed=0)
+
+
+def test_an_unknown_held_out_source_lists_the_sources():
+    with pytest.raises(UserError, match=r"no source 'mimic'; its sources are nih, padchest"):
+        pair_studies(two_source_manifest(), PairParams(holdout_source="mimic"), seed=0)
+
+
+def test_pins_that_empty_a_split_are_logged(tmp_path, caplog):
+    rows = [image(f"i{p}", f"p{p}", f"s{p}", "PA") for p in range(6)]
+    train, test = tmp_path / "train_val_list.txt", tmp_path / "test_list.txt"
+    train.write_text("".join(f"i{p}.png\n" for p in range(4)))
+    test.write_text("i4.png\ni5.png\n")
+    params = PairParams(official_split={"train": str(train), "test": str(test)})
+    with caplog.at_level("WARNING", logger="pipelines.pair"):
+        _, _, summary = pair_studies(manifest(rows), params, seed=0)
+    assert [summary["splits"][s]["patients"] for s in ("train", "val", "test")] == [4, 0, 2]
+    assert any("the val split has no study" in r.getMessage() for r in caplog.records)
+
+
+def test_official_split_params(tmp_path):
+    assert PairParams(official_split="split.csv.gz").official_split == "split.csv.gz"
+    assert PairParams(official_split={}).official_split is None
+    with pytest.raises(ValueError, match="unknown split"):
+        PairParams(official_split={"validate": "x.txt"})
+    missing = tmp_path / "missing_list.txt"
+    params = PairParams(
+        manifest=str(tmp_path / "no_manifest.parquet"), official_split={"test": str(missing)}
+    )  # the missing list is named before the (also missing) manifest
+    with pytest.raises(UserError, match=r"missing_list\.txt: official 'test' list not found"):
+        run_pair(params, seed=0)

@@ -92,6 +92,23 @@ def test_auroc_table(outputs):
             assert row["ci_low"] <= row["auroc"] <= row["ci_high"]
 
 
+def test_auroc_table_lists_the_findings_the_model_was_not_trained_on(outputs):
+    headline = read_json(outputs.evaluate_metrics)
+    headline["not_trained"] = {
+        "Mass": "too few labelled training studies (0 positive, 0 negative)",
+        "Hernia": "no validation threshold (no labelled positive validation study)",
+    }
+    rows = auroc_rows(read_json(outputs.findings_metrics), headline)
+    by = {r["finding"]: r for r in rows}
+    assert list(by)[-2:] == ["Mass", "macro average"]
+    assert by["Mass"]["auroc"] == "not trained" and by["Mass"]["ci_low"] is None
+    assert by["Mass"]["status"].startswith("not trained: too few labelled training studies")
+    assert by["Hernia"]["status"] == (
+        "not estimable; no decision: no validation threshold (no labelled positive validation "
+        "study)"
+    )
+
+
 def test_lateral_table(outputs):
     rows = lateral_rows(read_json(outputs.findings_metrics), read_json(outputs.evaluate_metrics))
     by = {r["finding"]: r for r in rows}

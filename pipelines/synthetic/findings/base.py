@@ -19,6 +19,7 @@ import numpy as np
 from pipelines.labels import FINDINGS
 from pipelines.synthetic.anatomy import Anatomy, Geometry
 from pipelines.synthetic.frames import LateralFrame, PAFrame, View
+from pipelines.synthetic.style import EASY, Style
 
 #: A finding's parameters for one study (the same on both views).
 Params = dict[str, Any]
@@ -58,11 +59,16 @@ class Finding:
         seed = anatomy.patient_seed if self.chronic else anatomy.study_seed
         return np.random.default_rng([seed, FINDINGS.index(self.name)])
 
-    def params(self, anatomy: Anatomy) -> Params:
+    def params(self, anatomy: Anatomy, style: Style = EASY) -> Params:
         """The finding's parameters for this study: 16 uniforms and a side, then :meth:`draw`.
+
+        The last uniform sets the finding's ``strength`` in the style's conspicuity range
+        (1 in the easy style); :meth:`soften` folds it into the shape where the finding is a
+        shape, :meth:`contrast` into the drawing otherwise.
 
         Args:
             anatomy: the patient and study (its seeds).
+            style: the dataset's knobs.
 
         Returns:
             The parameters (the same for both views of the study).
@@ -70,7 +76,17 @@ class Finding:
         r = self.rng(anatomy)
         u = r.random(16).tolist()
         side = -1 if u[0] < 0.5 else 1  # -1: patient right (image left on PA)
-        return self.draw(u, side, r)
+        p = self.draw(u, side, r)
+        p["strength"] = style.strength(u[15])
+        return self.soften(p) if p["strength"] != 1.0 else p
+
+    def soften(self, p: Params) -> Params:
+        """Fold a strength under 1 into the shape (a smaller change); default: nothing."""
+        return p
+
+    def contrast(self, p: Params) -> float:
+        """The gain on what the finding draws: its strength (a shape finding returns 1)."""
+        return p.get("strength", 1.0)
 
     def draw(self, u: list[float], side: int, rng: np.random.Generator) -> Params:
         """The parameters from 16 uniforms ``u`` (``u[0]`` chose ``side``) and the generator.

@@ -28,6 +28,9 @@ class Atelectasis(Finding):
             "lift": 0.06 + 0.03 * u[6],
         }
 
+    def soften(self, p: Params) -> Params:
+        return p | {"lift": p["strength"] * p["lift"]}
+
     def reshape(self, g: Geometry, p: Params) -> None:
         if p["side"] < 0:
             g.dome_r -= p["lift"]
@@ -202,15 +205,19 @@ class Emphysema(Finding):
     def draw(self, u: list[float], side: int, rng: np.random.Generator) -> Params:
         return {"lucency": 1.16 + 0.08 * u[1]}
 
+    def contrast(self, p: Params) -> float:
+        return 1.0
+
     def reshape(self, g: Geometry, p: Params) -> None:
-        g.dome_r += 0.10
-        g.dome_l += 0.10
-        g.dome_h *= 0.3
-        g.lucency = p["lucency"]
-        g.markings *= 0.4
-        g.ctr *= 0.88
-        g.depth *= 1.12
-        g.retrosternal = 0.09
+        s = p.get("strength", 1.0)  # a milder hyperinflation: every change scaled
+        g.dome_r += 0.10 * s
+        g.dome_l += 0.10 * s
+        g.dome_h *= 1.0 - 0.7 * s
+        g.lucency = 1.0 + s * (p["lucency"] - 1.0)
+        g.markings *= 1.0 - 0.6 * s
+        g.ctr *= 1.0 - 0.12 * s
+        g.depth *= 1.0 + 0.12 * s
+        g.retrosternal = 0.09 * s
 
 
 @register
@@ -224,9 +231,10 @@ class Fibrosis(Finding):
         return {"s": 0.9 + 0.3 * u[1]}
 
     def reshape(self, g: Geometry, p: Params) -> None:
-        g.dome_r -= 0.05
-        g.dome_l -= 0.05
-        g.thorax_w *= 0.97
+        s = p.get("strength", 1.0)
+        g.dome_r -= 0.05 * s
+        g.dome_l -= 0.05 * s
+        g.thorax_w *= 1.0 - 0.03 * s
 
     def draw_pa(self, A: np.ndarray, fr: PAFrame, p: Params) -> None:
         g, x, b = fr.g, fr.x, fr.b

@@ -20,6 +20,12 @@ class Cardiomegaly(Finding):
     def draw(self, u: list[float], side: int, rng: np.random.Generator) -> Params:
         return {"scale": 1.33 + 0.12 * u[1]}
 
+    def soften(self, p: Params) -> Params:
+        return p | {"scale": 1.0 + p["strength"] * (p["scale"] - 1.0)}  # a mildly large heart
+
+    def contrast(self, p: Params) -> float:
+        return 1.0
+
     def reshape(self, g: Geometry, p: Params) -> None:
         g.ctr = min(g.ctr * p["scale"], 0.72)
 

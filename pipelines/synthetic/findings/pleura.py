@@ -48,6 +48,9 @@ class Pneumothorax(Finding):
     def draw(self, u: list[float], side: int, rng: np.random.Generator) -> Params:
         return {"side": side, "gap": 0.09 + 0.07 * u[1]}
 
+    def soften(self, p: Params) -> Params:
+        return p | {"gap": (0.3 + 0.7 * p["strength"]) * p["gap"]}  # a smaller rim
+
     def prepare_pa(self, fr: PAFrame, p: Params) -> None:
         """Pull the lung tissue ``gap`` off the wall and apex; keep the pleural line."""
         b, e, x = fr.b, fr.e, fr.x

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    DigitalMammographyXRayImageStorageForProcessing,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    generate_uid,
+)
 
+from pipelines.dicom.header import HEADER_TAGS, read_header
 from pipelines.dicom.policy import (
     ACCEPTED_MODALITIES,
     RADIOGRAPH_MODALITIES,
+    for_processing,
     is_chest,
     is_decodable_photometric,
     is_single_frame,
@@ -18,7 +28,7 @@ from pipelines.dicom.policy import (
 )
 from pipelines.errors import DecodeError, PredictError
 from pipelines.imaging import read_image
-from pipelines.predict import find_study_views
+from pipelines.predict import collect_studies, find_study_views
 from pipelines.sources.dicom import read
 from tests.pipelines.sources.test_dicom import make_ds, opts, pixels, reasons, write
 
@@ -134,3 +144,82 @@ def test_private_transfer_syntax_is_named(tmp_path: Path) -> None:
     result = read(tmp_path, opts())
     assert reasons(result) == {"x.dcm": "unsupported_transfer_syntax"}
     assert "'1.2.3.4.5.6.7'" in result.rejected[0].detail
+
+
+# --- presentation intent: FOR PROCESSING images are refused -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tags", "refused"),
+    [
+        ({}, False),
+        ({"PresentationIntentType": "FOR PRESENTATION"}, False),
+        ({"PresentationIntentType": ""}, False),
+        ({"PresentationIntentType": "FOR PROCESSING"}, True),
+        ({"PresentationIntentType": "for processing "}, True),
+        ({"SOPClassUID": DigitalXRayImageStorageForPresentation}, False),
+        ({"SOPClassUID": DigitalXRayImageStorageForProcessing}, True),
+        ({"SOPClassUID": DigitalMammographyXRayImageStorageForProcessing}, True),
+    ],
+)
+def test_for_processing(tags: dict[str, str], refused: bool) -> None:
+    ds = Dataset()
+    with warnings.catch_warnings():  # pydicom warns that lower case is no code string
+        warnings.simplefilter("ignore")
+        for key, value in tags.items():
+            setattr(ds, key, value)
+    why = for_processing(ds)
+    assert bool(why) == refused
+    if refused:
+        assert "For Processing" in why or "FOR PROCESSING" in why
+
+
+def test_for_processing_rule_ingest_and_predict_agree(tmp_path: Path) -> None:
+    """Ingest rejects (for_processing) exactly the images that cxr predict refuses."""
+    assert {"PresentationIntentType", "SOPClassUID"} <= set(HEADER_TAGS)
+    cases = {
+        "raw.dcm": ("for_processing", {"PresentationIntentType": "FOR PROCESSING"}),
+        "raw_class.dcm": ("for_processing", {"SOPClassUID": DigitalXRayImageStorageForProcessing}),
+        "shown.dcm": ("", {"PresentationIntentType": "FOR PRESENTATION"}),
+        "no_intent.dcm": ("", {}),
+    }
+    for i, (name, (_, tags)) in enumerate(cases.items()):
+        ds = make_ds(f"1.2.3.8{i}", study=f"1.2.9.8{i}", **tags)
+        write(ds, tmp_path / "ingest" / name)
+        write(ds, tmp_path / "predict" / name / "pa.dcm")
+    result = read(tmp_path / "ingest", opts())
+    ingest = reasons(result)
+    assert ingest == {name: reason for name, (reason, _) in cases.items() if reason}
+    details = {r.path: r.detail for r in result.rejected}
+    assert "PresentationIntentType (0008,0068) is FOR PROCESSING" in details["raw.dcm"]
+    assert "Digital X-Ray Image Storage - For Processing" in details["raw_class.dcm"]
+    for name, (reason, _) in cases.items():
+        folder = tmp_path / "predict" / name
+        if not reason:
+            assert find_study_views(folder).frontal == folder / "pa.dcm"
+            assert collect_studies(folder / "pa.dcm")[0].frontal == folder / "pa.dcm"
+            continue
+        for given in (folder, folder / "pa.dcm"):  # a study folder, or the image itself
+            with pytest.raises(PredictError, match="FOR PROCESSING") as err:
+                collect_studies(given)
+            assert "\n" not in str(err.value) and "FOR PRESENTATION" in str(err.value)
+
+
+def test_the_synthetic_dx_and_cr_files_are_for_presentation(tmp_path: Path) -> None:
+    syn = pytest.importorskip("pipelines.synthetic")
+    keys = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+    for i, modality in enumerate(("DX", "CR")):
+        uids = {key: generate_uid() for key in keys}
+        syn.write_dicom(
+            tmp_path / f"{modality}.dcm",
+            np.full((32, 32), 0.5),
+            photometric="MONOCHROME2",
+            bits_stored=12,
+            view_position="PA",
+            modality=modality,
+            uids=uids,
+            phi={"PatientID": f"P{i}"},
+        )
+    assert read_header(tmp_path / "DX.dcm").PresentationIntentType == "FOR PRESENTATION"
+    result = read(tmp_path, opts())
+    assert len(result.manifest) == 2 and result.rejected == []

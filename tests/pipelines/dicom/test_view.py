@@ -12,9 +12,11 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from pipelines.dicom.header import HEADER_TAGS
 from pipelines.dicom.view import (
     FRONTAL_VIEWS,
     VIEW_CODES,
+    VIEW_TEXT_FIELDS,
     VIEWS,
     canonical_view,
     canonical_views,
@@ -122,9 +124,12 @@ def _view_of(**attrs: object) -> tuple[str, str]:
         ({"SeriesDescription": "Chest_PA"}, ("PA", "PA")),
         ({"SeriesDescription": "postero-anterior chest"}, ("PA", "postero-anterior")),
         ({"ProtocolName": "Thorax lateral."}, ("LATERAL", "lateral.")),
-        ({"StudyDescription": "XR CHEST AP SUPINE"}, ("AP", "AP")),
         ({"AcquisitionDeviceProcessingDescription": "CHEST, LL"}, ("LATERAL", "LL")),
-        # a study-level text naming two views decides nothing; the series text does
+        # the study's description says nothing about which image is which: never consulted
+        ({"StudyDescription": "XR CHEST AP SUPINE"}, ("", "")),
+        ({"StudyDescription": "CHEST PA"}, ("", "")),
+        ({"StudyDescription": "CHEST LATERAL", "ProtocolName": "CHEST"}, ("", "")),
+        ({"StudyDescription": "CHEST PA", "SeriesDescription": "LAT"}, ("LATERAL", "LAT")),
         ({"StudyDescription": "CHEST PA AND LAT", "SeriesDescription": "LAT"}, ("LATERAL", "LAT")),
         ({"SeriesDescription": "LEFT LATERAL DECUBITUS"}, ("OTHER", "DECUBITUS")),
         ({"SeriesDescription": "RAO oblique"}, ("OTHER", "RAO")),
@@ -170,11 +175,23 @@ def test_view_code_sequence_meaning_and_precedence() -> None:
 
 def test_find_view_says_why_there_is_none() -> None:
     ambiguous = Dataset()
-    ambiguous.StudyDescription = "CHEST PA AND LAT"
+    ambiguous.SeriesDescription = "CHEST PA AND LAT"
     found = find_view(ambiguous)
     assert (found.view, found.raw) == ("", "")
-    assert "ambiguous" in found.note and "StudyDescription names LATERAL and PA" in found.note
+    assert "ambiguous" in found.note and "SeriesDescription names LATERAL and PA" in found.note
     assert "no ViewPosition" in find_view(Dataset()).note
+
+
+def test_the_study_description_decides_no_image_view() -> None:
+    """A study described "CHEST PA AND LATERAL" or "CHEST PA" holds images of either view."""
+    assert "StudyDescription" not in VIEW_TEXT_FIELDS
+    assert "StudyDescription" not in HEADER_TAGS  # not even read
+    for description in ("CHEST PA", "CHEST PA AND LATERAL", "XR CHEST LAT"):
+        ds = Dataset()
+        ds.StudyDescription = description
+        found = find_view(ds)
+        assert (found.view, found.raw) == ("", "")
+        assert "no ViewPosition" in found.note and "StudyDescription" not in found.note
 
 
 def test_a_view_position_out_of_the_code_string_charset_is_not_echoed() -> None:

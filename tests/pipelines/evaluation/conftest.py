@@ -29,6 +29,6 @@ def rendered(predictions, tmp_path_factory):
         out / "predictions.parquet",
         out / "report",
         {**PARAMS, "batch_size": 8},
-        {"git": {"commit": "a" * 40, "dirty": False}, "dvc": {"models/best.pt": "b" * 32}},
+        {"code": {"sources_sha256": "a" * 16}, "dvc": {"models/best.pt": "b" * 32}},
     )
     return out / "report", result

@@ -13,6 +13,7 @@ from pipelines.evaluation.metrics import auroc_per_finding
 from pipelines.evaluation.operating_points import youden_threshold
 from pipelines.evaluation.outputs import metrics_dict, render_report, thresholds_dict, write_curves
 from pipelines.evaluation.summary import summarize
+from pipelines.export.card import read_thresholds
 from pipelines.labels import FINDINGS
 from tests.pipelines.evaluation.predictions import PARAMS, PHI
 
@@ -89,7 +90,13 @@ def test_thresholds_file_reads_as_policies_for_the_model_card(predictions, tmp_p
     path.write_text(json.dumps(thresholds_dict(summarize(predictions, PARAMS))))
     data = json.loads(path.read_text())
     policies = {k for k, v in data.items() if isinstance(v, dict) and set(v) & set(FINDINGS)}
-    assert policies == {"youden", "sensitivity_target"}
+    assert policies == {"youden", "sensitivity_target", "not_trained"}
+    assert data["not_trained"] == {
+        "Hernia": "no validation threshold (no labelled positive validation study)"
+    }
+    policies -= {"not_trained"}  # reasons, which read_thresholds keeps apart
+    assert set(read_thresholds(path)["thresholds"]) == policies
+    assert read_thresholds(path)["not_trained"] == data["not_trained"]
     for policy in policies:
         assert all(v is None or 0 <= v <= 1 for v in data[policy].values())
 

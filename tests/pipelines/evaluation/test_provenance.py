@@ -1,15 +1,20 @@
-"""Where results came from: the git commit and the DVC hashes of the inputs."""
+"""Where results came from: a fingerprint of the code and the DVC hashes of the inputs."""
 
 from __future__ import annotations
 
-import re
 import shutil
-import subprocess
+from pathlib import Path
 
-from pipelines.evaluation.provenance import collect_versions, dvc_hashes, git_commit
+from pipelines.evaluation.provenance import (
+    PACKAGE_ROOT,
+    code_fingerprint,
+    code_version,
+    collect_versions,
+    dvc_hashes,
+)
 
 
-def test_versions_from_git_and_dvc_lock(tmp_path):
+def test_versions_from_the_code_and_dvc_lock(tmp_path):
     lock = tmp_path / "dvc.lock"
     lock.write_text(
         "schema: '2.0'\nstages:\n  train:\n    cmd: python -m pipelines.train\n    outs:\n"
@@ -21,25 +26,20 @@ def test_versions_from_git_and_dvc_lock(tmp_path):
         "data/prepared": "99ff.dir",
     }
     assert dvc_hashes(["x"], tmp_path / "missing.lock") == {}
-    assert git_commit(tmp_path) is None  # not a repository
-    if shutil.which("git"):
-        subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-        subprocess.run(
-            [
-                "git",
-                "-c",
-                "user.email=a@b",
-                "-c",
-                "user.name=t",
-                "commit",
-                "-q",
-                "--allow-empty",
-                "-m",
-                "x",
-            ],
-            cwd=tmp_path,
-            check=True,
-        )
-        versions = collect_versions(["models/best.pt"], cwd=tmp_path)
-        assert re.fullmatch(r"[0-9a-f]{40}", versions["git"]["commit"])
-        assert versions["dvc"] == {"models/best.pt": "0123abcd"}
+    versions = collect_versions(["models/best.pt"], cwd=tmp_path)
+    assert versions == {"code": code_version(), "dvc": {"models/best.pt": "0123abcd"}}
+
+
+def test_the_code_fingerprint_follows_the_code_not_its_folder(tmp_path: Path) -> None:
+    """Two copies of the package in other folders fingerprint alike; one changed byte shows."""
+    a, b = tmp_path / "a" / "pipelines", tmp_path / "b" / "pipelines"
+    for copy in (a, b):
+        shutil.copytree(PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert code_fingerprint(a) == code_fingerprint(b) == code_fingerprint(PACKAGE_ROOT)
+    (b / "__pycache__").mkdir(exist_ok=True)
+    (b / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"compiled")  # not code
+    assert code_fingerprint(b) == code_fingerprint(a)
+    with open(b / "labels.py", "a") as fh:
+        fh.write("\n")
+    assert code_fingerprint(b) != code_fingerprint(a)
+    assert len(code_fingerprint(a)) == 16

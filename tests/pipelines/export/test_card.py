@@ -17,6 +17,7 @@ from pipelines.export.card import (
 )
 from pipelines.labels import FINDINGS
 from pipelines.model import PIXEL_MEAN
+from pipelines.notices import NO_SOURCE_NOTICE, SYNTHETIC_NOTICE
 from tests.pipelines.export.helpers import SIZE, make_prepared
 
 
@@ -97,7 +98,28 @@ def test_model_card_assembles_the_pieces():
     assert card["output"] == output_spec(list(FINDINGS), {}, "youden")
     assert card["model"]["parameters"] == 7 and card["model"]["epoch"] == 3
     assert card["parity"] == {"test": {}, "studies": 0}
+    assert card["notice"] == NO_SOURCE_NOTICE  # no data summary: nothing says what it learned
     json.dumps(card)  # plain JSON types
+
+
+@pytest.mark.parametrize(
+    ("synthetic", "notice"), [(True, SYNTHETIC_NOTICE), (False, None), (None, None)]
+)
+def test_the_card_says_when_the_model_learned_from_synthetic_data(synthetic, notice):
+    sources = {"a": {"reader": "nih", "synthetic": False}, "b": {"synthetic": synthetic}}
+    card = model_card(
+        meta={"findings": list(FINDINGS)},
+        input_size=SIZE,
+        files={},
+        parity={},
+        parity_summary={},
+        thresholds={},
+        default_policy="youden",
+        test_metrics=None,
+        data_summary={"sources": sources},
+        n_params=0,
+    )
+    assert card["notice"] == notice
 
 
 def test_training_data_summary_counts_only(tmp_path):
@@ -106,4 +128,10 @@ def test_training_data_summary_counts_only(tmp_path):
     assert summary["prepared_size"] == SIZE
     assert summary["splits"]["train"]["studies"] == 6
     assert summary["splits"]["train"]["with_lateral"] == 4
-    assert set(summary["splits"]["test"]["positives"]) == set(FINDINGS)
+    coverage = summary["splits"]["train"]["label_coverage"]
+    assert set(coverage) == set(FINDINGS)
+    for c in coverage.values():  # every study is a positive, a negative or unannotated
+        assert c["positives"] + c["negatives"] + c["unannotated"] == 6
+    assert sum(c["unannotated"] for c in coverage.values()) > 0  # the helper blanks 10 %
+    chosen = training_data_summary(tmp_path, ["Edema", "Mass"])
+    assert set(chosen["splits"]["test"]["label_coverage"]) == {"Edema", "Mass"}

@@ -29,8 +29,10 @@ def study(key: str, split: str, frontal: str, lateral: str = "", **labels) -> di
         "frontal_id": f"{key}-f",
         "frontal_path": frontal,
         "frontal_view": "PA",
+        "frontal_bits": 0,
         "lateral_id": f"{key}-l" if lateral else "",
         "lateral_path": lateral,
+        "lateral_bits": 0,
         "has_lateral": bool(lateral),
         "split": split,
     }

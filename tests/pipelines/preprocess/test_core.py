@@ -128,3 +128,48 @@ def test_bad_inputs_are_user_errors(dataset, tmp_path):
         run_preprocess(params(studies=str(tmp_path / "nope.parquet")))
     with pytest.raises(ConfigError, match=r"preprocess\.image_size"):
         parse_section(PreprocessParams, "preprocess", {"preprocess": {"image_size": 2}})
+
+
+def test_each_source_reads_from_its_own_root_and_bits_come_from_the_metadata(tmp_path):
+    """Two sources in two folders with the same relative path; an 11-bit PNG in a 16-bit file."""
+    from pipelines.schema import ImageRoots
+
+    ramp = (np.arange(64 * 64).reshape(64, 64) % 2048).astype(np.uint16)  # 11 bits used
+    for site, value in (("a", ramp), ("b", (ramp // 2).astype(np.uint16))):
+        (tmp_path / site).mkdir()
+        Image.fromarray(value).save(tmp_path / site / "img.png")
+    rows = [
+        study("s0", "train", "img.png") | {"source": "site-a"},
+        study("s1", "test", "img.png") | {"source": "site-b"},
+    ]
+    table = pd.DataFrame(rows)
+    table.attrs = {
+        "data_roots": {"site-a": str(tmp_path / "a"), "site-b": str(tmp_path / "b")},
+        "sources": {"site-a": {"reader": "csv", "synthetic": False}},
+    }
+    roots = ImageRoots.from_attrs(table.attrs)
+    table["frontal_bits"], table["lateral_bits"] = [11, 11], [0, 0]  # as the source's CSV says
+    out = tmp_path / "prep"
+    preprocess_studies(table, roots, out, params(size=64))
+    train, test = (ShardDataset(out, s) for s in ("train", "test"))
+    a, b = train[0]["frontal"].numpy(), test[0]["frontal"].numpy()
+    assert a.max() == 255  # scaled by the 11 bits the metadata gives, not by 16
+    assert abs(int(b.max()) - 128) <= 1  # the other folder's half-bright image
+    index = read_index(out)
+    assert index["sources"] == {
+        "site-a": {
+            "reader": "csv",
+            "synthetic": False,
+            "studies": {"train": 1, "val": 0, "test": 0},
+        },
+        "site-b": {
+            "reader": "site-b",
+            "synthetic": None,
+            "studies": {"train": 0, "val": 0, "test": 1},
+        },
+    }
+    # without bits in the table the depth is detected from the data: the smallest of 10, 12,
+    # 14, 16 bits that holds the maximum, here 12, so the image is half as bright
+    no_bits = table.drop(columns=["frontal_bits", "lateral_bits"])
+    preprocess_studies(no_bits, roots, out, params(size=64))
+    assert abs(int(ShardDataset(out, "train")[0]["frontal"].numpy().max()) - 128) <= 1

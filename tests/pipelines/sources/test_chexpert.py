@@ -1,4 +1,4 @@
-"""CheXpert reader: real sample rows, uncertain policy, image root, bad rows."""
+"""CheXpert reader: real sample rows, uncertain and blank policies, image root, bad rows."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PIL import Image
 
 from pipelines.errors import SourceError
 from pipelines.keys import make_key
-from pipelines.labels import CHEXPERT_TO_FINDINGS, FINDINGS
+from pipelines.labels import BLANK_POLICIES, CHEXPERT_TO_FINDINGS, FINDINGS
 from pipelines.schema import MANIFEST_COLUMNS
 from pipelines.sources import ReadOptions
 from pipelines.sources.chexpert import read
@@ -26,6 +26,7 @@ HEADER = (
     "Pleural Effusion,Pleural Other,Fracture,Support Devices\n"
 )
 UNMAPPED = [f for f in FINDINGS if f not in CHEXPERT_TO_FINDINGS.values()]
+CHEXPERT_COLS = list(CHEXPERT_TO_FINDINGS.values())
 
 
 def opts(**kw) -> ReadOptions:
@@ -166,3 +167,60 @@ def test_missing_label_column_is_named(tmp_path):
         read(table, opts())
     msg = str(err.value)
     assert str(table) in msg and "'Pleural Effusion'" in msg and "'Edema'" in msg
+
+
+def test_blank_policy_on_real_rows():
+    table, raw = sample()
+    cols = list(CHEXPERT_TO_FINDINGS.values())
+    cells = np.array([[r[c] for c in CHEXPERT_TO_FINDINGS] for r in raw])
+    is_blank = cells == ""
+    no_finding = np.array([r["No Finding"] == "1.0" for r in raw])
+    assert is_blank.sum() > 200 and no_finding.sum() > 0  # the real sample has both
+    assert ReadOptions().blank == "zeros"
+    got = {p: read(table, opts(blank=p)).manifest[cols].to_numpy() for p in BLANK_POLICIES}
+    zeros, nan, mixed = got["zeros"], got["nan"], got["nan_unless_no_finding"]
+    assert (zeros[is_blank] == 0).all()
+    assert (np.isnan(nan) == (is_blank | (cells == "-1.0"))).all()  # blank or uncertain
+    np.testing.assert_array_equal(nan[~is_blank], zeros[~is_blank])
+    np.testing.assert_array_equal(mixed[~is_blank], zeros[~is_blank])
+    healthy = is_blank & no_finding[:, None]
+    assert healthy.sum() > 0 and (mixed[healthy] == 0).all()
+    assert np.isnan(mixed[is_blank & ~no_finding[:, None]]).all()
+    # the unmapped seven stay NaN, whatever the policy
+    assert read(table, opts(blank="nan")).manifest[UNMAPPED].isna().all().all()
+
+
+def test_blank_policy_on_generated_rows(tmp_path):
+    p = "CheXpert-v1.0-small/train/patient00042"
+    table = write_dataset(
+        tmp_path,
+        [
+            f"{p}/study1/view1_frontal.jpg,F,50,Frontal,PA,1.0,,,,,,,,,0.0,,,,1.0",  # No Finding
+            f"{p}/study2/view1_frontal.jpg,F,50,Frontal,PA,,,1.0,,,-1.0,,,,,,,,",
+            f"{p}/study3/view1_frontal.jpg,F,50,Frontal,PA,0.0,,,,,,,,,,,,,",  # No Finding 0
+        ],
+    )
+    m = {b: read(table, opts(blank=b)).manifest for b in BLANK_POLICIES}
+    assert (m["zeros"].loc[0, CHEXPERT_COLS] == 0).all()
+    assert (m["nan_unless_no_finding"].loc[0, CHEXPERT_COLS] == 0).all()
+    assert m["nan"].loc[0, "Pneumothorax"] == 0 and m["nan"].loc[0, "Atelectasis"] != 0
+    assert m["nan"].loc[0, CHEXPERT_COLS].isna().sum() == 6
+    for b in ("nan", "nan_unless_no_finding"):
+        row = m[b].loc[1, CHEXPERT_COLS]
+        assert row["Cardiomegaly"] == 1 and row.drop("Cardiomegaly").isna().all(), b
+        assert m[b].loc[2, CHEXPERT_COLS].isna().all(), b
+    assert m["zeros"].loc[1, "Cardiomegaly"] == 1 and np.isnan(m["zeros"].loc[1, "Edema"])
+    assert m["zeros"].loc[1, "Atelectasis"] == 0
+    ones = read(table, opts(blank="nan", uncertain="ones")).manifest
+    assert ones.loc[1, "Edema"] == 1 and np.isnan(ones.loc[1, "Atelectasis"])
+
+
+def test_nan_unless_no_finding_needs_the_column(tmp_path):
+    table = tmp_path / "train.csv"
+    columns = ["Path", "Frontal/Lateral", "AP/PA", *CHEXPERT_TO_FINDINGS]
+    row = ["CheXpert-v1.0-small/train/patient1/study1/view1_frontal.jpg", "Frontal", "PA"]
+    table.write_text(",".join(columns) + "\n" + ",".join(row + [""] * 7) + "\n")
+    assert read(table, opts(blank="nan")).manifest[CHEXPERT_COLS].isna().all().all()
+    with pytest.raises(SourceError) as err:
+        read(table, opts(blank="nan_unless_no_finding"))
+    assert str(table) in str(err.value) and "'No Finding'" in str(err.value)

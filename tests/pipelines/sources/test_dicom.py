@@ -195,7 +195,12 @@ def _write_bad_folder(root: Path) -> dict[str, str]:
     put("bad/ct.dcm", "unsupported_modality", make_ds("1.2.3.104", modality="CT"))
     put("bad/mr", "unsupported_modality", make_ds("1.2.3.105", modality="MR"))
     put("bad/skull.dcm", "not_chest", make_ds("1.2.3.106", BodyPartExamined="SKULL"))
+    raw = make_ds("1.2.3.115", PresentationIntentType="FOR PROCESSING")
+    put("bad/for_processing.dcm", "for_processing", raw)
     put("bad/noview.dcm", "no_view", make_ds("1.2.3.107", view_position=None))
+    # the study's description names the study's views, not this image's
+    study_text = make_ds("1.2.3.114", view_position=None, StudyDescription="CHEST PA")
+    put("bad/study_text.dcm", "no_view", study_text)
     multi = make_ds("1.2.3.108", pixel_data=False, NumberOfFrames=2)
     multi.PixelData = np.concatenate([pixels(1), pixels(2)]).tobytes()
     put("bad/multi.dcm", "multi_frame", multi)
@@ -221,6 +226,7 @@ def test_each_bad_case_gives_its_reason(tmp_path: Path) -> None:
     details = {r.path: r.detail for r in result.rejected}
     assert "'CT'" in details["bad/ct.dcm"] and "'MR'" in details["bad/mr"]
     assert "SKULL" in details["bad/skull.dcm"]
+    assert "FOR PROCESSING" in details["bad/for_processing.dcm"]
     assert "MPEG2" in details["bad/mpeg.dcm"]
     assert "2 frames" in details["bad/multi.dcm"]
     assert (

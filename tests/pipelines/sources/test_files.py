@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from pipelines.sources.files import image_header, index_images, verify_files
+from pipelines.sources.files import image_header, index_images, stored_bits, verify_files
 from tests.pipelines.sources.helpers import make_images, manifest_rows, write
 
 
@@ -52,3 +53,21 @@ def test_verify_files_sizes_and_rejections(tmp_path, workers):
         ("csv", "junk.png", "unreadable_image"),
     ]
     assert rej[1].detail == "not an image format Pillow recognises"
+
+
+def test_verify_files_keeps_the_bits_the_metadata_gave(tmp_path):
+    want = make_images(tmp_path)
+    paths = ["gray16.png", "gray16.png", "gray16.png", "gray.png", "gray.png"]
+    rows = manifest_rows(paths)
+    rows["bits"] = [12, 0, 20, 12, 8]  # from a source's metadata (0 = none given)
+    out, rej = verify_files(rows, tmp_path)
+    assert not rej
+    # 12 stored bits in a 16-bit PNG stay 12; none given or more than the file holds: the file's
+    assert out["bits"].tolist() == [12, 16, 16, 8, 8]
+    assert out["width"].tolist() == [want[p][0] for p in paths]
+
+
+def test_stored_bits():
+    given = np.array([12, 0, 20, 12, 10])
+    file_bits = np.array([16, 16, 16, 8, 0])
+    assert stored_bits(given, file_bits).tolist() == [12, 16, 16, 8, 10]

@@ -12,7 +12,7 @@ from PIL import Image
 
 from pipelines.errors import SourceError
 from pipelines.keys import make_key
-from pipelines.labels import CHEXPERT_TO_FINDINGS, FINDINGS
+from pipelines.labels import BLANK_POLICIES, CHEXPERT_TO_FINDINGS, FINDINGS
 from pipelines.schema import MANIFEST_COLUMNS
 from pipelines.sources import ReadOptions
 from pipelines.sources.mimic import read
@@ -155,3 +155,33 @@ def test_label_file_required_and_checked(tmp_path):
     with pytest.raises(SourceError) as err:
         read(meta, opts(labels))
     assert str(labels) in str(err.value) and "'Pleural Effusion'" in str(err.value)
+
+
+def test_blank_policies(tmp_path):
+    meta, labels = write_tables(tmp_path)
+    cols = list(CHEXPERT_TO_FINDINGS.values())
+    m = {b: read(meta, opts(labels, blank=b)).manifest for b in BLANK_POLICIES}
+    zeros, nan, mixed = m["zeros"], m["nan"], m["nan_unless_no_finding"]
+    # study 50414267 (d1, d2): Cardiomegaly 1, Effusion -1, Edema 0, the rest blank
+    for frame in (nan, mixed):
+        row = frame.loc[0, cols]
+        assert row["Cardiomegaly"] == 1 and row["Edema"] == 0
+        assert row.drop(["Cardiomegaly", "Edema"]).isna().all()
+    assert (zeros.loc[0, ["Atelectasis", "Pneumonia", "Pneumothorax"]] == 0).all()
+    # study 53189527 (d3): No Finding 1, the rest blank: negative unless blank: nan
+    assert (zeros.loc[2, cols] == 0).all() and (mixed.loc[2, cols] == 0).all()
+    assert nan.loc[2, cols].isna().all()
+    # study 57375967 (d4, d5): Atelectasis 1, Pneumonia -1; no No Finding
+    assert mixed.loc[3, "Atelectasis"] == 1 and mixed.loc[3, cols].isna().sum() == 6
+    for frame in m.values():
+        assert frame["path"].tolist() == zeros["path"].tolist()
+
+
+def test_nan_unless_no_finding_needs_the_column(tmp_path):
+    meta, labels = write_tables(tmp_path)
+    text = pd.read_csv(labels, dtype=str, keep_default_na=False).drop(columns="No Finding")
+    text.to_csv(labels, index=False)
+    assert len(read(meta, opts(labels, blank="nan")).manifest) == 5
+    with pytest.raises(SourceError) as err:
+        read(meta, opts(labels, blank="nan_unless_no_finding"))
+    assert str(labels) in str(err.value) and "'No Finding'" in str(err.value)

@@ -1,15 +1,18 @@
-"""PadChest reader: the real sample, label mapping, EXCLUDE projection, and no PHI in outputs."""
+"""PadChest reader: the real sample, label mapping, placeholder labels, EXCLUDE projection, bits,
+and no PHI in outputs."""
 
 from __future__ import annotations
 
 import ast
 import csv
+import logging
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from pipelines.keys import make_key
 from pipelines.labels import FINDINGS, PADCHEST_TO_FINDINGS
@@ -52,9 +55,14 @@ def test_real_sample():
     assert m["patient_key"].nunique() == len({r["PatientID"] for r in raw}) == 29
     assert m["study_key"].nunique() == len({r["StudyID"] for r in raw}) == 30
     assert m.loc[0, "image_id"] == make_key("image", f"padchest:{raw[0]['ImageID']}", SALT)
-    assert not m[list(FINDINGS)].isna().any().any()  # all 14 annotated
+    assert m["bits"].tolist() == [int(r["BitsStored_DICOM"]) for r in raw] == [12] * 53
     # counts from the raw strings, parsed here independently of the reader
     terms = [{t.strip().lower() for t in ast.literal_eval(r["Labels"])} for r in raw]
+    # ['unchanged'] is no annotation: all 14 NaN; every other row is annotated for all 14
+    unchanged = np.array([t == {"unchanged"} for t in terms])
+    assert unchanged.sum() == 4 and result.counts == {"placeholder_labels": 4, "unknown_terms": 0}
+    assert m.loc[unchanged, list(FINDINGS)].isna().all().all()
+    assert not m.loc[~unchanged, list(FINDINGS)].isna().any().any()
     for term, finding in [
         ("cardiomegaly", "Cardiomegaly"),
         ("hiatal hernia", "Hernia"),
@@ -81,7 +89,7 @@ def test_no_phi_in_outputs(tmp_path):
     rows.to_csv(bad, index=False)
     result = read(bad, opts())
     check_invariant(result)
-    cells = set(result.manifest.astype(str).to_numpy().ravel())
+    cells = {str(v) for v in result.manifest.to_numpy().ravel()}
     cells |= {v for r in result.rejected for v in (r.path, r.detail)}
     text = "\n".join(cells)
     for r in raw:
@@ -142,3 +150,104 @@ def test_parse_label_list():
 
 def test_mapping_targets_are_findings():
     assert {f for v in PADCHEST_TO_FINDINGS.values() for f in v} == set(FINDINGS)
+
+
+HEADER = "ImageID,ImageDir,StudyID,PatientID,Projection,Labels,BitsStored_DICOM\n"
+
+
+def write_csv(folder: Path, lines: list[str]) -> Path:
+    table = folder / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
+    table.write_text(HEADER + "\n".join(lines) + "\n")
+    return table
+
+
+def test_placeholder_labels_are_not_annotated(tmp_path, caplog):
+    table = write_csv(
+        tmp_path,
+        [
+            "a.png,0,s1,p1,PA,\"['unchanged']\",12",
+            "b.png,0,s1,p1,L,\"[' Unchanged ', 'exclude']\",12",
+            "c.png,0,s2,p1,PA,\"['suboptimal study']\",12",
+            "d.png,0,s3,p2,PA,\"['exclude']\",12",
+            "e.png,0,s4,p2,PA,\"['unchanged', 'cardiomegaly']\",12",  # real finding kept
+            "f.png,0,s5,p3,PA,\"['unchanged', 'scoliosis']\",12",  # annotated, none of the 14
+            "g.png,0,s6,p3,PA,\"['normal', 'suboptimal study']\",12",  # normal: annotated
+            "h.png,0,s7,p4,EXCLUDE,\"['unchanged']\",12",  # rejected: not counted
+        ],
+    )
+    with caplog.at_level(logging.INFO, logger="pipelines.sources.padchest"):
+        result = read(table, opts())
+    check_invariant(result)
+    assert [r.reason for r in result.rejected] == ["excluded_projection"]
+    m = result.manifest.set_index("path")[list(FINDINGS)]
+    for name in ("a", "b", "c", "d"):
+        assert m.loc[f"0/{name}.png"].isna().all(), name
+    e = m.loc["0/e.png"]
+    assert e[e == 1].index.tolist() == ["Cardiomegaly"] and e.sum() == 1 and e.notna().all()
+    assert (m.loc["0/f.png"] == 0).all() and (m.loc["0/g.png"] == 0).all()
+    assert result.counts == {"placeholder_labels": 4, "unknown_terms": 0}
+    assert "4 of 7 images are labelled only 'unchanged'" in caplog.text
+
+
+def test_placeholder_count_follows_file_verification(tmp_path):
+    (tmp_path / "0").mkdir()
+    Image.fromarray(np.full((4, 6), 4000, np.uint16)).save(tmp_path / "0" / "a.png")
+    table = write_csv(
+        tmp_path,
+        ["a.png,0,s1,p1,PA,\"['unchanged']\",12", "b.png,0,s1,p1,L,\"['unchanged']\",12"],
+    )
+    result = read(table, opts(verify_files=True))
+    check_invariant(result)
+    assert [r.reason for r in result.rejected] == ["missing_file"]
+    assert result.counts["placeholder_labels"] == 1
+
+
+def test_bits_from_the_csv_survive_file_verification(tmp_path):
+    folder = tmp_path / "7"
+    folder.mkdir()
+    twelve = np.zeros((5, 6), np.uint16)
+    twelve[0, 0] = 4095
+    for name in ("a.png", "b.png", "c.png"):
+        Image.fromarray(twelve).save(folder / name)  # 16-bit PNG holding 12-bit values
+    Image.fromarray(np.zeros((5, 6), np.uint8)).save(folder / "d.png")  # an 8-bit export
+    table = write_csv(
+        tmp_path,
+        [
+            "a.png,7,s1,p1,PA,\"['normal']\",12",
+            "b.png,7,s1,p1,L,\"['normal']\",12.0",
+            "c.png,7,s2,p1,PA,\"['normal']\",",  # no metadata: the file's depth
+            "d.png,7,s3,p2,PA,\"['normal']\",12",  # the CSV describes the DICOM, not this file
+        ],
+    )
+    assert read(table, opts()).manifest["bits"].tolist() == [12, 12, 0, 12]
+    verified = read(table, opts(verify_files=True))
+    check_invariant(verified)
+    assert not verified.rejected
+    assert verified.manifest["bits"].tolist() == [12, 12, 16, 8]
+    assert verified.manifest["width"].tolist() == [6] * 4
+
+
+def test_effusion_family_and_unknown_terms(tmp_path, caplog):
+    table = write_csv(
+        tmp_path,
+        [
+            "a.png,0,s1,p1,PA,\"['empyema']\",12",
+            "b.png,0,s1,p1,L,\"['hemothorax']\",12",
+            "c.png,0,s2,p2,PA,\"['consolidation', 'miliary opacities']\",12",
+            "d.png,0,s3,p3,PA,\"['pleural efusion', 'cardiomegaly']\",12",  # misspelt: unknown
+        ],
+    )
+    with caplog.at_level(logging.INFO, logger="pipelines.sources.padchest"):
+        result = read(table, opts())
+    m = result.manifest.set_index("path")[list(FINDINGS)]
+    for name in ("a", "b"):
+        row = m.loc[f"0/{name}.png"]
+        assert row[row == 1].index.tolist() == ["Effusion"] and row.notna().all(), name
+    c = m.loc["0/c.png"]
+    assert c[c == 1].index.tolist() == ["Infiltration", "Consolidation"]
+    d = m.loc["0/d.png"]
+    assert d[d == 1].index.tolist() == ["Cardiomegaly"]
+    assert result.counts == {"placeholder_labels": 0, "unknown_terms": 1}
+    assert "1 images carry terms outside PadChest's vocabulary (e.g. 'pleural efusion')" in (
+        caplog.text
+    )

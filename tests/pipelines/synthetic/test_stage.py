@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
@@ -131,7 +132,8 @@ def test_layout_and_labels_carry_no_phi_or_ids(dataset):
         parts = rel.parts[1:] if rel.parts[0] == "dicom" else rel.parts
         for part in parts:
             stem = part.removesuffix(".dcm")
-            assert part == "labels.csv" or HEX16.match(stem), f"unexpected name {rel}"
+            named = part in ("labels.csv", "truth.csv") or HEX16.match(stem)
+            assert named, f"unexpected name {rel}"
             assert not any(s.lower() in part.lower() for s in secrets | ids), rel
     text = (out / "labels.csv").read_text()
     assert not [s for s in secrets if s in text]
@@ -140,7 +142,9 @@ def test_layout_and_labels_carry_no_phi_or_ids(dataset):
     # the only id in labels.csv is the study UID (its join key), never series / SOP UIDs
     study_uids = {row["study_uid"] for row in rows}
     assert not [i for i in ids - study_uids if i in text]
-    assert all(row[f] in ("0", "1") for row in rows for f in FINDINGS)
+    assert all(row[f] in ("0", "1", "") for row in rows for f in FINDINGS)  # "": unmentioned
+    truth = (out / "truth.csv").read_text()
+    assert not [s for s in secrets if s in truth]
 
 
 def test_same_params_give_byte_identical_files_whatever_the_workers(tmp_path, dataset):
@@ -175,8 +179,9 @@ def test_rerun_replaces_but_refuses_a_foreign_folder(tmp_path):
 @pytest.mark.slow
 def test_lateral_missing_share_and_prevalence_hold_on_200_studies(tmp_path):
     out = tmp_path / "syn"
-    summary = synthesize(SynthesizeParams(out=out, studies=200, size=32, workers=2, seed=0))
-    rows = read_labels(out)
+    params = SynthesizeParams(out=out, studies=200, size=32, workers=2, seed=0, preset="easy")
+    summary = synthesize(params)
+    rows = read_labels(out)  # the easy preset: exact labels
     assert len(rows) == summary["studies"] == 200
     assert 1 < summary["patients"] < 200
     # binomial sd of a share over 200 studies: 0.021 (missing lateral), 0.028 (findings)
@@ -203,3 +208,21 @@ def test_main_writes_the_summary_metrics(tmp_path, monkeypatch):
     Path("params.yaml").write_text("synthesize:\n  studies: 0\n")
     with pytest.raises(SystemExit, match="synthesize: .*studies"):
         main()
+
+
+def test_report_labels_make_the_planted_errors_at_their_rates() -> None:
+    """Label noise: missed findings, spurious ones and blanks, each near its rate."""
+    from pipelines.synthetic.plan import report_labels
+    from pipelines.synthetic.style import LabelNoise
+
+    noise = LabelNoise(missed=0.2, spurious=0.05, unmentioned=0.1)
+    rng = np.random.default_rng(0)
+    n, present = 4000, ["Mass", "Edema"]
+    rows = [report_labels(present, noise, rng) for _ in range(n)]
+    labelled = [r for r in rows if r["Mass"] == r["Mass"]]
+    assert abs(1 - len(labelled) / n - 0.1) < 0.015  # unmentioned: blank
+    assert abs(sum(r["Mass"] == 0 for r in labelled) / len(labelled) - 0.2) < 0.02  # missed
+    absent = [r["Nodule"] for r in rows if r["Nodule"] == r["Nodule"]]
+    assert abs(sum(absent) / len(absent) - 0.05) < 0.012  # spurious
+    exact = report_labels(present, LabelNoise(), np.random.default_rng(1))
+    assert exact == {f: float(f in present) for f in FINDINGS}

@@ -20,6 +20,7 @@ import yaml
 from pipelines.checkpoint import Checkpoint, LoopState
 from pipelines.data import ShardDataset, shard_meta, shard_name, write_index, write_shard
 from pipelines.errors import UserError
+from pipelines.io import without_run_facts
 from pipelines.labels import FINDINGS
 from pipelines.model import ModelParams, load_model, to_model_input
 from pipelines.train import TrainParams, build_scheduler, train
@@ -29,8 +30,11 @@ REPO = Path(__file__).resolve().parents[3]
 SIZE = 64  # the train stage's minimum input size
 
 
-def make_prepared(root: Path, counts: dict[str, int], size: int = SIZE, seed: int = 0) -> Path:
-    """Tiny prepared shards: findings 0 and 1 brighten a frontal / lateral corner; some NaN."""
+def make_prepared(
+    root: Path, counts: dict[str, int], size: int = SIZE, seed: int = 0, blank: tuple[int, ...] = ()
+) -> Path:
+    """Tiny prepared shards: findings 0 and 1 brighten a frontal / lateral corner; some NaN;
+    the findings of ``blank`` are never annotated (as CheXpert leaves 7 of the 14)."""
     rng = np.random.default_rng(seed)
     splits = {}
     for split, n in counts.items():
@@ -39,6 +43,7 @@ def make_prepared(root: Path, counts: dict[str, int], size: int = SIZE, seed: in
         labels[:, 1] = (np.arange(n) // 2) % 2
         labels[rng.random((n, len(FINDINGS))) < 0.1] = np.nan
         labels[:, :2] = np.nan_to_num(labels[:, :2])
+        labels[:, list(blank)] = np.nan
         has_lateral = np.arange(n) % 3 != 2
         images = rng.integers(0, 120, (n, 2, size, size), dtype=np.uint8)
         images[:, 0, :16, :16] += (80 * labels[:, 0]).astype(np.uint8)[:, None, None]
@@ -67,6 +72,8 @@ def tiny_params(tmp: Path, **overrides) -> TrainParams:
         "threads": 1,
         "progress": False,
         "patience": 0,
+        "min_positives": 3,  # toy splits of 12 studies
+        "min_negatives": 3,
         "model": {"dropout": 0.1, "view_dropout": 0.2},
     }
     return TrainParams.model_validate(values | overrides)
@@ -95,6 +102,9 @@ def test_missing_data_is_a_clear_error(tmp_path):
     make_prepared(tmp_path / "data/prepared", {"train": 8})
     with pytest.raises(UserError, match="no studies in the val split"):
         train(tiny_params(tmp_path), seed=0)
+    make_prepared(tmp_path / "data/prepared", {"train": 8, "val": 4})
+    with pytest.raises(UserError, match="no finding has 20 labelled positive and 3 negative"):
+        train(tiny_params(tmp_path, min_positives=20), seed=0)
 
 
 def test_small_input_size_is_refused():
@@ -112,7 +122,10 @@ def test_train_writes_outputs_and_the_logged_auroc_is_the_best_models(tmp_path):
     params = tiny_params(tmp_path, precision="fp32")
     result = train(params, seed=11)
     summary = json.loads((tmp_path / "metrics/train.json").read_text())
-    assert summary == json.loads(json.dumps(result.summary))
+    # the DVC metric is the run's summary less its timings (the same commit and data give
+    # the same file on every machine)
+    assert summary == without_run_facts(json.loads(json.dumps(result.summary)))
+    assert "seconds" in result.summary and "seconds" not in summary
     assert summary["train_pairs"] == 16 and summary["val_pairs"] == 8  # originals + copies
     assert summary["epochs_run"] == 2 and summary["world_size"] == 1
 
@@ -127,7 +140,7 @@ def test_train_writes_outputs_and_the_logged_auroc_is_the_best_models(tmp_path):
             to_model_input(batch["lateral"], SIZE),
             batch["has_lateral"],
         )
-    macro, _ = val_auroc(batch["labels"].numpy(), logits.numpy())
+    macro, _ = val_auroc(batch["labels"].numpy(), logits.numpy(), FINDINGS, meta["untrained"])
     assert summary["val_macro_auroc"] == pytest.approx(macro, abs=1e-6)
 
     ckpt = Checkpoint.load(tmp_path / "models/checkpoints/last.pt")
@@ -138,6 +151,33 @@ def test_train_writes_outputs_and_the_logged_auroc_is_the_best_models(tmp_path):
     logged = [h["val/macro_auroc"] for h in ckpt.loop.history]
     np.testing.assert_allclose(tsv["macro_auroc"], logged)
     assert list((tmp_path / "runs/train").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_label_coverage_and_untrained_findings_reach_the_checkpoint(tmp_path):
+    """A head of three findings, one never annotated: the meta and metrics say which learned."""
+    edema = FINDINGS.index("Edema")
+    make_prepared(tmp_path / "data/prepared", {"train": 12, "val": 8}, blank=(edema,))
+    chosen = ["Edema", "Cardiomegaly", "Atelectasis"]  # any order: the head keeps FINDINGS'
+    params = tiny_params(tmp_path, epochs=1, findings=chosen, min_positives=3, min_negatives=3)
+    train(params, seed=3)
+    model, meta = load_model(tmp_path / "models/best.pt")
+    assert meta["findings"] == ["Atelectasis", "Cardiomegaly", "Edema"]
+    assert model.head.out_features == 3
+    train_cov = meta["label_coverage"]["train"]
+    assert train_cov["Atelectasis"] == {"positives": 6, "negatives": 6, "unannotated": 0}
+    assert train_cov["Edema"] == {"positives": 0, "negatives": 0, "unannotated": 12}
+    assert meta["label_coverage"]["val"]["Edema"]["unannotated"] == 8
+    assert set(meta["untrained"]) == {"Edema"}
+    assert meta["untrained"]["Edema"].startswith("too few labelled training studies (0 positive")
+    summary = json.loads((tmp_path / "metrics/train.json").read_text())
+    assert summary["findings"] == meta["findings"] and summary["not_trained"] == meta["untrained"]
+    assert set(summary["val_auroc"]) == set(meta["findings"])
+    assert summary["val_auroc"]["Edema"] is None  # never annotated: not estimable
+    scored = [summary["val_auroc"][f] for f in ("Atelectasis", "Cardiomegaly")]
+    assert summary["val_macro_auroc"] == pytest.approx(np.mean(scored), abs=1e-6)
+    with pytest.raises(ValueError, match="must be distinct names"):
+        TrainParams(findings=["Edema", "Pneumonitis"])
 
 
 def _write_stage(tmp: Path, params: TrainParams, resume: bool = False) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -323,6 +324,27 @@ def test_unreadable_images_and_missing_inputs(tmp_path, model_dir):
         predict(bad, model=model, threshold="f1")
 
 
+def test_for_processing_images_are_refused_or_skipped(tmp_path):
+    """Raw detector images (ingest: for_processing) are never predicted on."""
+    raw = {"PresentationIntentType": "FOR PROCESSING"}
+    only = write_view(tmp_path / "raw" / "pa.dcm", "PA", seed=1, **raw)
+    for given in (tmp_path / "raw", only):
+        with pytest.raises(PredictError, match="FOR PROCESSING") as err:
+            collect_studies(given)
+        assert "\n" not in str(err.value) and PATIENT_ID not in str(err.value)
+    # beside the processed images of the study, the raw ones are skipped (as ingest rejects
+    # them), even a bigger one that the view choice would otherwise prefer
+    both = tmp_path / "both"
+    write_view(both / "a_raw_pa.dcm", "PA", seed=2, shape=(96, 80), **raw)
+    write_view(both / "a_raw_ll.dcm", "LL", seed=3, shape=(96, 80), **raw)
+    pa, ll = write_view(both / "pa.dcm", "PA", seed=4), write_view(both / "ll.dcm", "LL", seed=5)
+    chosen = find_study_views(both)
+    assert (chosen.frontal, chosen.lateral) == (pa, ll)
+    # a pair given directly with a raw lateral is refused
+    with pytest.raises(PredictError, match=r"a_raw_ll\.dcm: .*FOR PROCESSING"):
+        collect_studies([pa, both / "a_raw_ll.dcm"])
+
+
 def test_swapped_dicom_pair_is_refused(tmp_path):
     pa = write_view(tmp_path / "pa.dcm", "PA", seed=1)
     ll = write_view(tmp_path / "ll.dcm", "LL", seed=2)
@@ -331,7 +353,8 @@ def test_swapped_dicom_pair_is_refused(tmp_path):
     assert collect_studies([pa, ll])[0].frontal_view == "PA"
 
 
-def test_format_predictions_of_a_known_frame():
+def known_frame() -> pd.DataFrame:
+    """Two findings of one study: Edema trained and positive, Mass not trained."""
     df = pd.DataFrame(
         {
             "study": ["s", "s"],
@@ -339,20 +362,52 @@ def test_format_predictions_of_a_known_frame():
             "lateral": [""] * 2,
             "views": ["frontal"] * 2,
             "finding": ["Edema", "Mass"],
-            "probability": [0.75, 0.125],
-            "threshold": [0.5, 0.2],
-            "positive": [True, False],
-            "threshold_policy": ["youden"] * 2,
+            "status": ["trained", "not trained"],
+            "reason": ["", "too few labelled training studies (0 positive, 0 negative)"],
+            "probability": [0.75, float("nan")],
+            "threshold": [0.5, float("nan")],
+            "positive": [True, None],
+            "threshold_policy": ["youden", ""],
         }
     )
+    df.attrs["notice"] = "Trained on synthetic data. Not for clinical use."
+    return df
+
+
+def test_format_predictions_of_a_known_frame():
+    df = known_frame()
     data = json.loads(format_predictions(df, "json"))
-    assert data["studies"][0]["findings"]["Edema"] == {
+    assert data["notice"].startswith("Trained on synthetic data")
+    (study,) = data["studies"]
+    assert study["threshold_policy"] == "youden"
+    assert study["findings"]["Edema"] == {
+        "status": "trained",
         "probability": 0.75,
         "threshold": 0.5,
         "positive": True,
     }
+    assert study["findings"]["Mass"] == {
+        "status": "not trained",
+        "reason": "too few labelled training studies (0 positive, 0 negative)",
+        "probability": None,
+        "threshold": None,
+        "positive": None,
+    }
     table = format_predictions(df, "table")
-    assert "0.750" in table and "0.125" in table and "yes" in table
+    assert table.startswith("NOTICE: Trained on synthetic data")
+    assert "0.750" in table and "yes" in table
+    mass = next(line for line in table.splitlines() if line.strip().startswith("Mass"))
+    assert "not trained" in mass and "0." not in mass
+    assert "Mass: not trained, no decision: too few labelled" in table
+    csv = pd.read_csv(io.StringIO(format_predictions(df, "csv")), keep_default_na=False)
+    row = csv.set_index("finding").loc["Mass"]
+    assert (row["status"], row["probability"], row["threshold"], row["positive"]) == (
+        "not trained",
+        "",
+        "",
+        "",
+    )
+    assert csv.set_index("finding").loc["Edema", "positive"] == "True"
 
 
 # --------------------------------------------------------------------------- real data
