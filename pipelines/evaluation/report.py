@@ -233,6 +233,19 @@ def _localisation_rows(loc: Mapping[str, Any]) -> list[list[Any]]:
     return rows
 
 
+def _evidence_rows(loc: Mapping[str, Any]) -> list[list[Any]]:
+    """Per finding: the Grad-CAM mass the finding adds to each view, the lateral's share."""
+    rows: list[list[Any]] = []
+    for finding, r in loc.get("findings", {}).items():
+        e = r.get("evidence")
+        if e:
+            share = e["lateral_share"]
+            shown = _pct(None) if share is None else Cell(f"{share:.0%}", "bold")
+            gains = [f"{e['frontal']:+.3f}", f"{e['lateral']:+.3f}"]
+            rows.append([finding, e["positives"], e["negatives"], *gains, shown])
+    return rows
+
+
 def _saliency(saliency: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The template's saliency section (None: not computed)."""
     if saliency is None:
@@ -243,6 +256,7 @@ def _saliency(saliency: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "reason": loc.get("reason", ""),
         "studies_per_finding": loc.get("studies_per_finding"),
         "rows": _localisation_rows(loc) if loc.get("measurable") else [],
+        "evidence": _evidence_rows(loc) if loc.get("measurable") else [],
         "galleries": saliency["galleries"],
         "kinds": saliency["kinds"],
     }

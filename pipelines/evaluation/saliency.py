@@ -22,7 +22,11 @@ finding whose pixels show it (the truth, not the noisy labels; the first in test
   against the box's area share (a random point);
 - **lateral share**: the mean share of the evidence on the lateral view, over the studies with
   one (:func:`pipelines.explain.evidence_share`): a finding drawn only on the lateral view
-  should be explained by it (share above 0.5).
+  should be explained by it (share above 0.5);
+- **evidence by view** (:func:`evidence_by_view`): the mean Grad-CAM mass of each view on
+  studies showing the finding minus on as many studies not showing it, and the lateral view's
+  share of that gain: what the finding adds to each view's evidence, beyond what every study
+  shows there.
 
 A view whose heatmap has no positive mass counts as 0 inside and a miss ("no evidence").
 """
@@ -189,6 +193,36 @@ def _finding_localisation(
     return result
 
 
+def _view_masses(cache: BlockCache, finding: str, rows: list[int]) -> np.ndarray:
+    """Per study with a lateral view of ``rows``: (frontal, lateral) Grad-CAM mass, (n, 2)."""
+    if not rows:
+        return np.zeros((0, 2))
+    sub = cache.get(rows)
+    cf, cl = cache.explainer.cams(sub, finding)
+    if cl is None:
+        return np.zeros((0, 2))
+    present = sub.present.cpu().numpy().astype(bool)
+    return np.stack([cf[present].sum(axis=(1, 2)), cl[present].sum(axis=(1, 2))], axis=1)
+
+
+def evidence_by_view(
+    cache: BlockCache, finding: str, positives: list[int], negatives: list[int]
+) -> dict[str, float] | None:
+    """Which view carries the finding's evidence: the mean Grad-CAM mass of each view on
+    studies showing the finding minus that on studies not showing it (both with a lateral), and
+    the lateral view's share of the positive part of that gain. A view's mass also holds what
+    any study shows (anatomy, devices); the difference keeps what the finding adds. None: no
+    lateral branch, or no study on one side."""
+    pos, neg = _view_masses(cache, finding, positives), _view_masses(cache, finding, negatives)
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    gain_f, gain_l = (pos.mean(axis=0) - neg.mean(axis=0)).tolist()
+    up_f, up_l = max(gain_f, 0.0), max(gain_l, 0.0)
+    share = up_l / (up_f + up_l) if up_f + up_l > 0 else None
+    return {"frontal": gain_f, "lateral": gain_l, "lateral_share": share,
+            "positives": len(pos), "negatives": len(neg)}  # fmt: skip
+
+
 def localisation(
     explainer: Explainer,
     dataset: ShardDataset,
@@ -209,8 +243,9 @@ def localisation(
 
     Returns:
         The metrics: ``measurable``, ``studies_per_finding``, ``findings`` (per finding:
-        ``studies``, ``lateral_share``, per view drawn on: ``n``, ``mass_inside``, ``baseline``,
-        ``pointing``, ``pointing_baseline``, ``no_evidence``) and ``mean`` (per view, the means
+        ``studies``, ``lateral_share``, ``evidence`` (:func:`evidence_by_view`), per view drawn
+        on: ``n``, ``mass_inside``, ``baseline``, ``pointing``, ``pointing_baseline``,
+        ``no_evidence``) and ``mean`` (per view, the means
         over findings of ``mass_inside`` and ``baseline``).
     """
     keys = dataset.meta["study_key"].astype(str).tolist()
@@ -226,6 +261,9 @@ def localisation(
     for f, rows in chosen.items():
         masks = [{v: m[f] for v, m in regions[keys[i]].items() if f in m} for i in rows]
         out[f] = _finding_localisation(cache, f, rows, masks)
+        shows = {i for i, k in enumerate(keys) if any(f in v for v in regions.get(k, {}).values())}
+        negatives = [i for i in range(len(keys)) if i not in shows][:max_studies]
+        out[f]["evidence"] = evidence_by_view(cache, f, rows, negatives)
     mean = {}
     for view in VIEWS:
         vals = [r[view] for r in out.values() if view in r]

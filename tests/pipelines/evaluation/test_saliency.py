@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ from pipelines.data import ShardDataset, shard_meta, shard_name, write_index, wr
 from pipelines.evaluation.saliency import (
     _select,
     _view_scores,
+    evidence_by_view,
     galleries,
     localisation,
     prepared_regions,
@@ -99,6 +102,9 @@ def test_localisation_figures_and_the_lateral_share(tmp_path):
     mass = loc["findings"]["Mass"]
     assert mass["studies"] == 2 and "frontal" not in mass  # drawn on the lateral view only
     assert mass["lateral_share"] == 1.0  # its logit reads the lateral trunk alone
+    evidence = mass["evidence"]  # 2 showing it; 1 not (key02; key03 has no lateral view)
+    assert (evidence["positives"], evidence["negatives"]) == (2, 1)
+    assert evidence["frontal"] == 0.0 and evidence["lateral_share"] in (1.0, None)
     lat = mass["lateral"]
     assert lat["n"] == 2 and lat["baseline"] == pytest.approx(32 * 16 / SIZE**2, abs=0.01)
     assert 0 <= lat["mass_inside"] <= 1 and lat["pointing"] in (0.0, 0.5, 1.0)
@@ -145,3 +151,30 @@ def test_gallery_selection_and_tiles(tmp_path):
     assert kinds["tp"][1]["lateral"] is None  # key03 has no lateral view
     assert kinds["tp"][0]["lateral_share"] == "100%"
     assert set(keys) >= {t["study"] for k in kinds.values() for t in k}
+
+
+class _StubCache:
+    """Grad-CAM masses given per study: frontal ``f[i]``, lateral ``l[i]`` on a 1 x 1 grid."""
+
+    def __init__(self, f, lat, present):
+        self.f, self.l, self.present = np.asarray(f), np.asarray(lat), np.asarray(present)
+        self.explainer = self
+
+    def get(self, rows):
+        return SimpleNamespace(rows=rows, present=torch.as_tensor(self.present[rows]))
+
+    def cams(self, sub, finding):
+        return self.f[sub.rows][:, None, None], self.l[sub.rows][:, None, None]
+
+
+def test_evidence_by_view_keeps_what_the_finding_adds():
+    # every study has frontal mass 5 (anatomy); showing the finding adds 2 on the lateral
+    cache = _StubCache([5, 5, 5, 5, 9], [3, 3, 1, 1, 0], [True, True, True, True, False])
+    e = evidence_by_view(cache, "Mass", positives=[0, 1, 4], negatives=[2, 3])
+    assert e == {"frontal": 0.0, "lateral": 2.0, "lateral_share": 1.0, "positives": 2,
+                 "negatives": 2}  # fmt: skip
+    both = evidence_by_view(_StubCache([6, 4], [2, 1], [True, True]), "Mass", [0], [1])
+    assert both["lateral_share"] == pytest.approx(1 / 3)
+    none = evidence_by_view(_StubCache([4, 6], [1, 2], [True, True]), "Mass", [0], [1])
+    assert none["lateral_share"] is None  # the finding adds nothing to either view
+    assert evidence_by_view(cache, "Mass", positives=[4], negatives=[2]) is None
