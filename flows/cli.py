@@ -153,6 +153,31 @@ def report(
     _echo_summary(run_stage(go))
 
 
+#: The DICOM-output and explanation options of ``cxr predict``.
+DicomOutOption = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--dicom-out",
+        metavar="DIR",
+        help="also write a DICOM SR of the findings into DIR (DICOM inputs only); with "
+        "--explain, a Secondary Capture per overlay",
+    ),
+]
+ExplainOption = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        metavar="DIR", help="write Grad-CAM overlays (PNG per positive finding and view) to DIR"
+    ),
+]
+CheckpointOption = Annotated[
+    Path, typer.Option(help="the PyTorch checkpoint --explain needs (exported models have none)")
+]
+ExplainFindingOption = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option(help="explain this finding instead of the positive ones (repeatable)"),
+]
+
+
 @app.command()
 def predict(
     paths: Annotated[
@@ -175,6 +200,10 @@ def predict(
         Optional[str],  # noqa: UP045
         typer.Option(help="threshold policy from the model card (default: the card's)"),
     ] = None,
+    dicom_out: DicomOutOption = None,
+    explain: ExplainOption = None,
+    checkpoint: CheckpointOption = Path("models/best.pt"),
+    explain_finding: ExplainFindingOption = None,
 ) -> None:
     """Per-finding probabilities and threshold decisions for one or more studies."""
     from pipelines.predict import predict_command
@@ -188,6 +217,10 @@ def predict(
             fmt=format,  # type: ignore[arg-type]
             out=out,
             threshold=threshold,
+            dicom_out=dicom_out,
+            explain=explain,
+            checkpoint=checkpoint,
+            explain_findings=explain_finding or None,
         )
     )
     typer.echo(text, nl=False)

@@ -18,7 +18,11 @@ Outputs (paths from the ``evaluate`` params section):
 - ``metrics/evaluate.json`` and ``metrics/evaluate_findings.json`` (DVC metrics: headline and
   per-finding details), ``outputs/evaluation/thresholds.json`` (validation-
   chosen thresholds for the model card), ``plots/evaluate/{roc,pr,calibration}/<finding>.csv``
-  (DVC plots), ``outputs/evaluation/report.html`` (self-contained) and ``report.md``.
+  (DVC plots), ``outputs/evaluation/report.html`` (self-contained) and ``report.md``;
+- ``metrics/evaluate_localisation.json``: the saliency localisation on the synthetic set's
+  recorded finding regions, per finding and view, against a random-map baseline
+  (:mod:`pipelines.evaluation.saliency`; ``measurable: false`` with the reason on real data).
+  The report also shows, per finding, a gallery of test studies with their Grad-CAM overlays.
 
 Everything after scoring is :func:`pipelines.evaluation.summary.summarize` on the saved
 predictions, so ``cxr report --predictions outputs/evaluation/predictions.parquet --out DIR``
@@ -43,8 +47,15 @@ from pipelines.data import ShardDataset
 from pipelines.errors import UserError
 from pipelines.evaluation.outputs import write_outputs
 from pipelines.evaluation.provenance import collect_versions
-from pipelines.evaluation.summary import FRONTAL_ONLY_METHOD, ReportParams, summarize
-from pipelines.io import write_parquet
+from pipelines.evaluation.saliency import SaliencyParams, saliency_results
+from pipelines.evaluation.summary import (
+    FRONTAL_ONLY_METHOD,
+    Evaluation,
+    ReportParams,
+    summarize,
+)
+from pipelines.explain import Explainer
+from pipelines.io import write_json, write_parquet
 from pipelines.labels import FINDINGS
 from pipelines.model import load_model, to_model_input
 from pipelines.runtime import resolve_device
@@ -55,8 +66,9 @@ log = logging.getLogger(__name__)
 SPLITS_SCORED: tuple[str, ...] = ("val", "test")
 
 
-class EvaluateParams(ReportParams):
-    """The ``evaluate`` section of params.yaml (report keys: see :class:`ReportParams`).
+class EvaluateParams(ReportParams, SaliencyParams):
+    """The ``evaluate`` section of params.yaml (report keys: see :class:`ReportParams`; saliency
+    keys: :class:`~pipelines.evaluation.saliency.SaliencyParams`).
 
     Attributes:
         checkpoint: the trained model (``models/best.pt``).
@@ -218,6 +230,37 @@ def score_splits(params: EvaluateParams, device: torch.device) -> pd.DataFrame:
     return predictions
 
 
+def explain_test(
+    params: EvaluateParams, predictions: pd.DataFrame, ev: Evaluation, device: torch.device
+) -> dict[str, Any]:
+    """Grad-CAM galleries and localisation of the test studies (the report's saliency).
+
+    Raises:
+        CheckpointError: the checkpoint is missing or unusable.
+    """
+    start = time.perf_counter()
+    explainer = Explainer.from_checkpoint(params.checkpoint, device)
+    dataset = ShardDataset(params.prepared, "test", explainer.findings)
+    dual = ev.modes["dual"].thresholds
+    thresholds = {
+        f: (dual.get(f) or {}).get("youden") for f in ev.findings if f not in ev.not_trained
+    }
+    result = saliency_results(params, explainer, dataset, predictions, thresholds)
+    loc = result["localisation"]
+    if loc.get("measurable"):
+        for view, m in loc["mean"].items():
+            log.info(
+                "evaluate: %s heatmap mass inside the finding regions %.1f%% (random map %.1f%%)",
+                view,
+                100 * m["mass_inside"],
+                100 * m["baseline"],
+            )
+    else:
+        log.info("evaluate: localisation not measurable: %s", loc.get("reason"))
+    log.info("evaluate: saliency in %.1f s", time.perf_counter() - start)
+    return result
+
+
 def evaluate(
     params: EvaluateParams,
     run_params: dict[str, Any] | None = None,
@@ -245,6 +288,12 @@ def evaluate(
         versions = collect_versions([params.checkpoint, params.prepared])
     start = time.perf_counter()
     ev = summarize(predictions, params, str(out / "predictions.parquet"))
+    saliency = explain_test(params, predictions, ev, device) if params.saliency else None
+    localisation = (saliency or {}).get("localisation") or {
+        "measurable": False,
+        "reason": "evaluate.saliency is false",
+    }
+    write_json(params.localisation_metrics, localisation)
     metrics = write_outputs(
         ev,
         html_path=out / "report.html",
@@ -255,6 +304,7 @@ def evaluate(
         plots_dir=params.plots,
         run_params=run_params or params.model_dump(),
         versions=versions,
+        saliency=saliency,
     )
     macro = ev.modes["dual"].discrimination.macro_auroc
     log.info(

@@ -221,12 +221,24 @@ class DualViewDenseNet(nn.Module):
         """Logits (B, F) from normalised views (B, 1, H, W) and the lateral mask (B,) bool."""
         f = self.frontal_encoder(frontal)
         if self.fusion == "frontal":
-            return self.head(self.dropout(f))
+            return self.fuse(f, None, has_lateral)
         present = has_lateral.to(device=f.device, dtype=torch.bool).reshape(-1)
         if self.training and self.view_dropout > 0:
             present = present & (torch.rand(present.shape, device=f.device) >= self.view_dropout)
-        lat = self._lateral_features(lateral, present, f)
-        m = present.to(f.dtype).unsqueeze(1)
+        return self.fuse(f, self._lateral_features(lateral, present, f), present)
+
+    def fuse(
+        self, f: torch.Tensor, lat: torch.Tensor | None, present: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits (B, F) from the views' pooled features (B, 1024) and which laterals count.
+
+        ``lat`` is ignored (may be None) by a frontal-only model. :mod:`pipelines.explain`
+        calls it with features it computed from each trunk's last dense block.
+        """
+        if self.fusion == "frontal":
+            return self.head(self.dropout(f))
+        assert lat is not None, "a two-view model needs the lateral features"
+        m = present.to(device=f.device, dtype=f.dtype).reshape(-1, 1)
         if self.fusion == "concat":
             fused = torch.cat([f, lat * m, m], dim=1)
         elif self.fusion == "mean":

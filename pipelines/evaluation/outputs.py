@@ -269,6 +269,7 @@ def write_outputs(
     plots_dir: str | Path,
     run_params: Mapping[str, Any] | None = None,
     versions: Mapping[str, Any] | None = None,
+    saliency: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write every output of an evaluation (atomically) and return the full metrics dict.
 
@@ -281,6 +282,8 @@ def write_outputs(
         plots_dir: folder of the ROC / PR / calibration CSVs (DVC plots).
         run_params: params shown in the report (default: the report params).
         versions: git / DVC / model versions shown in the report.
+        saliency: the galleries and localisation (:func:`pipelines.evaluation.saliency.
+            saliency_results`); None: the report says they were not computed.
 
     Returns:
         :func:`metrics_dict` of ``ev``.
@@ -291,7 +294,7 @@ def write_outputs(
     write_json(findings_metrics_path, details)
     write_json(thresholds_path, thresholds_dict(ev))
     write_curves(ev, plots_dir)
-    _write_text(Path(html_path), render_html(ev, run_params, versions))
+    _write_text(Path(html_path), render_html(ev, run_params, versions, saliency))
     _write_text(Path(markdown_path), render_markdown(ev))
     return metrics
 

@@ -4,7 +4,8 @@
 inline CSS) with the values of an :class:`Evaluation` prepared here: formatted numbers, table
 rows, and the figures as PNG data URIs (no network resource). Every value is HTML-escaped on
 output. :func:`render_markdown` gives the summary shown in the Prefect UI. Both show aggregates
-only: no key, path or free-text column of the predictions.
+only: no path or free-text column of the predictions; the HTML's saliency galleries (evaluate
+stage only) name their studies by the first characters of their salted study keys.
 """
 
 from __future__ import annotations
@@ -203,10 +204,69 @@ def _figures(ev: Evaluation) -> dict[str, str | None]:
     }
 
 
+def _pct(value: float | None) -> str | Cell:
+    return Cell(NOT_ESTIMABLE, "ne") if value is None else f"{value:.0%}"
+
+
+def _localisation_rows(loc: Mapping[str, Any]) -> list[list[Any]]:
+    """Per finding and view drawn on: n, mass inside vs baseline, pointing game, lateral share."""
+    rows: list[list[Any]] = []
+    for finding, r in loc.get("findings", {}).items():
+        for view in ("frontal", "lateral"):
+            if view not in r:
+                continue
+            v = r[view]
+            lift = v["mass_inside"] / v["baseline"] if v["baseline"] > 0 else None
+            rows.append(
+                [
+                    finding,
+                    view,
+                    v["n"],
+                    Cell(f"{v['mass_inside']:.1%}", "bold"),
+                    f"{v['baseline']:.1%}",
+                    Cell(NOT_ESTIMABLE, "ne") if lift is None else f"{lift:.1f}x",
+                    _pct(v["pointing"]),
+                    _pct(v["pointing_baseline"]),
+                    _pct(r.get("lateral_share")),
+                ]
+            )
+    return rows
+
+
+def _evidence_rows(loc: Mapping[str, Any]) -> list[list[Any]]:
+    """Per finding: the Grad-CAM mass the finding adds to each view, the lateral's share."""
+    rows: list[list[Any]] = []
+    for finding, r in loc.get("findings", {}).items():
+        e = r.get("evidence")
+        if e:
+            share = e["lateral_share"]
+            shown = _pct(None) if share is None else Cell(f"{share:.0%}", "bold")
+            gains = [f"{e['frontal']:+.3f}", f"{e['lateral']:+.3f}"]
+            rows.append([finding, e["positives"], e["negatives"], *gains, shown])
+    return rows
+
+
+def _saliency(saliency: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The template's saliency section (None: not computed)."""
+    if saliency is None:
+        return None
+    loc = saliency["localisation"]
+    return {
+        "measurable": bool(loc.get("measurable")),
+        "reason": loc.get("reason", ""),
+        "studies_per_finding": loc.get("studies_per_finding"),
+        "rows": _localisation_rows(loc) if loc.get("measurable") else [],
+        "evidence": _evidence_rows(loc) if loc.get("measurable") else [],
+        "galleries": saliency["galleries"],
+        "kinds": saliency["kinds"],
+    }
+
+
 def render_html(
     ev: Evaluation,
     run_params: Mapping[str, Any] | None = None,
     versions: Mapping[str, Any] | None = None,
+    saliency: Mapping[str, Any] | None = None,
 ) -> str:
     """The self-contained HTML report (inline CSS, PNGs as data URIs, no external resources).
 
@@ -214,6 +274,9 @@ def render_html(
         ev: from :func:`pipelines.evaluation.summary.summarize`.
         run_params: the params table of the report (default: the report params).
         versions: git / DVC versions to show (the model summary of ``ev`` comes first).
+        saliency: the Grad-CAM galleries and localisation of the evaluate stage
+            (:func:`pipelines.evaluation.saliency.saliency_results`); None: not computed
+            (e.g. ``cxr report`` from saved predictions).
 
     Returns:
         The HTML page.
@@ -255,6 +318,7 @@ def render_html(
             versions=_flatten("", shown_versions),
             run_params=_flatten("", dict(run_params or p.model_dump())),
             figures=_figures(ev),
+            saliency=_saliency(saliency),
         )
     )
 

@@ -41,6 +41,12 @@ The package: :mod:`~pipelines.predict.studies` (which files make a study),
 :mod:`~pipelines.predict.run` (decode, score, decide) and :mod:`~pipelines.predict.render`
 (table, JSON, CSV).
 
+With ``--dicom-out DIR`` (DICOM inputs only), each study's results are also written as DICOM
+into its source study by :mod:`pipelines.dicom_out`: a Comprehensive SR always, and a Secondary
+Capture per overlay that ``overlays_for`` (:data:`OverlaysFor`, the explanation's hook) gives.
+Those objects carry the source's patient and study modules, for the hospital's PACS; every
+other output stays free of PHI.
+
 Errors about the input (a folder with no usable frontal view, images of several patients or
 studies in one folder, a non-chest study, an unreadable image, a missing model card) raise
 :class:`PredictError` with one clear sentence and no PHI: header values of identifying tags are
@@ -49,7 +55,13 @@ compared, never printed.
 
 from pipelines.predict.decisions import NOT_TRAINED, Decisions, data_notice, decisions_from_card
 from pipelines.predict.render import OutputFormat, format_predictions
-from pipelines.predict.run import DEFAULT_MODEL, predict, predict_command
+from pipelines.predict.run import (
+    DEFAULT_MODEL,
+    OverlaysFor,
+    predict,
+    predict_command,
+    write_dicom_outputs,
+)
 from pipelines.predict.studies import (
     StudyInput,
     check_headers,
@@ -62,6 +74,7 @@ __all__ = [
     "NOT_TRAINED",
     "Decisions",
     "OutputFormat",
+    "OverlaysFor",
     "StudyInput",
     "check_headers",
     "collect_studies",
@@ -71,4 +84,5 @@ __all__ = [
     "format_predictions",
     "predict",
     "predict_command",
+    "write_dicom_outputs",
 ]

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from pipelines.dicom_out import algorithm_from_card, require_dicom, write_study
 from pipelines.errors import DecodeError, PredictError
 from pipelines.imaging import prepare_image
 from pipelines.io import atomic_path
 from pipelines.predict.decisions import Decisions, data_notice, decisions_from_card
+from pipelines.predict.explain import (
+    DEFAULT_CHECKPOINT,
+    OVERLAY_SIZE,
+    Overlays,
+    findings_to_explain,
+    load_explainer,
+    study_overlays,
+    write_overlays,
+)
 from pipelines.predict.render import FORMATS, OutputFormat, format_predictions
 from pipelines.predict.studies import StudyInput, collect_studies
 from pipelines.runners import Runner, load_runner, read_model_card
@@ -21,6 +31,10 @@ from pipelines.runners import Runner, load_runner, read_model_card
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "models/export/model.onnx"
+
+#: The explanation's hook for ``--dicom-out``: given one study's rows of :func:`predict`, the
+#: overlays to write as Secondary Captures, per (finding, view): RGB uint8 (H, W, 3).
+OverlaysFor = Callable[[pd.DataFrame], Mapping[tuple[str, str], np.ndarray]]
 
 
 def _decode(path: Path, size: int, no_window: str = "bits") -> np.ndarray:
@@ -119,6 +133,71 @@ def predict(
     return df
 
 
+def write_dicom_outputs(
+    df: pd.DataFrame,
+    model: str | Path,
+    out_dir: str | Path,
+    overlays_for: OverlaysFor | None = None,
+) -> list[Path]:
+    """Each study's SR (and SCs of its overlays) in ``out_dir`` (:mod:`pipelines.dicom_out`)."""
+    algorithm = algorithm_from_card(read_model_card(model), model)
+    written: list[Path] = []
+    for _study, rows in df.groupby("study", sort=False):
+        overlays = overlays_for(rows) if overlays_for is not None else None
+        written += write_study(rows, algorithm, out_dir, overlays)
+    log.info("wrote %d DICOM object(s) to %s", len(written), out_dir)
+    return written
+
+
+def explain_predictions(
+    path: str | Path | Sequence[str | Path],
+    df: pd.DataFrame,
+    model: str | Path,
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    findings: Sequence[str] | None = None,
+    frontal_only: bool = False,
+    threshold: str | None = None,
+) -> tuple[list[Path], dict[str, Overlays]]:
+    """Grad-CAM overlays of the predictions ``df`` of ``path`` (:mod:`pipelines.predict.explain`).
+
+    Args:
+        path: what :func:`predict` was given.
+        df: its output.
+        model: the exported model (its card: findings, status, decode settings).
+        checkpoint: the eager checkpoint it was exported from.
+        out_dir: where the PNGs go (created).
+        findings: explain these (None: each study's positive findings).
+        frontal_only, threshold: as in :func:`predict`.
+
+    Returns:
+        The PNG files written, and the overlays per study (``df``'s ``study``).
+
+    Raises:
+        PredictError: a missing or mismatched checkpoint, or an unknown finding.
+    """
+    card = read_model_card(model)
+    names = list(card["output"]["findings"])
+    unknown = sorted(set(findings or []) - set(names))
+    if unknown:
+        raise PredictError(f"unknown findings {unknown}; the model's: {', '.join(names)}")
+    explainer = load_explainer(checkpoint, names)
+    decisions = decisions_from_card(card, threshold)
+    no_window = card["input"].get("photometric", {}).get("no_window", "bits")
+    decode = lambda p: _decode(p, OVERLAY_SIZE, no_window)  # noqa: E731
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    by_study: dict[str, Overlays] = {}
+    for n, study in enumerate(collect_studies(path)):
+        rows = df.iloc[n * len(names) : (n + 1) * len(names)]
+        chosen = findings_to_explain(rows, findings, decisions)
+        overlays = study_overlays(study, chosen, explainer, decode, frontal_only)
+        by_study[str(rows["study"].iloc[0])] = overlays
+        written += write_overlays(overlays, n + 1, out)
+    return written, by_study
+
+
 def predict_command(
     paths: Sequence[str | Path],
     model: str | Path = DEFAULT_MODEL,
@@ -127,24 +206,41 @@ def predict_command(
     fmt: OutputFormat = "table",
     out: str | Path | None = None,
     threshold: str | None = None,
+    dicom_out: str | Path | None = None,
+    overlays_for: OverlaysFor | None = None,
+    explain: str | Path | None = None,
+    checkpoint: str | Path = DEFAULT_CHECKPOINT,
+    explain_findings: Sequence[str] | None = None,
 ) -> str:
-    """What ``cxr predict PATH... [--model] [--runtime] [--frontal-only] [--format] [--out]`` does.
+    """What ``cxr predict PATH... [--model] [--runtime] [--frontal-only] [--format] [--out]
+    [--dicom-out DIR] [--explain DIR [--checkpoint] [--explain-finding]]`` does.
 
     Args:
         paths: one folder / CSV / image, or two images (frontal, lateral).
         model, runtime, frontal_only, threshold: as in :func:`predict`.
         fmt: ``table``, ``json`` or ``csv``.
         out: write the rendering there (atomically) as well as returning it.
+        dicom_out: also write each study's DICOM SR there (:mod:`pipelines.dicom_out`); DICOM
+            inputs only. With ``explain``, each overlay is also a Secondary Capture there.
+        overlays_for: with ``dicom_out``, the overlays of a study (:data:`OverlaysFor`),
+            written as Secondary Captures; None: those of ``explain``, if any.
+        explain: write Grad-CAM overlays there (:func:`explain_predictions`).
+        checkpoint: the eager checkpoint explaining needs.
+        explain_findings: the findings to explain (None: the positive ones).
 
     Returns:
         The rendered predictions (the CLI prints it); the data notice, if any, is also logged
         (a CSV has no place for it).
 
     Raises:
-        PredictError: as :func:`predict`, or an unknown format.
+        PredictError: as :func:`predict`, or an unknown format, or no usable checkpoint.
     """
     if fmt not in FORMATS:
         raise PredictError(f"unknown output format '{fmt}'; choose {', '.join(FORMATS)}")
+    if dicom_out is not None:
+        require_dicom(paths)
+    if explain is not None and not Path(checkpoint).is_file():  # fail before predicting
+        load_explainer(checkpoint, [])
     df = predict(
         paths if len(paths) != 1 else paths[0],
         model=model,
@@ -154,7 +250,17 @@ def predict_command(
     )
     if df.attrs.get("notice"):
         log.warning("%s", df.attrs["notice"])
+    explained: dict[str, Overlays] = {}
+    if explain is not None:
+        target = paths if len(paths) != 1 else paths[0]
+        written, explained = explain_predictions(
+            target, df, model, checkpoint, explain, explain_findings, frontal_only, threshold
+        )
+        log.warning("explain: %d overlay(s) in %s (from %s)", len(written), explain, checkpoint)
     text = format_predictions(df, fmt)
+    if dicom_out is not None:
+        hook = overlays_for or (lambda rows: explained.get(str(rows["study"].iloc[0]), {}))
+        write_dicom_outputs(df, model, dicom_out, hook)
     if out is not None:
         with atomic_path(out) as tmp:
             tmp.write_text(text, encoding="utf-8")

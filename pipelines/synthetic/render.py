@@ -182,23 +182,40 @@ def _pa_normal(fr: PAFrame) -> np.ndarray:
     return A
 
 
-def _draw(A: np.ndarray, draw: Callable[[np.ndarray], None], gain: float) -> None:
-    """Add a finding's drawing to ``A``, scaled by ``gain`` (in place when it is 1)."""
+def _draw(
+    A: np.ndarray,
+    draw: Callable[[np.ndarray], None],
+    gain: float,
+    deltas: dict[str, np.ndarray] | None = None,
+    name: str = "",
+) -> None:
+    """Add a finding's drawing to ``A``, scaled by ``gain`` (in place when it is 1); with
+    ``deltas``, keep what it added there under ``name`` (``A`` is the same either way)."""
     if gain == 1.0:
+        before = A.copy() if deltas is not None else None
         draw(A)
+        if deltas is not None:
+            deltas[name] = A - before
         return
     delta = np.zeros_like(A)
     draw(delta)
-    A += gain * delta
+    delta *= gain
+    A += delta
+    if deltas is not None:
+        deltas[name] = delta
 
 
-def _render_pa(fr: PAFrame, shown: Shown, devices: Devices) -> np.ndarray:
-    """Attenuation map of a PA view (patient's right on the image left) with its findings."""
+def _render_pa(
+    fr: PAFrame, shown: Shown, devices: Devices, deltas: dict[str, np.ndarray] | None = None
+) -> np.ndarray:
+    """Attenuation map of a PA view (patient's right on the image left) with its findings
+    (each finding's drawing kept in ``deltas`` when given)."""
     for finding, p in shown:
         finding.prepare_pa(fr, p)
     A = _pa_normal(fr)
     for finding, p in shown:
-        _draw(A, lambda m, f=finding, q=p: f.draw_pa(m, fr, q), finding.contrast(p))
+        draw = lambda m, f=finding, q=p: f.draw_pa(m, fr, q)  # noqa: E731
+        _draw(A, draw, finding.contrast(p), deltas, finding.name)
     draw_devices_pa(A, fr, devices)
     return A
 
@@ -299,11 +316,15 @@ def _lateral_normal(fr: LateralFrame) -> np.ndarray:
     return A
 
 
-def _render_lateral(fr: LateralFrame, shown: Shown, devices: Devices) -> np.ndarray:
-    """Attenuation map of a left lateral view (anterior on the image left) with its findings."""
+def _render_lateral(
+    fr: LateralFrame, shown: Shown, devices: Devices, deltas: dict[str, np.ndarray] | None = None
+) -> np.ndarray:
+    """Attenuation map of a left lateral view (anterior on the image left) with its findings
+    (each finding's drawing kept in ``deltas`` when given)."""
     A = _lateral_normal(fr)
     for finding, p in shown:
-        _draw(A, lambda m, f=finding, q=p: f.draw_lateral(m, fr, q), finding.contrast(p))
+        draw = lambda m, f=finding, q=p: f.draw_lateral(m, fr, q)  # noqa: E731
+        _draw(A, draw, finding.contrast(p), deltas, finding.name)
     draw_devices_lateral(A, fr, devices)
     return A
 
@@ -311,20 +332,82 @@ def _render_lateral(fr: LateralFrame, shown: Shown, devices: Devices) -> np.ndar
 # --------------------------------------------------------------------------------------------
 # The view
 # --------------------------------------------------------------------------------------------
-def render_view(
+def _attenuation(
+    view: View,
+    coords: tuple[np.ndarray, np.ndarray],
+    nu: _Nuisance,
+    anatomy: Anatomy,
+    shown: Shown,
+    devices: Devices,
+    deltas: dict[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    """The attenuation map of one view with the ``shown`` findings (before the display)."""
+    a, b = coords
+    size = a.shape[0]
+    g = _geometry(anatomy, shown)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if view == "PA":
+            return _render_pa(_pa_frame(a, b, g, nu, size, anatomy), shown, devices, deltas)
+        return _render_lateral(_lateral_frame(a, b, g, nu, size, anatomy), shown, devices, deltas)
+
+
+def _display(A: np.ndarray, nu: _Nuisance) -> np.ndarray:
+    """The noise-free display image of an attenuation map: ``(1 - exp(-gain A)) ** gamma``."""
+    return (1.0 - np.exp(-nu.gain * np.maximum(A, 0.0))) ** nu.gamma
+
+
+#: A finding's region: the pixels where it changes the noise-free display image by at least
+#: this share of its largest change on that image.
+REGION_THRESHOLD = 0.1
+
+
+def _regions(
+    A: np.ndarray,
+    nu: _Nuisance,
+    shown: Shown,
+    deltas: dict[str, np.ndarray],
+    without: Callable[[Shown], np.ndarray],
+) -> dict[str, np.ndarray]:
+    """Each shown finding's region: where the image with it differs from the image without it.
+
+    A finding that only adds to the map is taken out by subtracting its drawing (``deltas``);
+    one that changes the anatomy (a bigger heart, a lower diaphragm) is re-rendered without it.
+    """
+    full = _display(A, nu)
+    regions = {}
+    for finding, _p in shown:
+        if finding.changes_anatomy():
+            A_without = without([fp for fp in shown if fp[0] is not finding])
+        else:
+            A_without = A - deltas[finding.name]
+        change = np.abs(full - _display(A_without, nu))
+        peak = float(change.max())
+        regions[finding.name] = (
+            change >= REGION_THRESHOLD * peak if peak > 0 else np.zeros(A.shape, dtype=bool)
+        )
+    return regions
+
+
+def render_with_regions(
     rng: np.random.Generator,
     size: int,
     view: View,
     findings: frozenset[str],
     anatomy: Anatomy,
     style: Style = EASY,
-) -> np.ndarray:
-    """Render one view of a synthetic chest.
+    regions: bool = True,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Render one view of a synthetic chest and where each of its findings was drawn.
 
     The nuisance (position, rotation, exposure, noise, lung-marking texture) is drawn from
     ``rng`` in a fixed way, whatever the findings, so the same ``rng`` state with and without a
     finding gives images that differ only by that finding. Finding geometry comes from
     ``anatomy`` (its seeds), so both views of a study agree.
+
+    A finding's region is that difference: the pixels where the noise-free display image with
+    all the study's findings differs from the one without that finding (devices and the other
+    findings kept) by at least :data:`REGION_THRESHOLD` of the largest difference. Computing it
+    draws nothing from ``rng``: the image is the same with or without ``regions``.
 
     Args:
         rng: generator for this image's nuisance.
@@ -334,9 +417,11 @@ def render_view(
         anatomy: the patient and study (``sample_anatomy``, ``next_study``).
         style: the dataset's knobs (:mod:`pipelines.synthetic.style`): findings' strengths,
             nuisance, devices.
+        regions: compute the regions (False: an empty dict, the cost of the image alone).
 
     Returns:
-        float32 (size, size) in [0, 1]: bone and soft tissue bright, air dark.
+        ``(image, regions)``: float32 (size, size) in [0, 1] (bone and soft tissue bright, air
+        dark), and per finding shown on this view a boolean (size, size) mask.
 
     Raises:
         ValueError: an unknown view or finding, or a size under 16.
@@ -355,14 +440,33 @@ def render_view(
         if f.name in findings and f.shows_on(view)
     ]
     devices = study_devices(anatomy, findings, style)
-    g = _geometry(anatomy, shown)
-    a, b = _coords(size, nu)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if view == "PA":
-            A = _render_pa(_pa_frame(a, b, g, nu, size, anatomy), shown, devices)
-        else:
-            A = _render_lateral(_lateral_frame(a, b, g, nu, size, anatomy), shown, devices)
+    coords = _coords(size, nu)
+    deltas: dict[str, np.ndarray] | None = {} if regions else None
+    A = _attenuation(view, coords, nu, anatomy, shown, devices, deltas)
+    masks = {}
+    if deltas is not None:
+        redo = lambda sh: _attenuation(view, coords, nu, anatomy, sh, devices)  # noqa: E731
+        masks = _regions(A, nu, shown, deltas, redo)
     A = np.maximum(A, 0.0)
     img = (1.0 - np.exp(-nu.gain * A)) ** nu.gamma
     img = img + nu.noise * nu.grain * np.sqrt(img + 0.05)
-    return np.clip(img, 0.0, 1.0).astype(np.float32)
+    return np.clip(img, 0.0, 1.0).astype(np.float32), masks
+
+
+def render_view(
+    rng: np.random.Generator,
+    size: int,
+    view: View,
+    findings: frozenset[str],
+    anatomy: Anatomy,
+    style: Style = EASY,
+) -> np.ndarray:
+    """Render one view of a synthetic chest: the image of :func:`render_with_regions`.
+
+    Returns:
+        float32 (size, size) in [0, 1]: bone and soft tissue bright, air dark.
+
+    Raises:
+        ValueError: an unknown view or finding, or a size under 16.
+    """
+    return render_with_regions(rng, size, view, findings, anatomy, style, regions=False)[0]

@@ -5,6 +5,8 @@ It writes::
     <out>/dicom/<hex per patient>/<hex per study>/<hex>.dcm   one PA and (usually) one lateral
     <out>/labels.csv       study_uid + the 14 findings as a report would give them (1 / 0 / blank)
     <out>/truth.csv        study_uid + the findings drawn in the pixels (analyses only)
+    <out>/regions.csv      per image and finding shown, where it was drawn (analyses only:
+                           the saliency localisation of evaluate; :mod:`pipelines.regions`)
 
 Folder and file names are random hex from the seeded generator: they carry no PHI and no id.
 The DICOM headers do carry fake but realistic PHI (they are raw inputs for the ingest stage).
@@ -28,33 +30,46 @@ from threadpoolctl import threadpool_limits
 from pipelines.config import load_section
 from pipelines.io import atomic_path, write_metrics
 from pipelines.labels import FINDINGS
+from pipelines.regions import REGIONS_FILE, region_row, write_regions
 from pipelines.synthetic.dicom_writer import write_dicom
 from pipelines.synthetic.gallery import save_gallery
 from pipelines.synthetic.params import SynthesizeParams
 from pipelines.synthetic.plan import plan_studies
-from pipelines.synthetic.render import render_view
+from pipelines.synthetic.render import render_with_regions
 from pipelines.synthetic.style import Style
 
 METRICS_PATH = Path("metrics/synthesize.json")
 GALLERY_PATH = Path("plots/synthesize/findings.png")
 
 
-def _write_studies(root: str, size: int, style: Style, jobs: list[dict[str, Any]]) -> int:
-    """Render and write a chunk of studies (runs in a worker process). Returns images written."""
+def _write_studies(
+    root: str, size: int, style: Style, jobs: list[dict[str, Any]]
+) -> list[tuple[int, int, dict[str, object]]]:
+    """Render and write a chunk of studies (runs in a worker process).
+
+    Returns:
+        One ``(study index, image index, regions row)`` per finding shown on an image written,
+        for :func:`_write_images` to put in the plan's order.
+    """
+    rows = []
     with threadpool_limits(limits=1):  # tiny BLAS calls: threads only add overhead
-        written = 0
         for job in jobs:
             findings = frozenset(job["findings"])
-            for image in job["images"]:
+            for k, image in enumerate(job["images"]):
                 rng = np.random.default_rng(image["seed"])
                 view = image["view"]
-                pixels = render_view(rng, size, view, findings, job["anatomy"], style)
+                pixels, masks = render_with_regions(
+                    rng, size, view, findings, job["anatomy"], style
+                )
                 write_dicom(Path(root) / "dicom" / image["file"], pixels, **image["kw"])
-                written += 1
-    return written
+                rows += [
+                    (job["index"], k, region_row(image["file"], view, f, m))
+                    for f, m in masks.items()
+                ]
+    return rows
 
 
-OUR_FILES = frozenset({"dicom", "labels.csv", "truth.csv"})
+OUR_FILES = frozenset({"dicom", "labels.csv", "truth.csv", REGIONS_FILE})
 
 
 def _is_ours(path: Path) -> bool:
@@ -63,15 +78,25 @@ def _is_ours(path: Path) -> bool:
 
 def _write_images(
     partial: Path, size: int, style: Style, jobs: list[dict[str, Any]], workers: int
-) -> int:
-    """Render and write every image under ``partial/dicom``, in ``workers`` processes."""
+) -> list[dict[str, object]]:
+    """Render and write every image under ``partial/dicom``, in ``workers`` processes.
+
+    Returns:
+        The regions rows of every image, in the plan's order (whatever the workers).
+    """
     n_chunks = min(len(jobs), workers * 8)
     chunks = [jobs[k::n_chunks] for k in range(n_chunks)]
     if workers == 1 or len(chunks) == 1:
-        return sum(_write_studies(str(partial), size, style, c) for c in chunks)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        n = len(chunks)
-        return sum(pool.map(_write_studies, [str(partial)] * n, [size] * n, [style] * n, chunks))
+        parts = [_write_studies(str(partial), size, style, c) for c in chunks]
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            n = len(chunks)
+            parts = list(
+                pool.map(_write_studies, [str(partial)] * n, [size] * n, [style] * n, chunks)
+            )
+    # label order within an image is the render's (FINDINGS order)
+    tagged = sorted((row for part in parts for row in part), key=lambda r: (r[0], r[1]))
+    return [row for _, _, row in tagged]
 
 
 def _write_labels(path: Path, jobs: list[dict[str, Any]], truth: bool = False) -> None:
@@ -117,8 +142,9 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
         shutil.rmtree(partial)
     (partial / "dicom").mkdir(parents=True)
     workers = params.workers or os.cpu_count() or 1
-    images = _write_images(partial, params.size, params.style(), jobs, workers)
+    regions = _write_images(partial, params.size, params.style(), jobs, workers)
     _write_labels(partial / "labels.csv", jobs)
+    write_regions(partial / REGIONS_FILE, regions)
     _write_labels(partial / "truth.csv", jobs, truth=True)
     if out.exists():
         shutil.rmtree(out)
@@ -127,7 +153,7 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
     return {
         "studies": len(jobs),
         "patients": len({j["patient"] for j in jobs}),
-        "images": images,
+        "images": sum(len(j["images"]) for j in jobs),
         "lateral_missing": sum(not j["has_lateral"] for j in jobs),
         "positives": {f: sum(f in j["findings"] for j in jobs) for f in FINDINGS},
         "labelled_positive": {f: sum(j["labels"][f] == 1 for j in jobs) for f in FINDINGS},

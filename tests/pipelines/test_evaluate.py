@@ -92,6 +92,10 @@ def _params(tmp, **kw):
             "metrics": str(tmp / "metrics" / "evaluate.json"),
             "findings_metrics": str(tmp / "metrics" / "evaluate_findings.json"),
             "plots": str(tmp / "plots"),
+            "saliency": False,  # stand-in models are no DenseNet; the slow tests turn it on
+            "localisation_metrics": str(tmp / "metrics" / "evaluate_localisation.json"),
+            "studies": str(tmp / "studies.parquet"),
+            "regions": str(tmp / "regions.csv"),
         }
         | kw
     )
@@ -221,8 +225,14 @@ def test_real_checkpoint_end_to_end(tmp_path):
     """A real DenseNet checkpoint through ``load_model``: probabilities equal a direct call."""
     _write_prepared(tmp_path / "prepared", {"val": 4, "test": 6})
     model = _write_checkpoint(tmp_path / "best.pt")
-    params = _params(tmp_path, bootstrap_resamples=20)
+    params = _params(tmp_path, bootstrap_resamples=20, saliency=True, gallery_studies=2)
     evaluate(params, versions={})
+    # saliency on real data: no regions, so no localisation, but the galleries are there
+    loc = json.loads((tmp_path / "metrics" / "evaluate_localisation.json").read_text())
+    assert loc["measurable"] is False and "no finding regions" in loc["reason"]
+    html = (tmp_path / "outputs" / "report.html").read_text()
+    assert "Not measurable: no finding regions" in html
+    assert html.count('alt="frontal and overlay"') >= 2 and "salted study keys only" in html
     dual, front, want_dual, want_front, lateral = _stage_and_direct_scores(
         tmp_path / "outputs", params.prepared, model
     )

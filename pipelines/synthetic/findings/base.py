@@ -50,6 +50,11 @@ class Finding:
     state_order: ClassVar[int] = 0
     reshape_order: ClassVar[int] = 0
 
+    def changes_anatomy(self) -> bool:
+        """Whether it reshapes the geometry or the PA frame, not only adds to the map."""
+        cls = type(self)
+        return cls.reshape is not Finding.reshape or cls.prepare_pa is not Finding.prepare_pa
+
     def shows_on(self, view: View) -> bool:
         """Whether the finding shows on ``view`` (``PA`` or ``LATERAL``)."""
         return self.frontal if view == "PA" else self.lateral

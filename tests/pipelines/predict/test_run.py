@@ -240,10 +240,27 @@ def test_outputs_render_as_table_json_and_csv(study, model_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_no_phi_in_any_output_or_error(study, model_dir, tmp_path):
+def test_no_phi_in_any_output_or_error(study, model_dir, tmp_path, caplog):
+    """PHI reaches no output, log or error; only the DICOM outputs (for the hospital's PACS)
+    carry the source's identifiers, exactly."""
+    caplog.set_level("INFO")
     model = model_dir / "model.onnx"
-    texts = [predict_command([str(study)], model=model, fmt=f) for f in ("table", "json", "csv")]
+    dicom_out, out = tmp_path / "dicom-out", tmp_path / "outputs"
+    texts = [
+        predict_command([str(study)], model=model, fmt=f, out=out / f"p.{f}", dicom_out=dicom_out)
+        for f in ("table", "json", "csv")
+    ]
+    texts += [p.read_text() for p in out.iterdir()] + [p.name for p in dicom_out.iterdir()]
+    texts += [r.getMessage() for r in caplog.records]
+    assert any("DICOM object(s)" in t for t in texts)  # the log was captured
     texts.append((model_dir / "metadata.json").read_text())
+    source = pydicom.dcmread(study / "pa.dcm", stop_before_pixels=True)
+    (sr,) = dicom_out.iterdir()
+    written = pydicom.dcmread(sr)
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber"):
+        assert written[keyword].value == source[keyword].value != ""
+    assert written.StudyInstanceUID == source.StudyInstanceUID
+    assert "InstitutionName" not in written  # the source's equipment is not ours
     mixed = tmp_path / "mixed"
     write_view(mixed / "pa.dcm", "PA", seed=1)
     write_view(mixed / "ll.dcm", "LL", seed=2, patient=OTHER_ID)

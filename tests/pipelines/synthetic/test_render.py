@@ -68,3 +68,27 @@ def test_render_view_is_deterministic_and_validates():
         render_view(np.random.default_rng(0), 32, "PA", frozenset({"Fracture"}), an)
     with pytest.raises(ValueError, match="view"):
         render_view(np.random.default_rng(0), 32, "AP", frozenset(), an)  # type: ignore[arg-type]
+
+
+def test_regions_are_where_each_finding_changes_the_image_and_leave_it_unchanged():
+    from pipelines.synthetic.render import render_with_regions
+
+    an = sample_anatomy(np.random.default_rng(4))
+    found = frozenset({"Nodule", "Mass", "Cardiomegaly", "Pneumothorax"})
+    for view in ("PA", "LATERAL"):
+        img, regions = render_with_regions(np.random.default_rng(5), 64, view, found, an)
+        plain = render_view(np.random.default_rng(5), 64, view, found, an)
+        assert np.array_equal(img, plain)  # recording regions changes no pixel
+        shown = {
+            "PA": {"Nodule", "Cardiomegaly", "Pneumothorax"},
+            "LATERAL": {"Nodule", "Mass", "Cardiomegaly"},
+        }
+        assert set(regions) == shown[view]  # Mass is lateral-only, Pneumothorax PA-only
+        for name, mask in regions.items():
+            assert mask.dtype == bool and 0 < mask.mean() < 0.5, (view, name)
+            without = render_view(np.random.default_rng(5), 64, view, found - {name}, an)
+            change = np.abs(img - without)
+            # the region holds the finding's biggest changes and most of its change
+            assert change[mask].mean() > 5 * change[~mask].mean(), (view, name)
+            assert change[mask].sum() > 0.5 * change.sum(), (view, name)
+    assert render_with_regions(np.random.default_rng(5), 64, "PA", frozenset(), an)[1] == {}

@@ -132,7 +132,7 @@ def test_layout_and_labels_carry_no_phi_or_ids(dataset):
         parts = rel.parts[1:] if rel.parts[0] == "dicom" else rel.parts
         for part in parts:
             stem = part.removesuffix(".dcm")
-            named = part in ("labels.csv", "truth.csv") or HEX16.match(stem)
+            named = part in ("labels.csv", "truth.csv", "regions.csv") or HEX16.match(stem)
             assert named, f"unexpected name {rel}"
             assert not any(s.lower() in part.lower() for s in secrets | ids), rel
     text = (out / "labels.csv").read_text()
@@ -145,6 +145,8 @@ def test_layout_and_labels_carry_no_phi_or_ids(dataset):
     assert all(row[f] in ("0", "1", "") for row in rows for f in FINDINGS)  # "": unmentioned
     truth = (out / "truth.csv").read_text()
     assert not [s for s in secrets if s in truth]
+    regions = (out / "regions.csv").read_text()  # keyed by the hex file names, no UID at all
+    assert not [s for s in secrets | ids if s in regions]
 
 
 def test_same_params_give_byte_identical_files_whatever_the_workers(tmp_path, dataset):
