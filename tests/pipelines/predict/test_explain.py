@@ -129,3 +129,34 @@ def test_explain_with_dicom_out_stores_each_overlay_as_a_valid_sc(
         assert np.array_equal(ds.pixel_array, np.asarray(Image.open(overlays[name])))
         assert "NOT FOR PRIMARY DIAGNOSIS" in str(ds.ImageComments).upper()
         assert dciodvfy(sc)[0] == [], sc.name
+
+
+def test_the_real_cr_with_explain_and_dicom_out_gives_valid_scs(
+    real_cxr,
+    model_dir,  # noqa: F811
+    checkpoint,
+    tmp_path,
+):
+    """A real, JPEG-compressed CR chest radiograph (frontal only): its overlays become SCs."""
+    import pydicom
+
+    from tests.pipelines.dicom_out.helpers import dciodvfy
+
+    (dcm,) = (real_cxr / "dicom").glob("*.dcm")
+    folder = tmp_path / "real-study"
+    folder.mkdir()
+    (folder / dcm.name).symlink_to(dcm)
+    dicom = tmp_path / "dicom"
+    predict_command(
+        [str(folder)],
+        model=model_dir / "model.onnx",
+        explain=tmp_path / "png",
+        checkpoint=checkpoint,
+        explain_findings=["Effusion"],
+        dicom_out=dicom,
+    )
+    (sc,) = dicom.glob("sc-*-Effusion-frontal.dcm")
+    assert len(list(dicom.glob("sr-*.dcm"))) == 1
+    ds, source = pydicom.dcmread(sc), pydicom.dcmread(dcm, stop_before_pixels=True)
+    assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert dciodvfy(sc)[0] == []
