@@ -55,10 +55,17 @@ SC_SERIES_NUMBER = 9902
 @contextmanager
 def values_unshown() -> Iterator[None]:
     """Keep highdicom's and pydicom's warnings about header values (which quote the value, a
-    patient name for one) out of the logs: they are counted, never shown."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
+    patient name for one) out of the logs: they are counted, never shown. highdicom's INFO log
+    names the source instances by their UIDs (identifiers): it is held at WARNING meanwhile."""
+    quiet = logging.getLogger("highdicom")
+    level = quiet.level
+    quiet.setLevel(max(level, logging.WARNING))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        quiet.setLevel(level)
     if caught:
         log.info("%d highdicom / pydicom warning(s) about header values (not shown)", len(caught))
 
