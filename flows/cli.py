@@ -306,7 +306,7 @@ def sweep(ctx: typer.Context) -> None:
 
 @app.command()
 def serve() -> None:
-    """Start a local Prefect server (127.0.0.1:4200) and serve the scheduled pipeline."""
+    """Start a local Prefect server (127.0.0.1:4200); serve the scheduled pipeline and cxr-score."""
     from flows.serve import main as serve_main
 
     run_stage(serve_main)

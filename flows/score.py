@@ -18,9 +18,12 @@ State lives in the Prefect server, so any worker sees it:
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
+from prefect.schedules import Cron
 from prefect.variables import Variable
 
 from pipelines.scoring import (
@@ -108,3 +111,24 @@ def cxr_score(
         summary["found"],
     )
     return summary
+
+
+def build_score_deployment(cfg: ScoreParams) -> RunnerDeployment:
+    """The ``cxr-score`` flow as a deployment on the ``score`` section's cron schedule."""
+    local = {"folder": cfg.folder, "out": cfg.out, "model": cfg.model}
+    resolved = {k: str(Path(v).resolve()) if v else None for k, v in local.items()}
+    return cxr_score.to_deployment(
+        name=cfg.deployment,
+        schedules=[Cron(cfg.cron, timezone=cfg.timezone)],
+        paused=cfg.paused,
+        parameters={
+            "dicomweb": cfg.dicomweb,
+            **resolved,
+            "lookback_days": cfg.lookback_days,
+            "attempts": cfg.attempts,
+            "backoff_s": cfg.backoff_s,
+        },
+        tags=["cxr-dag", "scoring"],
+        description="cxr-dag scoring: new CR / DX studies in, one SR per study and model out",
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )

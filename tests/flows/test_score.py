@@ -36,12 +36,12 @@ from pipelines.scoring import DicomWebStore, study_key
 from pipelines.scoring.reasons import PacsError
 from pipelines.synthetic.params import SynthesizeParams
 from pipelines.synthetic.stage import synthesize
-from tests.conftest import REAL_CXR, dicom_phi_values
+from tests.conftest import REAL_CXR, ROOT, dicom_phi_values
 from tests.orthanc import Orthanc, orthanc_available
 from tests.pipelines.dicom_out.helpers import sr_findings
 from tests.pipelines.predict.test_run import model_dir  # noqa: F401 (fixture)
 
-pytestmark = pytest.mark.skipif(
+needs_orthanc = pytest.mark.skipif(
     not orthanc_available(), reason="Orthanc and its DICOMweb plugin are not installed"
 )
 PLANTED = {
@@ -161,6 +161,7 @@ async def _logs_and_artifacts() -> str:
     return "\n".join(text)
 
 
+@needs_orthanc
 @pytest.mark.slow
 def test_scores_each_study_once_and_survives_a_pacs_outage(
     prefect_harness,
@@ -236,6 +237,7 @@ def test_scores_each_study_once_and_survives_a_pacs_outage(
         pacs.stop()
 
 
+@needs_orthanc
 def test_wrong_url_and_missing_root_fail_at_once_in_one_line(prefect_harness, model_dir, tmp_path):  # noqa: F811
     pacs = Orthanc(tmp_path / "orthanc")
     pacs.start()
@@ -256,6 +258,7 @@ def test_wrong_url_and_missing_root_fail_at_once_in_one_line(prefect_harness, mo
     assert "cannot reach the DICOMweb server" in result.output
 
 
+@needs_orthanc
 def test_folder_mode_writes_one_sr_per_study_and_reruns_write_nothing(
     prefect_harness,
     studies,
@@ -278,3 +281,18 @@ def test_folder_mode_writes_one_sr_per_study_and_reruns_write_nothing(
     again = json.loads(rerun[rerun.index("{") :])
     assert (again["stored"], again["already_there"]) == (0, 1)
     assert len(list(out.glob("*.dcm"))) == 1
+
+
+def test_the_score_deployment_takes_its_schedule_and_options_from_params_yaml():
+    from flows.score import build_score_deployment
+    from pipelines.config import load_section
+    from pipelines.scoring import ScoreParams
+
+    cfg = load_section(ScoreParams, "score", ROOT / "params.yaml")
+    deployment = build_score_deployment(cfg)
+    assert deployment.name == cfg.deployment and deployment.paused == cfg.paused
+    (schedule,) = deployment.schedules
+    assert schedule.schedule.cron == cfg.cron
+    assert deployment.parameters["dicomweb"] == cfg.dicomweb
+    assert deployment.parameters["model"] == str(Path(cfg.model).resolve())
+    assert deployment.parameters["attempts"] == cfg.attempts
