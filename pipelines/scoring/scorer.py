@@ -3,10 +3,10 @@
 Everything is ``cxr predict``'s: the view choice and header policy
 (:func:`pipelines.predict.find_study_views`), decoding and the exported model
 (:func:`pipelines.predict.predict`, onnxruntime), the decisions at the card's thresholds, and
-the SR (:func:`pipelines.predict.write_dicom_outputs`). What this module adds is the order:
-the SR's SOP Instance UID (deterministic: the source UIDs and the model version,
-:func:`pipelines.dicom_out.identity.derived_uid`) is known *before* the model runs, so a study
-whose SR is already stored is never scored again.
+the SR (:func:`pipelines.dicom_out.write_study`, with the run's algorithm identification).
+What this module adds is the order: the SR's SOP Instance UID (deterministic: the source UIDs
+and the model version, :func:`pipelines.dicom_out.identity.derived_uid`) is known *before*
+the model runs, so a study whose SR is already stored is never scored again.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pydicom
 
-from pipelines.dicom_out import algorithm_from_card
+from pipelines.dicom_out import algorithm_from_card, write_study
 from pipelines.dicom_out.identity import derived_uid, read_source
 from pipelines.errors import PredictError
-from pipelines.predict import decisions_from_card, find_study_views, predict, write_dicom_outputs
+from pipelines.predict import decisions_from_card, find_study_views, predict
 from pipelines.predict.studies import StudyInput
 from pipelines.runners import read_model_card
 from pipelines.scoring.reasons import UNTRAINED_MODEL, Unscorable, reason_of
@@ -104,8 +104,10 @@ class Scorer:
             raise Unscorable(reason_of(exc)) from None
         timings.add("decode+infer", time.perf_counter() - start)
         start = time.perf_counter()
-        with _quiet("highdicom"):  # logs the source SOP Instance UIDs it copies from, at INFO
-            (sr,) = write_dicom_outputs(df, self.model, out_dir)
+        # the algorithm of the run (write_dicom_outputs would hash the model file per study);
+        # highdicom logs the source SOP Instance UIDs it copies from, at INFO
+        with _quiet("highdicom"):
+            (sr,) = write_study(df, self.algorithm, out_dir)
         timings.add("build SR", time.perf_counter() - start)
         written = pydicom.dcmread(sr, stop_before_pixels=True).SOPInstanceUID
         if written != prepared.sr_uid:  # the SR names itself as prepare said it would
