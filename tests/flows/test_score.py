@@ -194,6 +194,14 @@ def test_scores_each_study_once_and_survives_a_pacs_outage(
         assert {v for v in skipped.values()} == {"no_frontal", "not_chest"}
         instances = pacs.count()
 
+        # two overlapping runs could both store an SR: the PACS keeps one per SOP Instance UID
+        (sr,) = _srs(client, _study_uid(studies["syn0"]))
+        again = client.retrieve_instance(
+            _study_uid(studies["syn0"]), sr["0020000E"]["Value"][0], sr["00080018"]["Value"][0]
+        )
+        client.store_instances([again])
+        assert pacs.count() == instances
+
         second = _run(pacs.dicomweb, model, lookback_days=100000)  # finds them all again
         assert (second["stored"], second["already_there"]) == (0, len(scorable))
         assert second["skipped"] == 2 and pacs.count() == instances
