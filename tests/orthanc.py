@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -39,9 +40,10 @@ def orthanc_available() -> bool:
 
 
 class Orthanc:
-    """One Orthanc on free loopback ports, its storage in ``home``."""
+    """One Orthanc on free loopback ports, its storage in ``home`` (HTTP basic ``users``, if
+    given; :meth:`upload` and :meth:`count` then need them too, so tests use it unauthenticated)."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, users: dict[str, str] | None = None) -> None:
         self.home = home
         self.port, self.dicom_port = _free_port(), _free_port()
         (home / "db").mkdir(parents=True, exist_ok=True)
@@ -52,7 +54,8 @@ class Orthanc:
             "HttpPort": self.port,
             "DicomPort": self.dicom_port,
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": bool(users),
+            "RegisteredUsers": users or {},
             "Plugins": [str(dicomweb_plugin())],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         }
@@ -77,6 +80,8 @@ class Orthanc:
             try:
                 with urllib.request.urlopen(f"{self.url}/system", timeout=1):
                     return
+            except urllib.error.HTTPError:  # 401: it answers, with authentication on
+                return
             except OSError:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"Orthanc exited; see {self.home / 'orthanc.log'}") from None

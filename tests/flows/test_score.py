@@ -304,3 +304,23 @@ def test_the_score_deployment_takes_its_schedule_and_options_from_params_yaml():
     assert deployment.parameters["dicomweb"] == cfg.dicomweb
     assert deployment.parameters["model"] == str(Path(cfg.model).resolve())
     assert deployment.parameters["attempts"] == cfg.attempts
+
+
+@needs_orthanc
+def test_credentials_come_from_the_environment(prefect_harness, model_dir, tmp_path, monkeypatch):  # noqa: F811
+    pacs = Orthanc(tmp_path / "orthanc", users={"cxr-score": "not-a-real-secret"})
+    pacs.start()
+    try:
+        args = ["score", "--once", "--dicomweb", pacs.dicomweb]
+        args += ["--model", str(model_dir / "model.onnx")]
+        monkeypatch.delenv("CXR_DICOMWEB_USER", raising=False)
+        refused = CliRunner().invoke(app, args)
+        assert refused.exit_code == 2 and "HTTP 401, credentials refused" in refused.output
+        monkeypatch.setenv("CXR_DICOMWEB_USER", "cxr-score")
+        monkeypatch.setenv("CXR_DICOMWEB_PASSWORD", "not-a-real-secret")
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout[result.stdout.index("{") :])["found"] == 0
+        assert "not-a-real-secret" not in result.output
+    finally:
+        pacs.stop()
