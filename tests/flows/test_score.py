@@ -108,6 +108,13 @@ def studies(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+@pytest.fixture
+def fresh_state(prefect_harness) -> None:
+    """No watermark and no skipped record from an earlier test of the session's server."""
+    for name in (WATERMARK, SKIPPED):
+        Variable.unset(name)
+
+
 def _srs(client: DICOMwebClient, study_uid: str) -> list[dict]:
     return client.search_for_instances(
         study_instance_uid=study_uid, search_filters={"Modality": "SR"}
@@ -164,7 +171,7 @@ async def _logs_and_artifacts() -> str:
 @needs_orthanc
 @pytest.mark.slow
 def test_scores_each_study_once_and_survives_a_pacs_outage(
-    prefect_harness,
+    fresh_state,
     studies,
     model_dir,  # noqa: F811
     tmp_path,
@@ -307,7 +314,7 @@ def test_the_score_deployment_takes_its_schedule_and_options_from_params_yaml():
 
 
 @needs_orthanc
-def test_credentials_come_from_the_environment(prefect_harness, model_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_credentials_come_from_the_environment(fresh_state, model_dir, tmp_path, monkeypatch):  # noqa: F811
     pacs = Orthanc(tmp_path / "orthanc", users={"cxr-score": "not-a-real-secret"})
     pacs.start()
     try:
