@@ -86,6 +86,7 @@ class Orthanc:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"Orthanc exited; see {self.home / 'orthanc.log'}") from None
                 time.sleep(0.2)
+        self.stop()  # never leave a server behind
         raise TimeoutError("Orthanc did not answer")
 
     def stop(self) -> None:
