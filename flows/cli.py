@@ -227,6 +227,49 @@ def predict(
 
 
 @app.command()
+def score(
+    once: Annotated[bool, typer.Option(help="one run now (the schedule: `cxr serve`)")] = False,
+    dicomweb: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web"),
+    ] = None,
+    folder: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="folder mode: score the DICOM studies of this folder"),
+    ] = None,
+    out: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="folder mode: write the SRs here"),
+    ] = None,
+    model: Annotated[Path, typer.Option(help="exported model (.onnx)")] = Path(
+        "models/export/model.onnx"
+    ),
+    lookback_days: Annotated[int, typer.Option(help="StudyDate days before the watermark")] = 2,
+    attempts: Annotated[int, typer.Option(help="tries per DICOMweb call")] = 4,
+    backoff_s: Annotated[float, typer.Option(help="first wait between tries (s)")] = 2.0,
+) -> None:
+    """Score new chest studies of a PACS (DICOMweb) or a folder: the `cxr-score` flow."""
+    from pipelines.stage import fail
+
+    if not once:
+        fail("cxr score runs once with --once; `cxr serve` runs it on its schedule")
+    from flows.score import cxr_score
+
+    summary = run_stage(
+        lambda: cxr_score(
+            dicomweb=dicomweb,
+            folder=str(folder) if folder else None,
+            out=str(out) if out else None,
+            model=str(model),
+            lookback_days=lookback_days,
+            attempts=attempts,
+            backoff_s=backoff_s,
+        )
+    )
+    _echo_summary(summary)
+
+
+@app.command()
 def run(
     target: Annotated[
         Optional[list[str]],  # noqa: UP045
@@ -263,7 +306,7 @@ def sweep(ctx: typer.Context) -> None:
 
 @app.command()
 def serve() -> None:
-    """Start a local Prefect server (127.0.0.1:4200) and serve the scheduled pipeline."""
+    """Start a local Prefect server (127.0.0.1:4200); serve the scheduled pipeline and cxr-score."""
     from flows.serve import main as serve_main
 
     run_stage(serve_main)

@@ -3,7 +3,9 @@
 ``cxr serve`` starts a local Prefect server on 127.0.0.1 (telemetry off) and serves the
 deployment from this process (``flow.serve`` style, for one machine). Past one machine, register
 the same deployment to a work pool with ``prefect deploy`` (see ``prefect.yaml``) and run workers.
-The schedule lives in the ``schedule`` section of ``params.yaml`` (no stage reads it).
+The schedule lives in the ``schedule`` section of ``params.yaml`` (no stage reads it); beside it,
+the ``cxr-score`` deployment on the ``score`` section's schedule (paused until a site names its
+PACS).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.pipeline import cxr_pipeline
+from flows.score import build_score_deployment
 from pipelines.config import StageParams, load_section
+from pipelines.scoring import ScoreParams
 
 SERVER_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -115,9 +119,12 @@ def local_server(port: int | None = None, home: Path | None = None) -> Iterator[
             proc.kill()
 
 
-def serve_pipeline(cfg: ScheduleParams) -> None:
-    """Serve the scheduled deployment from this process until interrupted."""
-    serve(build_deployment(cfg))
+def serve_pipeline(cfg: ScheduleParams, score: ScoreParams | None = None) -> None:
+    """Serve the scheduled pipeline (and the ``cxr-score`` deployment) until interrupted."""
+    deployments = [build_deployment(cfg)]
+    if score is not None:
+        deployments.append(build_score_deployment(score))
+    serve(*deployments)
 
 
 def main() -> None:
@@ -126,13 +133,17 @@ def main() -> None:
     With ``PREFECT_API_URL`` set, serves against that server instead of starting one.
     """
     cfg = load_section(ScheduleParams, "schedule")
+    score = load_section(ScoreParams, "score")
     if os.environ.get("PREFECT_API_URL"):
-        serve_pipeline(cfg)
+        serve_pipeline(cfg, score)
         return
     port = int(os.environ.get("CXR_PREFECT_PORT", "4200"))
     with local_server(port=port) as api, temporary_settings({PREFECT_API_URL: api}):
-        print(f"Prefect UI: {api.removesuffix('/api')}  (deployment cxr-pipeline/{cfg.deployment})")
-        serve_pipeline(cfg)
+        print(
+            f"Prefect UI: {api.removesuffix('/api')}  (deployments cxr-pipeline/{cfg.deployment}, "
+            f"cxr-score/{score.deployment})"
+        )
+        serve_pipeline(cfg, score)
 
 
 if __name__ == "__main__":

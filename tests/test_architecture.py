@@ -193,12 +193,14 @@ def params_sections() -> list[tuple[str, type]]:
     from pipelines.ingest import IngestParams
     from pipelines.pair import PairParams
     from pipelines.preprocess import PreprocessParams
+    from pipelines.scoring import ScoreParams
     from pipelines.synthetic import SynthesizeParams
     from pipelines.train import TrainParams
 
     return [
         ("base", BaseParams),
         ("schedule", ScheduleParams),
+        ("score", ScoreParams),
         ("synthesize", SynthesizeParams),
         ("ingest", IngestParams),
         ("pair", PairParams),
