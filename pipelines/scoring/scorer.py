@@ -12,10 +12,7 @@ the model runs, so a study whose SR is already stored is never scored again.
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,17 +25,6 @@ from pipelines.predict import decisions_from_card, find_study_views, predict
 from pipelines.predict.studies import StudyInput
 from pipelines.runners import read_model_card
 from pipelines.scoring.reasons import UNTRAINED_MODEL, Unscorable, reason_of
-
-
-@contextmanager
-def _quiet(name: str) -> Iterator[None]:
-    logger = logging.getLogger(name)
-    old = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(old)
 
 
 @dataclass(frozen=True)
@@ -105,9 +91,8 @@ class Scorer:
         timings.add("decode+infer", time.perf_counter() - start)
         start = time.perf_counter()
         # the algorithm of the run (write_dicom_outputs would hash the model file per study);
-        # highdicom logs the source SOP Instance UIDs it copies from, at INFO
-        with _quiet("highdicom"):
-            (sr,) = write_study(df, self.algorithm, out_dir)
+        # pipelines.dicom_out keeps highdicom's UID-naming INFO log quiet itself
+        (sr,) = write_study(df, self.algorithm, out_dir)
         timings.add("build SR", time.perf_counter() - start)
         written = pydicom.dcmread(sr, stop_before_pixels=True).SOPInstanceUID
         if written != prepared.sr_uid:  # the SR names itself as prepare said it would
