@@ -132,6 +132,23 @@ def test_stage_writes_every_format_card_and_metrics(exported):
 
 
 @pytest.mark.slow
+def test_int8_weights_stay_in_the_7_bit_range(exported):
+    """Full-range int8 weights overflow the int16 pair sums of CPUs without VNNI (quantize.py)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(Path(exported["params"].out) / FILES["int8"]))
+    weights = [
+        numpy_helper.to_array(i)
+        for i in model.graph.initializer
+        if i.data_type == onnx.TensorProto.INT8
+    ]
+    assert len(weights) >= 3  # the convolutions and the head
+    assert min(int(w.min()) for w in weights) >= -64
+    assert max(int(w.max()) for w in weights) <= 64  # symmetric 7-bit: [-64, 64], not ±127
+
+
+@pytest.mark.slow
 def test_model_card_holds_no_keys_or_phi(exported):
     text = (Path(exported["params"].out) / "metadata.json").read_text()
     assert PLANTED not in text
