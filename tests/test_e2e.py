@@ -9,10 +9,12 @@ without recomputing.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import zipfile
@@ -103,9 +105,27 @@ def _planted_phi(raw: Path) -> set[str]:
 _TENSOR_MEMBER = re.compile(r"/(data|constants)/\d+$")
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_DATA_URI = re.compile(rb"data:image/png;base64,([A-Za-z0-9+/=]+)")
+
+
+def _png_chunks(png: bytes) -> Iterator[bytes]:
+    """Every chunk of a PNG but its compressed pixels (IDAT): text and metadata chunks can
+    carry a header value, while deflated pixels are noise in which a short name turns up by
+    chance (as a report's base64 images did: 'Yuki' in 3 MB of base64 text)."""
+    assert png.startswith(_PNG_SIGNATURE), "an embedded image is not a PNG"
+    pos = len(_PNG_SIGNATURE)
+    while pos + 8 <= len(png):
+        length, kind = struct.unpack(">I4s", png[pos : pos + 8])
+        if kind != b"IDAT":
+            yield kind + png[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+
+
 def _contents(path: Path) -> Iterator[bytes]:
-    """The bytes that could carry text: Parquet as CSV, archives member by member, and every
-    file whole, except the payloads of numeric arrays and weight tensors (numbers, not text)."""
+    """The bytes that could carry text: Parquet as CSV, archives member by member, PNGs (files
+    and an HTML page's embedded images) chunk by chunk, and every file whole, except the
+    payloads of numeric arrays, weight tensors and compressed pixels (numbers, not text)."""
     if path.suffix == ".parquet":
         yield pd.read_parquet(path).to_csv().encode()
         return
@@ -123,6 +143,14 @@ def _contents(path: Path) -> Iterator[bytes]:
         yield model.SerializeToString()
         return
     data = path.read_bytes()
+    if data.startswith(_PNG_SIGNATURE):
+        yield from _png_chunks(data)
+        return
+    if _DATA_URI.search(data):
+        yield _DATA_URI.sub(b"", data)
+        for uri in _DATA_URI.finditer(data):
+            yield from _png_chunks(base64.b64decode(uri.group(1)))
+        return
     if zipfile.is_zipfile(io.BytesIO(data)):
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             for name in archive.namelist():
