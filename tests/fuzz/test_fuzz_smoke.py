@@ -1,0 +1,53 @@
+"""CI's fuzzing smoke: every target under libFuzzer for a few seconds, no finding.
+
+The same targets and runner as ``benchmarks/fuzz.py`` (which runs them for minutes); here each
+runs its seeds and the regression inputs, then mutates for :data:`SECONDS`. Skipped where atheris
+is not installed (``pip install -e .[test]`` installs it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.fuzz.runner import parse_output, run_target
+from tests.fuzz.targets import TARGETS
+
+SECONDS = 2
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_target_runs_without_finding(name: str, tmp_path: Path) -> None:
+    pytest.importorskip("atheris")
+    result = run_target(name, SECONDS, tmp_path, resume=False)
+    findings = "; ".join(f"{f.kind}: {f.summary} ({f.artifact})" for f in result.findings)
+    assert result.ok, findings or result.log[-3000:]
+    assert result.execs > 0 and result.cov > 0
+
+
+def test_output_parsing() -> None:
+    log = (
+        "#2\tINITED cov: 10 ft: 12 corp: 2/40b exec/s: 0 rss: 100Mb\n"
+        "#64\tNEW    cov: 15 ft: 20 corp: 3/60b lim: 4 exec/s: 32 rss: 101Mb L: 5/5 MS: 1\n"
+        " === Uncaught Python exception: ===\n"
+        "Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\n'
+        "ValueError: bad\n"
+        "==1== ERROR: libFuzzer: fuzz target exited\n"
+        "artifact_prefix='a/'; Test unit written to a/crash-1\n"
+        "stat::number_of_executed_units: 70\n"
+        "stat::average_exec_per_sec:     35\n"
+    )
+    result = parse_output("t", 2.0, log, 77)
+    assert (result.execs, result.exec_per_s, result.cov_start, result.cov, result.ft) == (
+        70,
+        35,
+        10,
+        15,
+        20,
+    )
+    assert [(f.kind, f.artifact, f.summary) for f in result.findings] == [
+        ("exception", "a/crash-1", "ValueError: bad")
+    ]
+    assert not result.ok
