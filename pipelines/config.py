@@ -45,13 +45,18 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     """Read a params YAML file into a dict.
 
     Raises:
-        ConfigError: the file is missing, is not YAML, or is not a mapping.
+        ConfigError: the file is missing, is not UTF-8 text or YAML, or is not a mapping.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at byte offset "
+            f"{exc.start}); re-save the file as UTF-8"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if data is None:

@@ -38,6 +38,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipelines.dicom.pixels import LUMA, NoWindow, read_dicom
 from pipelines.errors import DecodeError
+from pipelines.limits import MAX_IMAGE_PIXELS, too_many_pixels
 
 Format = Literal["dicom", "png", "jpeg", "unknown"]
 
@@ -50,7 +51,7 @@ REASONS: tuple[str, ...] = (
     "unsupported_transfer_syntax",  # no installed decoder, or 12-bit lossy JPEG that none decodes
     "unsupported_photometric",  # e.g. PALETTE COLOR
     "empty_image",  # zero rows or columns
-    "too_large",  # Pillow's decompression-bomb guard
+    "too_large",  # over max_image_pixels (pipelines.limits), or Pillow's decompression-bomb guard
     "decode_failed",  # anything else the decoders raised
 )
 
@@ -99,6 +100,7 @@ def read_image(
     draft_size: int | None = None,
     no_window: NoWindow = "bits",
     bits: int | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> np.ndarray:
     """Decode an image file to float32 (H, W) in [0, 1], dense = bright.
 
@@ -111,6 +113,8 @@ def read_image(
         bits: the stored bits of a 16-bit greyscale PNG when the caller knows them (the
             manifest's ``bits``); None, 0 or 16 (what any 16-bit PNG's header says): detected
             (:func:`gray16_depth`). Other images ignore it (a DICOM's own header says).
+        max_pixels: rows x columns (after JPEG draft scaling) above which the image is refused
+            from its header, before decoding (``too_large``; :mod:`pipelines.limits`).
 
     Raises:
         DecodeError: with a reason from :data:`REASONS` naming what went wrong.
@@ -120,9 +124,9 @@ def read_image(
         raise DecodeError(path, "missing_file", "no such file")
     fmt = sniff_format(path)
     if fmt == "dicom":
-        img = read_dicom(path, no_window)
+        img = read_dicom(path, no_window, max_pixels)
     elif fmt in ("png", "jpeg"):
-        img = _read_pillow(path, draft_size, bits)
+        img = _read_pillow(path, draft_size, bits, max_pixels)
     else:
         raise DecodeError(path, "not_an_image", "content is not DICOM, PNG or JPEG")
     if img.size == 0:
@@ -130,7 +134,9 @@ def read_image(
     return img
 
 
-def _read_pillow(path: Path, draft_size: int | None, bits: int | None = None) -> np.ndarray:
+def _read_pillow(
+    path: Path, draft_size: int | None, bits: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS
+) -> np.ndarray:
     try:
         with Image.open(path) as im:
             if im.format == "JPEG" and draft_size:
@@ -138,6 +144,9 @@ def _read_pillow(path: Path, draft_size: int | None, bits: int | None = None) ->
                 scale = 2 * draft_size / max(w, h)
                 if scale < 1:
                     im.draft("L", (math.ceil(w * scale), math.ceil(h * scale)))
+            too_large = too_many_pixels(im.size[1], im.size[0], max_pixels)
+            if too_large:  # from the header (and the draft scale): nothing decoded yet
+                raise DecodeError(path, "too_large", too_large)
             im.load()
             im = ImageOps.exif_transpose(im)
             return _pil_to_unit(im, bits)
@@ -147,7 +156,9 @@ def _read_pillow(path: Path, draft_size: int | None, bits: int | None = None) ->
         raise DecodeError(path, "too_large", str(exc)[:300]) from None
     except UnidentifiedImageError:
         raise DecodeError(path, "not_an_image", "Pillow cannot identify the image") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # OSError, SyntaxError, ValueError ... (Pillow's plugins raise many)
         reason = "truncated" if "truncated" in str(exc).lower() else "decode_failed"
         raise DecodeError(path, reason, f"{type(exc).__name__}: {exc}"[:300]) from None
 
@@ -245,28 +256,39 @@ def to_square(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def prepare_image(
-    path: str | Path, size: int, *, no_window: NoWindow = "bits", bits: int | None = None
+    path: str | Path,
+    size: int,
+    *,
+    no_window: NoWindow = "bits",
+    bits: int | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> np.ndarray:
     """``to_square(read_image(path), size)``: the uint8 (size, size) array a model sees.
 
-    ``no_window`` and ``bits`` are those of :func:`read_image`.
+    ``no_window``, ``bits`` and ``max_pixels`` are those of :func:`read_image`.
 
     Raises:
         DecodeError: the file cannot be decoded (see :func:`read_image`).
     """
-    img = read_image(path, draft_size=size, no_window=no_window, bits=bits)
+    img = read_image(path, draft_size=size, no_window=no_window, bits=bits, max_pixels=max_pixels)
     return to_square(img, size)
 
 
 def try_prepare(
-    path: str | Path, size: int, *, no_window: NoWindow = "bits", bits: int | None = None
+    path: str | Path,
+    size: int,
+    *,
+    no_window: NoWindow = "bits",
+    bits: int | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> tuple[np.ndarray | None, DecodeError | None]:
     """:func:`prepare_image` that returns the error instead of raising (for worker pools).
 
     Anything unexpected becomes a ``decode_failed`` error naming the exception type.
     """
     try:
-        return prepare_image(path, size, no_window=no_window, bits=bits), None
+        image = prepare_image(path, size, no_window=no_window, bits=bits, max_pixels=max_pixels)
+        return image, None
     except DecodeError as exc:
         return None, exc
     except Exception as exc:  # a decoder bug must not kill a whole stage
@@ -278,6 +300,7 @@ def prepare_many(
     size: int,
     no_window: NoWindow = "bits",
     bits: Sequence[int | None] | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> list[tuple[np.ndarray | None, DecodeError | None]]:
     """:func:`try_prepare` over several paths (one worker task); ``''`` gives ``(None, None)``.
 
@@ -287,6 +310,7 @@ def prepare_many(
         no_window: see :func:`read_image`.
         bits: one ``bits`` per path (see :func:`read_image`; None or 0 = detect), or None for
             all detected.
+        max_pixels: see :func:`read_image`.
 
     Raises:
         ValueError: ``bits`` is not as long as ``paths``.
@@ -296,7 +320,9 @@ def prepare_many(
     elif len(bits) != len(paths):
         raise ValueError(f"prepare_many: {len(bits)} bits for {len(paths)} paths")
     return [
-        try_prepare(p, size, no_window=no_window, bits=b) if p else (None, None)
+        try_prepare(p, size, no_window=no_window, bits=b, max_pixels=max_pixels)
+        if p
+        else (None, None)
         for p, b in zip(paths, bits, strict=True)
     ]
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from pipelines.config import StageParams, load_section
 from pipelines.dicom.view import VIEWS
@@ -41,6 +41,7 @@ from pipelines.errors import ConfigError, SourceError
 from pipelines.io import rejected_frame, write_metrics, write_parquet, write_rejected
 from pipelines.keys import SYNTHETIC_MANUFACTURER, get_salt, make_keys, salt_fingerprint
 from pipelines.labels import FINDINGS, BlankPolicy, UncertainPolicy
+from pipelines.limits import MAX_CSV_LINE_BYTES, MAX_IMAGE_PIXELS
 from pipelines.schema import ROOTS_ATTR, SOURCES_ATTR, conform_manifest
 from pipelines.sources import ReadOptions, get_reader
 from pipelines.stage import run_stage
@@ -87,6 +88,10 @@ class IngestParams(StageParams):
     # blank CheXpert / MIMIC label: zeros (negative) | nan | nan_unless_no_finding
     blank: BlankPolicy = "zeros"
     workers: int = 0
+    # rows x columns over which an image is rejected (too_large), from its header
+    max_image_pixels: int = Field(MAX_IMAGE_PIXELS, ge=1)
+    # the longest line (bytes) of a metadata CSV; longer: the CSV is refused, unread
+    max_csv_line_bytes: int = Field(MAX_CSV_LINE_BYTES, ge=1024)
     # secret: CXR_SALT or .cxr/salt (real data); demo: the public salt of the synthetic dataset
     salt: Literal["secret", "demo"] = "secret"
     out: str = "data/manifest"
@@ -126,6 +131,8 @@ class IngestParams(StageParams):
             blank=pick(spec.blank, self.blank),
             workers=self.workers,
             salt=get_salt(self.salt),
+            max_image_pixels=self.max_image_pixels,
+            max_csv_line_bytes=self.max_csv_line_bytes,
         )
 
 

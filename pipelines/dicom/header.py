@@ -1,16 +1,25 @@
-"""DICOM headers: quiet reading, text and integer values, the transfer syntax.
+"""DICOM headers: quiet reading, text and integer values, the transfer syntax, bounded reads.
 
 pydicom's value-validation warnings and log records quote the offending values, which may be
 names, dates or ids (PHI): :func:`quiet` switches them off, and importing this module keeps the
 ``pydicom`` logger at ERROR. Every header read of the project goes through here.
+
+Every DICOM file the project parses is opened with :func:`open_dicom` (:class:`DicomFile`), so
+that a length field never allocates more than the file holds, and a deflated data set is
+refused before pydicom inflates it when it would exceed the limit
+(:func:`check_inflated_size`): pydicom inflates the whole data set in memory before reading its
+first element, and deflate reaches ratios of 1000:1.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import os
 import re
 import warnings
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -19,9 +28,16 @@ import pydicom
 from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
-from pipelines.dicom.reasons import CORRUPT, Reject
+from pipelines.dicom.reasons import CORRUPT, TOO_LARGE, Reject
+from pipelines.limits import dataset_bytes_limit
 
 logging.getLogger("pydicom").setLevel(logging.ERROR)
 
@@ -75,27 +91,109 @@ def quiet() -> Iterator[None]:
         settings.reading_validation_mode = old
 
 
-def read_header(source: str | Path | BinaryIO, tags: Sequence[str] | None = None) -> Dataset:
-    """Parse a DICOM header up to the Pixel Data, quietly.
+class DicomFile(io.BufferedReader):
+    """A file opened for reading whose ``read(n)`` never asks for more bytes than are left.
+
+    pydicom reads a value with ``read(length)`` of its length field, and CPython's ``read(n)``
+    allocates ``n`` bytes before reading: a 1 KB file whose element claims 4 GB would allocate
+    4 GB (a fuzzing finding). Here ``n`` is first cut to what the file still holds.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(io.FileIO(path, "rb"))
+        self.size = os.fstat(self.fileno()).st_size
+
+    def read(self, size: int | None = -1) -> bytes:
+        """At most ``size`` bytes, and never more than the file has left."""
+        if size is not None and size > 0:
+            size = min(size, max(0, self.size - self.tell()))
+        return super().read(size)
+
+
+def open_dicom(path: str | Path) -> DicomFile:
+    """Open a DICOM file for pydicom (:class:`DicomFile`)."""
+    return DicomFile(path)
+
+
+def check_inflated_size(fh: BinaryIO, max_bytes: int) -> None:
+    """Refuse a deflated data set that would inflate past ``max_bytes``; the handle is kept.
+
+    Other files pass after their file meta header is read. A file whose meta header cannot be
+    read passes too: pydicom reports it when it reads the header.
+
+    Raises:
+        Reject: ``too_large`` (the inflated size is counted 1 MiB at a time, nothing is kept).
+    """
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    start = fh.tell()
+    try:
+        read_preamble(fh, True)
+        meta = _read_file_meta_info(fh)
+        deflated = (
+            str(meta.get("TransferSyntaxUID", "") or "").strip() == DeflatedExplicitVRLittleEndian
+        )
+        if deflated:
+            _count_inflated(fh, max_bytes)
+    except Reject:
+        raise
+    except Exception:  # pydicom's own read reports a broken header
+        pass
+    finally:
+        fh.seek(start)
+
+
+def _count_inflated(fh: BinaryIO, max_bytes: int) -> None:
+    inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    while chunk := fh.read(1 << 20):
+        while chunk:
+            total += len(inflater.decompress(chunk, 1 << 20))
+            if total > max_bytes:
+                raise Reject(
+                    TOO_LARGE,
+                    f"the deflated data set inflates to more than {max_bytes:,} bytes (the limit "
+                    "for one data set, from max_image_pixels); refused before inflating it",
+                )
+            chunk = inflater.unconsumed_tail
+
+
+def read_header(
+    source: str | Path | BinaryIO,
+    tags: Sequence[str] | None = None,
+    *,
+    force: bool = False,
+    max_bytes: int | None = None,
+) -> Dataset:
+    """Parse a DICOM header up to the Pixel Data, quietly, within a memory bound.
 
     pydicom converts (and validates) a value when it is first accessed: access the values
     inside :func:`quiet` too.
 
     Args:
-        source: a path, or a binary handle (left at the first byte of the top-level Pixel Data
-            element, or at the end of the file when there is none).
+        source: a path (opened with :func:`open_dicom`), or a binary handle, best a
+            :class:`DicomFile` (left at the first byte of the top-level Pixel Data element, or
+            at the end of the file when there is none).
         tags: the only elements to parse (e.g. :data:`HEADER_TAGS`); None: all of them.
+        force: read a data set without the 'DICM' prefix too (pydicom's ``force``).
+        max_bytes: the most a deflated data set may inflate to (default:
+            :func:`pipelines.limits.dataset_bytes_limit`).
 
     Returns:
         The dataset, without its pixels.
 
     Raises:
+        Reject: ``too_large``: a deflated data set inflating past ``max_bytes``.
         pydicom.errors.InvalidDicomError: no DICOM file header.
         Exception: whatever pydicom raises for a header it cannot parse (EOFError,
             struct.error, ValueError ...); its message may quote values: report the type only.
     """
-    with quiet():
-        return pydicom.dcmread(source, stop_before_pixels=True, specific_tags=tags)
+    limit = dataset_bytes_limit() if max_bytes is None else max_bytes
+    with contextlib.ExitStack() as stack:
+        if isinstance(source, str | Path):
+            source = stack.enter_context(open_dicom(source))
+        with quiet():
+            check_inflated_size(source, limit)
+            return pydicom.dcmread(source, stop_before_pixels=True, specific_tags=tags, force=force)
 
 
 def text(ds: Dataset, keyword: str) -> str:

@@ -56,7 +56,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from pipelines.dicom.header import integer, read_header, text
+from pipelines.dicom.header import integer, open_dicom, read_header, text
 from pipelines.dicom.reasons import CORRUPT, NO_PIXEL_DATA, NOT_DICOM, TRUNCATED, Reject
 
 _END_MARKER_SYNTAXES: frozenset[str] = frozenset(
@@ -68,15 +68,23 @@ _PIXEL_DATA, _FLOAT_PIXEL_TAGS = 0x7FE00010, (0x7FE00008, 0x7FE00009)
 _LONG_LENGTH_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UN", b"UR", b"UT"}
 
 
-def parse_header(fh: BinaryIO, tags: Sequence[str] | None) -> Dataset:
+def parse_header(fh: BinaryIO, tags: Sequence[str] | None, max_bytes: int | None = None) -> Dataset:
     """:func:`pipelines.dicom.header.read_header` on an open file, failures as rejections.
 
+    Args:
+        fh: the file, best opened with :func:`pipelines.dicom.header.open_dicom`.
+        tags: the elements to parse (None: all).
+        max_bytes: the most a deflated data set may inflate to (None: the default limit).
+
     Raises:
-        Reject: ``not_dicom`` (no 'DICM' prefix, or a header that cannot be parsed) or
-            ``truncated`` (the header ends mid-element); the detail names the exception type.
+        Reject: ``not_dicom`` (no 'DICM' prefix, or a header that cannot be parsed),
+            ``truncated`` (the header ends mid-element; the detail names the exception type) or
+            ``too_large`` (a deflated data set inflating past ``max_bytes``).
     """
     try:
-        return read_header(fh, tags)
+        return read_header(fh, tags, max_bytes=max_bytes)
+    except Reject:
+        raise
     except InvalidDicomError:
         raise Reject(NOT_DICOM, "no DICOM file header ('DICM' at byte 128)") from None
     except (EOFError, struct.error) as exc:
@@ -318,7 +326,8 @@ def _geometry(ds: Dataset) -> _Geometry:
 def _check_deflated(path: str, geometry: _Geometry) -> None:
     """A deflated file's offsets refer to the inflated stream: inflate it whole and count."""
     try:
-        full = pydicom.dcmread(path)
+        with open_dicom(path) as fh:
+            full = pydicom.dcmread(fh)
         n_bytes = len(full.PixelData) if "PixelData" in full else 0
     except (zlib.error, EOFError, OSError, ValueError, struct.error) as exc:
         raise Reject(

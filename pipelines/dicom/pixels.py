@@ -32,6 +32,10 @@ pointwise) and much faster than transforming every pixel in float64.
 Colour (RGB; YBR, which pydicom converts to RGB) becomes luminance (ITU-R 601, :data:`LUMA`).
 The photometric and frame rules are :mod:`pipelines.dicom.policy`'s, which ingest applies too.
 
+Before the data set is read, its header alone is checked against the size limits of
+:mod:`pipelines.limits` (the file's size, one frame, rows x columns; a deflated data set's
+inflated size): ``too_large`` and ``multi_frame`` come before any pixel is read.
+
 Failures raise :class:`~pipelines.errors.DecodeError` with a reason of
 :data:`pipelines.imaging.REASONS` and a detail that never carries header values of identifying
 tags (PHI). pydicom is imported on the first DICOM read, so that importing
@@ -47,6 +51,7 @@ from typing import Any, Literal
 import numpy as np
 
 from pipelines.errors import DecodeError
+from pipelines.limits import MAX_IMAGE_PIXELS
 
 NoWindow = Literal["bits", "minmax"]
 
@@ -56,54 +61,137 @@ _MONO = ("MONOCHROME1", "MONOCHROME2")
 _JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"  # JPEG Extended (Process 2 & 4): 12-bit lossy
 
 
-def read_dicom(path: Path, no_window: NoWindow = "bits") -> np.ndarray:
+def read_dicom(
+    path: Path, no_window: NoWindow = "bits", max_pixels: int = MAX_IMAGE_PIXELS
+) -> np.ndarray:
     """Decode a DICOM image to float32 (H, W) in [0, 1], dense = bright.
 
     Args:
         path: the file.
         no_window: how an image without a VOI LUT or window is scaled (module docstring).
+        max_pixels: rows x columns above which the image is refused from its header
+            (:mod:`pipelines.limits`).
 
     Raises:
-        DecodeError: ``truncated``, ``no_pixel_data``, ``multi_frame``,
+        DecodeError: ``truncated``, ``no_pixel_data``, ``multi_frame``, ``too_large``,
             ``unsupported_photometric``, ``unsupported_transfer_syntax`` or ``decode_failed``.
     """
     from pipelines.dicom.header import quiet
 
     with quiet():
-        ds = _read_dataset(path)
-        photometric = _check_decodable(ds, path)
-        tsyntax, ts_name = _check_decoder(ds, path)
         try:
-            arr = ds.pixel_array
-        except Exception as exc:
-            raise _pixel_error(path, exc, tsyntax, ts_name, ds) from None
-
-        if arr.ndim == 3 and arr.shape[-1] == 3:  # RGB / YBR (pydicom converts YBR to RGB)
-            bits = int(ds.get("BitsStored", 8) or 8)
-            img = (arr.astype(np.float32) @ LUMA) / float(2**bits - 1)
-            return np.clip(img, 0.0, 1.0, out=img)
-        if arr.ndim != 2:
-            raise DecodeError(path, "decode_failed", f"unexpected pixel array shape {arr.shape}")
-        try:
-            return _mono_to_unit(arr, ds, no_window, invert=photometric == "MONOCHROME1")
-        except DecodeError:
+            return _decode(path, no_window, max_pixels)
+        except (DecodeError, MemoryError):
             raise
-        except Exception as exc:  # malformed LUTs and the like
-            raise DecodeError(
-                path, "decode_failed", f"modality/VOI LUT: {type(exc).__name__}: {exc}"[:300]
-            ) from None
+        except Exception as exc:  # a header value pydicom cannot convert (its message quotes it)
+            detail = f"a DICOM header value cannot be read ({type(exc).__name__})"
+            raise DecodeError(path, "decode_failed", detail) from None
+
+
+def _decode(path: Path, no_window: NoWindow, max_pixels: int) -> np.ndarray:
+    """:func:`read_dicom` inside :func:`pipelines.dicom.header.quiet`."""
+    _check_size(path, max_pixels)
+    ds = _read_dataset(path)
+    photometric = _check_decodable(ds, path)
+    tsyntax, ts_name = _check_decoder(ds, path)
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:
+        raise _pixel_error(path, exc, tsyntax, ts_name, ds) from None
+
+    if arr.ndim == 3 and arr.shape[-1] == 3:  # RGB / YBR (pydicom converts YBR to RGB)
+        bits = _header_int(ds, "BitsStored", 8, path)
+        img = (arr.astype(np.float32) @ LUMA) / float(2**bits - 1)
+        return np.clip(img, 0.0, 1.0, out=img)
+    if arr.ndim != 2:
+        raise DecodeError(path, "decode_failed", f"unexpected pixel array shape {arr.shape}")
+    try:
+        return _mono_to_unit(arr, ds, no_window, invert=photometric == "MONOCHROME1")
+    except DecodeError:
+        raise
+    except Exception as exc:  # malformed LUTs and the like
+        raise DecodeError(
+            path, "decode_failed", f"modality/VOI LUT: {type(exc).__name__}: {exc}"[:300]
+        ) from None
+
+
+def _header_int(ds: Any, keyword: str, default: int, path: Path) -> int:
+    """A header value as an integer (``default`` when absent, empty or 0).
+
+    Raises:
+        DecodeError: ``decode_failed`` for a value that is not an integer (names the keyword).
+    """
+    from pipelines.dicom.header import integer
+    from pipelines.dicom.reasons import Reject
+
+    try:
+        return integer(ds, keyword, default) or default
+    except Reject:
+        raise DecodeError(path, "decode_failed", f"{keyword} is not an integer") from None
+
+
+_SIZE_TAGS = ("NumberOfFrames", "Rows", "Columns")
+
+
+def _header_error(path: Path, exc: Exception) -> DecodeError:
+    """A header pydicom cannot parse (its messages quote values: report the type)."""
+    reason = "truncated" if isinstance(exc, EOFError) else "decode_failed"
+    return DecodeError(path, reason, f"DICOM header unreadable ({type(exc).__name__})")
+
+
+def _check_size(path: Path, max_pixels: int) -> None:
+    """Refuse from the header alone what would take more memory than the limits allow.
+
+    The file is read whole by :func:`_read_dataset`: it must be within
+    :func:`pipelines.limits.dataset_bytes_limit` (a deflated one once inflated); one frame
+    only (a 10,000-frame object is refused before its pixels are read); rows x columns within
+    ``max_pixels`` (the decoders allocate the whole image first).
+    """
+    from pipelines.dicom.header import read_header
+    from pipelines.dicom.reasons import Reject
+    from pipelines.limits import dataset_bytes_limit, too_many_pixels
+
+    limit = dataset_bytes_limit(max_pixels)
+    size = path.stat().st_size
+    if size > limit:
+        raise DecodeError(
+            path,
+            "too_large",
+            f"the file holds {size:,} bytes, more than one image within the limit of "
+            f"{max_pixels:,} pixels can ({limit:,}); refused before reading it",
+        )
+    try:
+        head = read_header(path, _SIZE_TAGS, force=True, max_bytes=limit)
+    except Reject as rej:
+        raise DecodeError(path, "too_large", rej.detail) from None
+    except Exception as exc:
+        raise _header_error(path, exc) from None
+    _check_frames(head, path)
+    rows, columns = _header_int(head, "Rows", 0, path), _header_int(head, "Columns", 0, path)
+    too_large = too_many_pixels(rows, columns, max_pixels)
+    if too_large:
+        raise DecodeError(path, "too_large", too_large)
+
+
+def _check_frames(ds: Any, path: Path) -> None:
+    from pipelines.dicom.policy import is_single_frame
+
+    frames = _header_int(ds, "NumberOfFrames", 1, path)
+    if not is_single_frame(frames):
+        raise DecodeError(path, "multi_frame", f"{frames} frames; expected one radiograph")
 
 
 def _read_dataset(path: Path) -> Any:
     """The whole data set, with pixels (header parse errors quote values: report the type)."""
     import pydicom
 
+    from pipelines.dicom.header import open_dicom
+
     try:
-        ds = pydicom.dcmread(path, force=True)
+        with open_dicom(path) as fh:
+            ds = pydicom.dcmread(fh, force=True)
     except Exception as exc:
-        reason = "truncated" if isinstance(exc, EOFError) else "decode_failed"
-        detail = f"DICOM header unreadable ({type(exc).__name__})"
-        raise DecodeError(path, reason, detail) from None
+        raise _header_error(path, exc) from None
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         if len(ds) == 0:
             raise DecodeError(path, "truncated", "the file ends inside the DICOM header")
@@ -115,11 +203,9 @@ def _read_dataset(path: Path) -> Any:
 
 def _check_decodable(ds: Any, path: Path) -> str:
     """One frame of a photometric interpretation the policy accepts; returns that one."""
-    from pipelines.dicom.policy import is_decodable_photometric, is_single_frame
+    from pipelines.dicom.policy import is_decodable_photometric
 
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if not is_single_frame(frames):
-        raise DecodeError(path, "multi_frame", f"{frames} frames; expected one radiograph")
+    _check_frames(ds, path)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if not is_decodable_photometric(photometric):
         raise DecodeError(path, "unsupported_photometric", f"{photometric} images")
@@ -140,6 +226,14 @@ def _check_decoder(ds: Any, path: Path) -> tuple[Any, str]:
             ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = tsyntax
     ts_name = f"{tsyntax.name} ({tsyntax})" if tsyntax else "unknown transfer syntax"
+    if tsyntax is not None and not tsyntax.is_transfer_syntax:
+        from pipelines.dicom.header import UID_STRING, shown
+
+        raise DecodeError(
+            path,
+            "unsupported_transfer_syntax",
+            f"unknown transfer syntax UID {shown(str(tsyntax), UID_STRING)}",
+        )
     if tsyntax is not None and tsyntax.is_compressed:
         try:
             decoder = get_decoder(tsyntax)
@@ -157,7 +251,7 @@ def _pixel_error(path: Path, exc: Exception, tsyntax: Any, ts_name: str, ds: Any
     """Map a pydicom pixel-decoding exception to a reason (messages are about pixels, no PHI)."""
     msg = str(exc)
     low = msg.lower()
-    if str(tsyntax) == _JPEG_EXTENDED and int(ds.get("BitsStored", 8) or 8) > 8:
+    if str(tsyntax) == _JPEG_EXTENDED and _header_int(ds, "BitsStored", 8, path) > 8:
         return DecodeError(
             path,
             "unsupported_transfer_syntax",

@@ -26,6 +26,7 @@ DUPLICATE_IMAGE_ID = "duplicate_image_id"
 UNSUPPORTED_PHOTOMETRIC = "unsupported_photometric"
 BROKEN_LINK = "broken_link"
 NOT_A_REGULAR_FILE = "not_a_regular_file"
+TOO_LARGE = "too_large"  # over a size limit of pipelines.limits, refused from the header
 
 
 class Reject(Exception):  # control flow inside the reader, not a pipelines.errors type

@@ -6,20 +6,23 @@ ingest's and the pair stage's (:mod:`pipelines.dicom`).
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from pydicom.errors import InvalidDicomError
 
 from pipelines.dicom.choice import best_index
 from pipelines.dicom.header import HEADER_TAGS, integer, quiet, read_header, text
 from pipelines.dicom.policy import RADIOGRAPH_MODALITIES, for_processing, is_chest
+from pipelines.dicom.reasons import Reject
 from pipelines.dicom.view import FRONTAL_VIEWS, dicom_view
-from pipelines.errors import PredictError
+from pipelines.errors import PredictError, SourceError
 from pipelines.imaging import sniff_format
+from pipelines.limits import MAX_STUDY_FILES
+from pipelines.sources.tables import check_lines
 
 
 @dataclass(frozen=True)
@@ -46,26 +49,39 @@ class _Header:
 
 
 def _read_header(path: Path) -> _Header | None:
-    """The header of a DICOM image, or None for a file that is not a DICOM image."""
+    """The header of a DICOM image, or None for a file that is not a readable DICOM image.
+
+    Raises:
+        PredictError: a deflated data set that would inflate past the limit (``too_large``).
+    """
     with quiet():  # values are converted on access: keep pydicom's value-quoting warnings off
         try:
-            ds = read_header(path, HEADER_TAGS)
-        except (InvalidDicomError, EOFError, OSError, ValueError):
+            return _parse_header(path)
+        except Reject as rej:
+            raise PredictError(f"{path}: {rej.reason}: {rej.detail}") from None
+        except MemoryError:
+            raise
+        except Exception:  # not DICOM, or a header pydicom cannot parse or convert
             return None
-        if "Rows" not in ds or "Columns" not in ds:  # DICOMDIR, reports, presentation states
-            return None
-        view, _raw = dicom_view(ds)
-        return _Header(
-            path=path,
-            view=view,
-            width=integer(ds, "Columns", 0, strict=False) or 0,
-            height=integer(ds, "Rows", 0, strict=False) or 0,
-            modality=text(ds, "Modality").upper(),
-            body_part=text(ds, "BodyPartExamined").upper(),
-            patient=text(ds, "PatientID"),
-            study_uid=text(ds, "StudyInstanceUID"),
-            processing=for_processing(ds),
-        )
+
+
+def _parse_header(path: Path) -> _Header | None:
+    """The header's values predict uses (None: not an image); pydicom's errors propagate."""
+    ds = read_header(path, HEADER_TAGS)
+    if "Rows" not in ds or "Columns" not in ds:  # DICOMDIR, reports, presentation states
+        return None
+    view, _raw = dicom_view(ds)
+    return _Header(
+        path=path,
+        view=view,
+        width=integer(ds, "Columns", 0, strict=False) or 0,
+        height=integer(ds, "Rows", 0, strict=False) or 0,
+        modality=text(ds, "Modality").upper(),
+        body_part=text(ds, "BodyPartExamined").upper(),
+        patient=text(ds, "PatientID"),
+        study_uid=text(ds, "StudyInstanceUID"),
+        processing=for_processing(ds),
+    )
 
 
 def check_headers(headers: Sequence[_Header], where: str, *, folder: bool) -> list[_Header]:
@@ -125,6 +141,36 @@ def _best(headers: Sequence[_Header], frontal: bool) -> _Header:
     return headers[best_index(candidates, frontal)]
 
 
+def study_files(folder: Path, limit: int = MAX_STUDY_FILES) -> list[Path]:
+    """The files of a study folder, sorted: recursive, hidden files and linked folders left out.
+
+    The walk stops at the first file over ``limit``, so that a folder of 100,000 files costs
+    ``limit`` paths of memory and time, not its whole listing.
+
+    Raises:
+        PredictError: more than ``limit`` files (:data:`pipelines.limits.MAX_STUDY_FILES`).
+    """
+    found: list[Path] = []
+    folders = [folder]
+    while folders:
+        try:
+            with os.scandir(folders.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        folders.append(Path(entry.path))
+                    elif entry.is_file() and not entry.name.startswith("."):
+                        found.append(Path(entry.path))
+                        if len(found) > limit:
+                            raise PredictError(
+                                f"{folder}: more than {limit:,} files; a study folder holds one "
+                                "study's few images (a folder of many studies? give one study "
+                                "folder, or a CSV of studies)"
+                            )
+        except OSError:  # an unreadable folder holds no file we can read
+            continue
+    return sorted(found)
+
+
 def find_study_views(folder: str | Path) -> StudyInput:
     """Choose the frontal and lateral images of a DICOM study folder from their headers.
 
@@ -139,7 +185,7 @@ def find_study_views(folder: str | Path) -> StudyInput:
             or no PA / AP view.
     """
     folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = study_files(folder)
     headers = [h for h in map(_read_header, files) if h is not None]
     if not headers:
         raise PredictError(f"{folder}: no DICOM images found ({len(files)} files looked at)")
@@ -187,7 +233,10 @@ def _check_image_files(study: StudyInput) -> StudyInput:
 
 def _read_csv_studies(csv: Path) -> list[StudyInput]:
     try:
+        check_lines(csv, "CSV of studies", param="pipelines.limits.MAX_CSV_LINE_BYTES")
         table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except SourceError as exc:
+        raise PredictError(str(exc)) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise PredictError(f"{csv}: not a readable CSV ({type(exc).__name__})") from None
     table.columns = [c.strip().lower() for c in table.columns]

@@ -40,6 +40,7 @@ from pipelines.errors import DecodeError, UserError
 from pipelines.imaging import cpu_count, prepare_many
 from pipelines.io import REJECTED_COLUMNS
 from pipelines.labels import FINDINGS
+from pipelines.limits import MAX_IMAGE_PIXELS
 from pipelines.preprocess.grid import grid_item
 from pipelines.schema import SOURCES_ATTR, SPLITS, ImageRoots
 
@@ -69,6 +70,8 @@ class PreprocessParams(StageParams):
     workers: int = Field(0, ge=0)  # 0 = all cores
     chunk: int = Field(8, ge=1)  # studies per worker task
     no_window: Literal["bits", "minmax"] = "bits"
+    # rows x columns over which an image is not decoded (too_large; pipelines.limits)
+    max_image_pixels: int = Field(MAX_IMAGE_PIXELS, ge=1)
     grid: int = Field(8, ge=0, le=64)  # studies shown in the grid PNG
     out: str = "data/prepared"
     rejected: str = "data/prepared_rejected.csv"
@@ -125,7 +128,7 @@ def preprocess_studies(
     sink = _Sink(out, params)
     with _executor(workers) as pool:
         jobs = _jobs(table, roots, params.chunk)
-        results = _ordered_map(pool, jobs, params.size, params.no_window, 2 * workers + 2)
+        results = _ordered_map(pool, jobs, params, 2 * workers + 2)
         rows = table.itertuples(index=False)
         for chunk in results:
             for frontal, lateral in zip(chunk[0::2], chunk[1::2], strict=True):
@@ -369,12 +372,13 @@ def _executor(workers: int) -> Executor:
 
 
 def _ordered_map(
-    pool: Executor, jobs: Iterable[Job], size: int, no_window: str, max_pending: int
+    pool: Executor, jobs: Iterable[Job], params: PreprocessParams, max_pending: int
 ) -> Iterator[list[tuple[np.ndarray | None, DecodeError | None]]]:
     """Decode jobs in the pool, yielding results in submission order, bounded in flight."""
     pending: deque[Future] = deque()
+    decode = (params.size, params.no_window)
     for paths, bits in jobs:
-        pending.append(pool.submit(prepare_many, paths, size, no_window, bits))
+        pending.append(pool.submit(prepare_many, paths, *decode, bits, params.max_image_pixels))
         if len(pending) >= max_pending:
             yield pending.popleft().result()
     while pending:

@@ -19,6 +19,7 @@ import pandas as pd
 from pipelines.errors import SourceError
 from pipelines.io import Rejection
 from pipelines.labels import BlankPolicy, UncertainPolicy
+from pipelines.limits import MAX_CSV_LINE_BYTES, MAX_IMAGE_PIXELS
 
 SOURCES: tuple[str, ...] = ("dicom", "nih", "chexpert", "mimic", "padchest", "openi", "csv")
 
@@ -38,6 +39,9 @@ class ReadOptions:
         workers: parallel workers for per-file work (0 = all cores; processes for DICOM
             headers, threads for image-header checks).
         salt: the secret used for keys (:func:`pipelines.keys.get_salt`).
+        max_image_pixels: rows x columns above which an image is rejected (``too_large``)
+            from its header (:mod:`pipelines.limits`).
+        max_csv_line_bytes: the longest line of a metadata CSV (:mod:`pipelines.limits`).
     """
 
     images: Path | None = None
@@ -47,6 +51,8 @@ class ReadOptions:
     blank: BlankPolicy = "zeros"
     workers: int = 0
     salt: bytes = b""
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    max_csv_line_bytes: int = MAX_CSV_LINE_BYTES
 
 
 @dataclass

@@ -68,7 +68,13 @@ def read(input_path: Path, options: ReadOptions) -> SourceResult:
     """
     table = find_table(input_path, ["train.csv"], "CheXpert CSV")
     required = [PATH, FRONTAL_LATERAL, AP_PA, *CHEXPERT_TO_FINDINGS]
-    df = read_table(table, required, [CHEXPERT_NO_FINDING], what="CheXpert CSV")
+    df = read_table(
+        table,
+        required,
+        [CHEXPERT_NO_FINDING],
+        what="CheXpert CSV",
+        max_line_bytes=options.max_csv_line_bytes,
+    )
     blank_value = blank_fill(df, options.blank, table, "CheXpert CSV")
     path = df[PATH].str.strip().str.replace("\\", "/", regex=False)
     root = Path(options.images) if options.images else default_root(table, path)

@@ -93,13 +93,13 @@ def finish(
         frame: manifest columns for the accepted rows (findings missing -> NaN).
         rows: the row tracker holding the row-level rejections.
         root: image root (``path`` is relative to it); recorded as ``data_root`` as given.
-        options: reader options (``verify_files``, ``workers``).
+        options: reader options (``verify_files``, ``workers``, ``max_image_pixels``).
         n_inputs: rows read from the table.
     """
     manifest = conform_manifest(pd.DataFrame(frame))
     rejected = rows.rejections()
     if options.verify_files:
-        manifest, missing = verify_files(manifest, root, options.workers)
+        manifest, missing = verify_files(manifest, root, options.workers, options.max_image_pixels)
         rejected += missing
     manifest.attrs["data_root"] = str(root)
     return SourceResult(

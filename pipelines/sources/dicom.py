@@ -43,7 +43,14 @@ import pandas as pd
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from pipelines.dicom.header import HEADER_TAGS, integer, quiet, text, transfer_syntax
+from pipelines.dicom.header import (
+    HEADER_TAGS,
+    integer,
+    open_dicom,
+    quiet,
+    text,
+    transfer_syntax,
+)
 from pipelines.dicom.integrity import check_pixel_data, check_pixel_element, parse_header
 from pipelines.dicom.policy import check_image
 from pipelines.dicom.reasons import (
@@ -56,6 +63,7 @@ from pipelines.dicom.reasons import (
     NO_STUDY_UID,
     NO_VIEW,
     NOT_A_REGULAR_FILE,
+    TOO_LARGE,
     UNREADABLE,
     Reject,
 )
@@ -64,6 +72,12 @@ from pipelines.errors import SourceError
 from pipelines.io import Rejection
 from pipelines.keys import get_salt, make_key
 from pipelines.labels import FINDINGS, UncertainPolicy, apply_uncertain_policy
+from pipelines.limits import (
+    MAX_CSV_LINE_BYTES,
+    MAX_IMAGE_PIXELS,
+    dataset_bytes_limit,
+    too_many_pixels,
+)
 from pipelines.schema import conform_manifest
 from pipelines.sources import ReadOptions, SourceResult
 
@@ -99,11 +113,19 @@ def _identity(ds: Dataset) -> tuple[str, str, str]:
     return patient, study, sop
 
 
-def _inspect_open(fh: BinaryIO, path: str, rel: str, size: int, salt: bytes) -> dict[str, Any]:
-    ds = parse_header(fh, HEADER_TAGS)  # other elements are skipped by seeking, not parsed
+def _inspect_open(
+    fh: BinaryIO, path: str, rel: str, size: int, salt: bytes, max_pixels: int
+) -> dict[str, Any]:
+    # other elements are skipped by seeking, not parsed
+    ds = parse_header(fh, HEADER_TAGS, dataset_bytes_limit(max_pixels))
     syntax = transfer_syntax(ds) or ExplicitVRLittleEndian
     check_pixel_element(ds, fh, size, syntax)
     check_image(ds, syntax)
+    too_large = too_many_pixels(
+        integer(ds, "Rows", 0), integer(ds, "Columns", 0), max_pixels, "ingest"
+    )
+    if too_large:
+        raise Reject(TOO_LARGE, too_large)
     check_pixel_data(ds, fh, path, size, syntax)
     patient, study, sop = _identity(ds)
     found = find_view(ds)
@@ -125,18 +147,21 @@ def _inspect_open(fh: BinaryIO, path: str, rel: str, size: int, salt: bytes) -> 
     }
 
 
-def _inspect_file(root: str | Path, rel: str, salt: bytes) -> _Outcome:
+def _inspect_file(
+    root: str | Path, rel: str, salt: bytes, max_pixels: int = MAX_IMAGE_PIXELS
+) -> _Outcome:
     """Check one file and build its manifest row (no finding columns), or say why not.
 
     Never raises for a bad file: every failure becomes a reason code and a PHI-free detail.
+    ``max_pixels``: rows x columns above which an image is rejected (``too_large``).
     """
     path = os.path.join(root, rel)
     try:
         size = os.path.getsize(path)
         if size == 0:
             return _Outcome(rel, reason=EMPTY_FILE, detail="the file is empty (0 bytes)")
-        with quiet(), open(path, "rb") as fh:
-            return _Outcome(rel, row=_inspect_open(fh, path, rel, size, salt))
+        with quiet(), open_dicom(path) as fh:
+            return _Outcome(rel, row=_inspect_open(fh, path, rel, size, salt, max_pixels))
     except Reject as rej:
         return _Outcome(rel, reason=rej.reason, detail=rej.detail)
     except OSError as exc:
@@ -149,8 +174,10 @@ def _inspect_file(root: str | Path, rel: str, salt: bytes) -> _Outcome:
         )
 
 
-def _inspect_chunk(root: str, rels: Sequence[str], salt: bytes) -> list[_Outcome]:
-    return [_inspect_file(root, rel, salt) for rel in rels]
+def _inspect_chunk(
+    root: str, rels: Sequence[str], salt: bytes, max_pixels: int = MAX_IMAGE_PIXELS
+) -> list[_Outcome]:
+    return [_inspect_file(root, rel, salt, max_pixels) for rel in rels]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,14 +257,18 @@ def _resolve_workers(workers: int) -> int:
     return workers
 
 
-def _inspect_all(root: Path, rels: list[str], salt: bytes, workers: int) -> list[_Outcome]:
+def _inspect_all(
+    root: Path, rels: list[str], salt: bytes, workers: int, max_pixels: int = MAX_IMAGE_PIXELS
+) -> list[_Outcome]:
     if workers == 1 or len(rels) < 2:
-        return _inspect_chunk(str(root), rels, salt)
+        return _inspect_chunk(str(root), rels, salt, max_pixels)
     size = max(1, min(128, math.ceil(len(rels) / (workers * 4))))
     chunks = [rels[i : i + size] for i in range(0, len(rels), size)]
     try:
         with ProcessPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
-            futures = [pool.submit(_inspect_chunk, str(root), chunk, salt) for chunk in chunks]
+            futures = [
+                pool.submit(_inspect_chunk, str(root), chunk, salt, max_pixels) for chunk in chunks
+            ]
             return [outcome for future in futures for outcome in future.result()]
     except BrokenProcessPool as exc:
         raise SourceError(
@@ -246,7 +277,9 @@ def _inspect_all(root: Path, rels: list[str], salt: bytes, workers: int) -> list
         ) from exc
 
 
-def read_study_labels(path: Path, uncertain: UncertainPolicy) -> pd.DataFrame:
+def read_study_labels(
+    path: Path, uncertain: UncertainPolicy, max_line_bytes: int = MAX_CSV_LINE_BYTES
+) -> pd.DataFrame:
     """Read a DICOM labels CSV: ``study_uid`` plus finding columns coded 1 / 0 / -1 / blank.
 
     Columns that are not findings are ignored (logged); findings it lacks are NaN.
@@ -254,6 +287,7 @@ def read_study_labels(path: Path, uncertain: UncertainPolicy) -> pd.DataFrame:
     Args:
         path: the CSV.
         uncertain: policy for -1 (:func:`pipelines.labels.apply_uncertain_policy`).
+        max_line_bytes: the longest line (:func:`pipelines.sources.tables.check_lines`).
 
     Returns:
         float32 frame indexed by ``study_uid`` with the finding columns it has.
@@ -265,13 +299,16 @@ def read_study_labels(path: Path, uncertain: UncertainPolicy) -> pd.DataFrame:
     """
     if not path.is_file():
         raise SourceError(f"{path}: labels file not found")
+    from pipelines.sources.tables import READ_ERRORS, check_lines
+
+    check_lines(path, "labels CSV", max_line_bytes)
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except UnicodeDecodeError:
         from pipelines.sources.tables import utf8_error_message
 
         raise SourceError(utf8_error_message(path, "labels CSV")) from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, *READ_ERRORS) as exc:
         raise SourceError(f"{path}: not a readable CSV ({type(exc).__name__})") from None
     table.columns = [str(c).strip() for c in table.columns]
     if "study_uid" not in table.columns:
@@ -338,7 +375,7 @@ def read(input: Path, options: ReadOptions) -> SourceResult:
     if not input.is_dir():
         raise SourceError(f"{input}: expected a folder of DICOM files, got a file")
     labels = (
-        read_study_labels(Path(options.labels), options.uncertain)
+        read_study_labels(Path(options.labels), options.uncertain, options.max_csv_line_bytes)
         if options.labels is not None
         else None
     )
@@ -354,7 +391,7 @@ def read(input: Path, options: ReadOptions) -> SourceResult:
     not_files: list[tuple[str, str, str]] = []
     exclude = [Path(options.labels)] if options.labels else []
     rels = list_files(input, exclude, unlisted, not_files)
-    outcomes = _inspect_all(input, rels, salt, workers)
+    outcomes = _inspect_all(input, rels, salt, workers, options.max_image_pixels)
 
     rejected = [
         Rejection(SOURCE, rel, UNREADABLE, "the folder cannot be listed (permission denied?)")

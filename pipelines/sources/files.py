@@ -19,6 +19,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from pipelines.io import Rejection
+from pipelines.limits import MAX_IMAGE_PIXELS, too_many_pixels
 
 
 def index_images(root: Path, subdirs: Sequence[str] = ("", "images*", "images*/images")) -> dict:
@@ -67,12 +68,15 @@ _MODES: dict[str, tuple[int, str]] = {
 }
 
 
-def image_header(path: Path) -> tuple[int, int, int, str] | tuple[str, str]:
+def image_header(
+    path: Path, max_pixels: int = MAX_IMAGE_PIXELS
+) -> tuple[int, int, int, str] | tuple[str, str]:
     """Read one image's header with PIL (format from the content, not the file name).
 
     Returns:
         ``(width, height, bits, photometric)``, or ``(reason, detail)`` on failure with reason
-        ``missing_file`` or ``unreadable_image``.
+        ``missing_file``, ``unreadable_image`` or ``too_large`` (over ``max_pixels``, which
+        the decoder would refuse: :mod:`pipelines.limits`).
     """
     try:
         with Image.open(path) as im:
@@ -83,12 +87,15 @@ def image_header(path: Path) -> tuple[int, int, int, str] | tuple[str, str]:
     except UnidentifiedImageError:
         return "unreadable_image", "not an image format Pillow recognises"
     except Image.DecompressionBombError as exc:
-        return "unreadable_image", f"refused by Pillow: {exc}"
+        return "too_large", f"refused by Pillow's decompression-bomb guard: {exc}"
     except (OSError, SyntaxError, ValueError) as exc:
         why = f" ({exc.strerror})" if isinstance(exc, OSError) and exc.strerror else ""
         return "unreadable_image", f"cannot read image header: {type(exc).__name__}{why}"
     if width <= 0 or height <= 0:
         return "unreadable_image", f"{fmt} header gives size {width}x{height}"
+    too_large = too_many_pixels(height, width, max_pixels, "ingest")
+    if too_large:
+        return "too_large", too_large
     bits, photometric = _MODES.get(mode, (0, mode))
     if fmt == "PNG" and mode == "I":  # older Pillow opens 16-bit grey PNG as "I"
         bits = 16
@@ -107,7 +114,7 @@ def stored_bits(given: np.ndarray, file_bits: np.ndarray) -> np.ndarray:
 
 
 def verify_files(
-    df: pd.DataFrame, root: Path | str, workers: int = 0
+    df: pd.DataFrame, root: Path | str, workers: int = 0, max_pixels: int = MAX_IMAGE_PIXELS
 ) -> tuple[pd.DataFrame, list[Rejection]]:
     """Check that each manifest image exists and read its header (thread pool).
 
@@ -123,6 +130,7 @@ def verify_files(
         df: manifest rows (``path``, ``source``, size columns).
         root: the image root that ``path`` is relative to.
         workers: threads (0 = min(32, cores + 4), Python's default for I/O-bound pools).
+        max_pixels: rows x columns over which an image is rejected (``too_large``).
 
     Returns:
         (the accepted rows with sizes from the files, the rejections).
@@ -133,7 +141,7 @@ def verify_files(
     paths = df["path"].astype(str).tolist()
     n_threads = workers if workers > 0 else min(32, (os.cpu_count() or 1) + 4)
     with ThreadPoolExecutor(max_workers=max(1, n_threads)) as pool:
-        results = list(pool.map(lambda p: image_header(root / p), paths))
+        results = list(pool.map(lambda p: image_header(root / p, max_pixels), paths))
     ok = np.array([len(r) == 4 for r in results], dtype=bool)
     good = [r for r in results if len(r) == 4]
     out = df.loc[ok].copy()

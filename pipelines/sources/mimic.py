@@ -28,6 +28,7 @@ import pandas as pd
 
 from pipelines.errors import SourceError
 from pipelines.labels import CHEXPERT_NO_FINDING, CHEXPERT_TO_FINDINGS
+from pipelines.limits import MAX_CSV_LINE_BYTES
 from pipelines.sources import ReadOptions, SourceResult
 from pipelines.sources.common import finish, make_source_keys, to_int, view_columns
 from pipelines.sources.label_parsing import blank_fill, coded_labels
@@ -39,17 +40,20 @@ DICOM, SUBJECT, STUDY, VIEW = "dicom_id", "subject_id", "study_id", "ViewPositio
 ROWS, COLUMNS = "Rows", "Columns"
 
 
-def read_labels(path: Path) -> pd.DataFrame:
+def read_labels(path: Path, max_line_bytes: int = MAX_CSV_LINE_BYTES) -> pd.DataFrame:
     """Read the chexpert/negbio CSV: one row per (subject_id, study_id), text cells.
 
-    The seven mapped observations are required, ``No Finding`` is read when present.
+    The seven mapped observations are required, ``No Finding`` is read when present; a line over
+    ``max_line_bytes`` refuses the file.
 
     Raises:
         SourceError: unreadable, a required column missing, or a study given twice.
     """
     what = "MIMIC label CSV"
     required = [SUBJECT, STUDY, *CHEXPERT_TO_FINDINGS]
-    labels = read_table(path, required, [CHEXPERT_NO_FINDING], what=what)
+    labels = read_table(
+        path, required, [CHEXPERT_NO_FINDING], what=what, max_line_bytes=max_line_bytes
+    )
     labels[SUBJECT] = labels[SUBJECT].str.strip()
     labels[STUDY] = labels[STUDY].str.strip()
     dup = labels.duplicated([SUBJECT, STUDY])
@@ -112,9 +116,13 @@ def read(input_path: Path, options: ReadOptions) -> SourceResult:
             "mimic-cxr-2.0.0-chexpert.csv(.gz) or mimic-cxr-2.0.0-negbio.csv(.gz)"
         )
     df = read_table(
-        table, [DICOM, SUBJECT, STUDY, VIEW], [ROWS, COLUMNS], what="MIMIC metadata CSV"
+        table,
+        [DICOM, SUBJECT, STUDY, VIEW],
+        [ROWS, COLUMNS],
+        what="MIMIC metadata CSV",
+        max_line_bytes=options.max_csv_line_bytes,
     )
-    labels = read_labels(Path(options.labels))
+    labels = read_labels(Path(options.labels), options.max_csv_line_bytes)
     root = Path(options.images) if options.images else table.parent
     rows = Rows(len(df), SOURCE, table)
     rows.reject_blank(df, [DICOM, SUBJECT, STUDY])

@@ -49,7 +49,13 @@ def read(input_path: Path, options: ReadOptions) -> SourceResult:
         SourceError: the CSV is missing, unreadable or lacks a required column.
     """
     table = find_table(input_path, ["Data_Entry_2017*.csv", "Data_Entry_2017*.csv.gz"], "NIH CSV")
-    df = read_table(table, [IMAGE, LABELS, PATIENT, VIEW], [WIDTH, HEIGHT], what="NIH CSV")
+    df = read_table(
+        table,
+        [IMAGE, LABELS, PATIENT, VIEW],
+        [WIDTH, HEIGHT],
+        what="NIH CSV",
+        max_line_bytes=options.max_csv_line_bytes,
+    )
     root = Path(options.images) if options.images else table.parent
     rows = Rows(len(df), SOURCE, table)
     rows.reject_blank(df, [IMAGE, PATIENT, LABELS])

@@ -76,7 +76,13 @@ def read(input_path: Path, options: ReadOptions) -> SourceResult:
         SourceError: the CSV is missing, unreadable or lacks a required column.
     """
     table = find_table(input_path, ["*.csv"], "Open-i CSV")
-    df = read_table(table, [STUDY, IMAGE, PNG, VIEW, MESH], [ROWS, COLUMNS], what="Open-i CSV")
+    df = read_table(
+        table,
+        [STUDY, IMAGE, PNG, VIEW, MESH],
+        [ROWS, COLUMNS],
+        what="Open-i CSV",
+        max_line_bytes=options.max_csv_line_bytes,
+    )
     root = Path(options.images) if options.images else table.parent
     rows = Rows(len(df), SOURCE, table)
     rows.reject_blank(df, [STUDY, IMAGE, PNG])

@@ -143,7 +143,13 @@ def read(input_path: Path, options: ReadOptions) -> SourceResult:
     """
     table = find_table(input_path, ["PADCHEST_*.csv", "PADCHEST_*.csv.gz"], "PadChest CSV")
     required = [IMAGE, DIR, STUDY, PATIENT, PROJECTION, LABELS]
-    df = read_table(table, required, [ROWS, COLUMNS, BITS], what="PadChest CSV")
+    df = read_table(
+        table,
+        required,
+        [ROWS, COLUMNS, BITS],
+        what="PadChest CSV",
+        max_line_bytes=options.max_csv_line_bytes,
+    )
     root = Path(options.images) if options.images else table.parent
     rows = Rows(len(df), SOURCE, table)
     rows.reject_blank(df, [IMAGE, DIR, STUDY, PATIENT])

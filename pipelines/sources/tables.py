@@ -3,18 +3,21 @@
 Every cell is read as text (blank = ``""``, nothing parsed as NaN), only the columns a reader asks
 for, so free text, birth dates and study dates never enter memory, let alone an output. Failures
 are :class:`~pipelines.errors.SourceError`: missing, empty, wrong delimiter, not UTF-8 (with the
-byte offset and line), malformed rows, required columns missing. Compression (``.gz``, ``.bz2``,
-``.xz``, ``.zip``) is inferred from the name.
+byte offset and line), malformed rows, required columns missing, a line longer than
+``max_csv_line_bytes`` (:func:`check_lines`, before any parser buffers it), corrupt compression.
+Compression (``.gz``, ``.bz2``, ``.xz``, ``.zip``) is inferred from the name.
 """
 
 from __future__ import annotations
 
 import bz2
+import codecs
 import csv
 import gzip
 import io
 import lzma
 import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
@@ -22,9 +25,18 @@ from typing import IO
 import pandas as pd
 
 from pipelines.errors import SourceError
+from pipelines.limits import MAX_CSV_LINE_BYTES
 
 _DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
 _OPENERS: dict[str, Callable[..., object]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+#: What a corrupt or cut compressed file raises while it is read (gzip / bz2 / xz / zip).
+READ_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+    zipfile.BadZipFile,
+)
 
 
 def with_gz_twins(patterns: Sequence[str]) -> list[str]:
@@ -69,6 +81,7 @@ def read_table(
     optional: Sequence[str] = (),
     *,
     what: str = "metadata CSV",
+    max_line_bytes: int = MAX_CSV_LINE_BYTES,
 ) -> pd.DataFrame:
     """Read the ``required`` and present ``optional`` columns of a CSV as stripped-name text.
 
@@ -81,6 +94,7 @@ def read_table(
         required: columns that must be present.
         optional: columns read when present.
         what: how errors name the file's role (``"NIH Data_Entry CSV"`` ...).
+        max_line_bytes: the longest line (:func:`check_lines`; ``ingest.max_csv_line_bytes``).
 
     Returns:
         A frame with a RangeIndex (row ``i`` is line ``i + 2`` of the file).
@@ -88,8 +102,8 @@ def read_table(
     Raises:
         SourceError: file missing or a folder, empty, no data rows, not UTF-8 (with the byte
             offset and line), one column only (wrong delimiter), malformed (a row with more
-            fields than the header: its values cannot be matched to columns), or required
-            columns missing (all named).
+            fields than the header: its values cannot be matched to columns), required
+            columns missing (all named), a line over ``max_line_bytes``, corrupt compression.
     """
     path = Path(path)
     if not path.exists():
@@ -98,6 +112,7 @@ def read_table(
         raise SourceError(f"{path}: {what} is not a file")
     if path.stat().st_size == 0:
         raise SourceError(f"{path}: {what} is empty (0 bytes)")
+    check_lines(path, what, max_line_bytes)
     header = _read(path, what, nrows=0)
     names = [str(c).strip() for c in header.columns]
     missing = [c for c in required if c not in names]
@@ -144,23 +159,74 @@ def _check_field_counts(path: Path, what: str, n_header: int) -> None:
         raise SourceError(utf8_error_message(path, what)) from exc
     except csv.Error as exc:
         raise SourceError(f"{path}: {what} is not a well-formed CSV: {exc}") from exc
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+    except READ_ERRORS as exc:
         raise SourceError(f"{path}: cannot read {what}: {type(exc).__name__}: {exc}") from exc
 
 
-def _open_text(path: Path) -> IO[str]:
-    """``path`` as UTF-8 text (BOM skipped), decompressed by its suffix as pandas infers it."""
+def check_lines(
+    path: Path,
+    what: str,
+    max_line_bytes: int = MAX_CSV_LINE_BYTES,
+    param: str = "ingest.max_csv_line_bytes",
+) -> None:
+    """Refuse a CSV with a line, or a quoted value spanning lines, over ``max_line_bytes``.
+
+    Read a line at a time, at most ``max_line_bytes + 1`` bytes of it (the memory bound), before
+    pandas or the ``csv`` module see the file: both hold a whole line (pandas a whole quoted
+    value) in memory, so that a 2 GB "line" would take 2 GB. Quotes are counted per line, so
+    that a value opened by an odd quote and never closed is caught too.
+
+    Args:
+        path: the CSV (decompressed by its suffix).
+        what: how the error names the file's role.
+        max_line_bytes: the limit (line end included).
+        param: where the limit is set, named in the error.
+
+    Raises:
+        SourceError: naming the line, the limit and its param; or corrupt compression.
+    """
+    line_no, quoted_from, span = 0, 0, 0
+    try:
+        with _open_binary(path) as fh:
+            while line := fh.readline(max_line_bytes + 1):
+                line_no += 1
+                if len(line) > max_line_bytes:
+                    raise SourceError(
+                        f"{path}: {what} line {line_no} is longer than {max_line_bytes:,} bytes "
+                        f"({param}): refused before reading it"
+                    )
+                open_before = quoted_from > 0
+                if line.count(b'"') % 2:
+                    quoted_from = 0 if open_before else line_no
+                span = span + len(line) if quoted_from else 0
+                if span > max_line_bytes:
+                    raise SourceError(
+                        f"{path}: {what} has a quoted value from line {quoted_from} running past "
+                        f"{max_line_bytes:,} bytes ({param}; an unclosed quote?): refused before "
+                        "reading it"
+                    )
+    except READ_ERRORS as exc:
+        raise SourceError(f"{path}: cannot read {what}: {type(exc).__name__}: {exc}") from exc
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    """``path`` as bytes, decompressed by its suffix as pandas infers it."""
     suffix = path.suffix.lower()
     if suffix == ".zip":
         archive = zipfile.ZipFile(path)
         names = [n for n in archive.namelist() if not n.endswith("/")]
         if len(names) != 1:
             raise SourceError(f"{path}: expected one file in the ZIP archive, found {len(names)}")
-        return io.TextIOWrapper(archive.open(names[0]), encoding="utf-8-sig", newline="")
+        return archive.open(names[0])
     opener = _OPENERS.get(suffix)
     if opener is not None:
-        return opener(path, "rt", encoding="utf-8-sig", newline="")  # type: ignore[return-value]
-    return open(path, encoding="utf-8-sig", newline="")
+        return opener(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")
+
+
+def _open_text(path: Path) -> IO[str]:
+    """``path`` as UTF-8 text (BOM skipped), decompressed by its suffix as pandas infers it."""
+    return io.TextIOWrapper(_open_binary(path), encoding="utf-8-sig", newline="")
 
 
 def _read(path: Path, what: str, **kwargs: object) -> pd.DataFrame:
@@ -181,23 +247,34 @@ def _read(path: Path, what: str, **kwargs: object) -> pd.DataFrame:
     except pd.errors.ParserError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise SourceError(f"{path}: {what} is not a well-formed CSV: {reason}") from exc
-    except (OSError, EOFError) as exc:  # corrupt compression, unreadable file
+    except READ_ERRORS as exc:  # corrupt compression, unreadable file
         raise SourceError(f"{path}: cannot read {what}: {type(exc).__name__}: {exc}") from exc
 
 
 def utf8_error_message(path: Path, what: str) -> str:
-    """Locate the first byte that is not UTF-8 (only called on failure: reads the whole file)."""
-    opener = _OPENERS.get(path.suffix.lower(), open)
-    with opener(path, "rb") as fh:  # type: ignore[operator]
-        data = fh.read()
+    """Locate the first byte that is not UTF-8 (only called on failure; reads 1 MiB at a time)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines = 0, 1  # bytes and lines before the current chunk
     try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        return (
-            f"{path}: {what} is not UTF-8 text: byte 0x{data[err.start]:02x} at byte offset "
-            f"{err.start} (line {line}) is invalid; re-save the file as UTF-8"
-        )
+        with _open_binary(path) as fh:
+            while True:
+                chunk = fh.read(1 << 20)
+                pending = decoder.getstate()[0]  # the start of a character cut by the last chunk
+                try:
+                    decoder.decode(chunk, final=not chunk)
+                except UnicodeDecodeError as err:
+                    data = pending + chunk
+                    start = offset - len(pending) + err.start
+                    line = lines + data.count(b"\n", 0, err.start)
+                    return (
+                        f"{path}: {what} is not UTF-8 text: byte 0x{data[err.start]:02x} at byte "
+                        f"offset {start} (line {line}) is invalid; re-save the file as UTF-8"
+                    )
+                if not chunk:
+                    break
+                offset, lines = offset + len(chunk), lines + chunk.count(b"\n")
+    except (*READ_ERRORS, SourceError):
+        pass
     return f"{path}: {what} is not UTF-8 text; re-save the file as UTF-8"
 
 

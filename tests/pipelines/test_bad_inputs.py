@@ -499,7 +499,7 @@ def build_csv_corpus(root: Path) -> tuple[list[Case], int, Path]:
             "decompression bomb (PNG header: 100000 x 100000)",
             "images/bomb.png",
             "ingest",
-            "unreadable_image",
+            "too_large",  # the decoder's reason for it too (pipelines.limits)
         ),
         Case(
             "label out of domain (code 2)",
