@@ -1,7 +1,7 @@
 """Run a fuzz target under libFuzzer (atheris) in a subprocess and read what it reports.
 
-The child (``python -m tests.fuzz.runner TARGET -- LIBFUZZER_ARGS``) imports the target's modules
-inside :func:`atheris.instrument_imports` (only the packages the target names: the project,
+The child (``python -m tests.fuzz.runner TARGET PACKAGES -- LIBFUZZER_ARGS``) imports the
+target's modules inside :func:`atheris.instrument_imports` (only the packages named: the project,
 pydicom, Pillow's plugins ...), running every seed once there so that lazily imported decoders
 are instrumented too, then hands the target to libFuzzer. Its address space is capped
 (:data:`HEADROOM_MB` above what the imports took), so that an unbounded allocation fails with a
@@ -163,6 +163,7 @@ def run_target(
     rss_limit_mb: int = RSS_LIMIT_MB,
     nice: int = 0,
     resume: bool = True,
+    libraries: bool = True,
 ) -> FuzzResult:
     """Fuzz ``name`` for ``seconds`` in a child process; its folders live under ``work/name``.
 
@@ -174,6 +175,8 @@ def run_target(
         rss_limit_mb: libFuzzer's RSS limit.
         nice: niceness added to the child.
         resume: keep the corpus of an earlier run (False: start from the seeds alone).
+        libraries: instrument the libraries the target names (pydicom, Pillow ...) besides the
+            project; False starts faster (the smoke), with coverage of the project alone.
     """
     from tests.fuzz.targets import TARGETS
 
@@ -195,7 +198,8 @@ def run_target(
         f"-artifact_prefix={artifacts}/",
         "-print_final_stats=1",
     ]
-    cmd = [sys.executable, "-m", "tests.fuzz.runner", name, "--", *args]
+    instrument = ",".join(target.instrument if libraries else ("pipelines",))
+    cmd = [sys.executable, "-m", "tests.fuzz.runner", name, instrument, "--", *args]
     if nice:
         cmd = ["nice", "-n", str(nice), *cmd]
     env = os.environ | {"PYTHONPATH": str(ROOT), "CXR_FUZZ_TMP": str(base / "scratch")}
@@ -234,7 +238,8 @@ def _cap_address_space(headroom_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _child(name: str, args: list[str]) -> None:
+def _child(name: str, instrument: list[str], args: list[str]) -> None:
+    """Instrument, run the seeds of ``args[1]`` once (lazy imports: codecs, plugins), fuzz."""
     import logging
     import warnings
 
@@ -245,13 +250,13 @@ def _child(name: str, args: list[str]) -> None:
     import numpy  # noqa: F401  (heavy libraries the targets use, imported uninstrumented)
     import pandas  # noqa: F401
 
-    with atheris.instrument_imports(include=list(_instrumented(name))):
+    with atheris.instrument_imports(include=instrument):
         from tests.fuzz.targets import TARGETS
 
         target = TARGETS[name]
-        for data in target.seeds().values():  # imports what the inputs need (codecs, plugins)
+        for seed in sorted(Path(args[1]).iterdir()):
             try:
-                target.check(data)
+                target.check(seed.read_bytes())
             except Exception:  # libFuzzer runs the seeds again and reports
                 continue
     _cap_address_space(HEADROOM_MB)
@@ -263,12 +268,6 @@ def _child(name: str, args: list[str]) -> None:
     atheris.Fuzz()
 
 
-def _instrumented(name: str) -> tuple[str, ...]:
-    from tests.fuzz import targets
-
-    return targets.TARGETS[name].instrument
-
-
 if __name__ == "__main__":
-    _name, _sep, *_args = sys.argv[1:]
-    _child(_name, _args)
+    _name, _instrument, _sep, *_args = sys.argv[1:]
+    _child(_name, _instrument.split(","), _args)

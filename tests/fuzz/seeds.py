@@ -63,7 +63,10 @@ def _chest(**extra: object) -> object:
     return make_ds("1.2.826.0.1.3680043.8.498.77", **extra)
 
 
-def _compressed(syntax: str, **kw: object) -> Callable[[], bytes]:
+def _compressed(syntax: str, relabel: str = "", **kw: object) -> Callable[[], bytes]:
+    """A 64 px chest image compressed with ``syntax`` (labelled ``relabel`` when given: an
+    HTJ2K decoder reads a JPEG 2000 stream)."""
+
     def build() -> bytes:
         from tests.pipelines.sources.test_dicom import pixels
 
@@ -71,15 +74,24 @@ def _compressed(syntax: str, **kw: object) -> Callable[[], bytes]:
         ds.Rows = ds.Columns = 64  # OpenJPEG's default 6 resolutions need more than 16 px
         ds.PixelData = pixels(0, 64, 64).tobytes()
         ds.compress(syntax, **kw)
+        if relabel:
+            ds.file_meta.TransferSyntaxUID = relabel
         return _bytes(ds)
 
     return build
 
 
-def _jpeg_baseline() -> bytes:
+def _jpeg_baseline(syntax: str = "") -> bytes:
+    """A JPEG baseline stream, under another JPEG transfer syntax when given (no encoder here
+    writes JPEG Lossless: libjpeg decodes every process, so the syntax's decoder is reached)."""
     from tests.pipelines.sources.test_dicom import jpeg_bytes, jpeg_ds
 
-    return _bytes(jpeg_ds(jpeg_bytes(), "1.2.826.0.1.3680043.8.498.78"))
+    ds = jpeg_ds(jpeg_bytes(), "1.2.826.0.1.3680043.8.498.78")
+    if syntax:
+        ds.file_meta.TransferSyntaxUID = syntax
+    return _bytes(ds)
+
+
 
 
 def _rgb() -> bytes:
@@ -162,6 +174,10 @@ def chest_dicom_seeds() -> dict[str, bytes]:
         "j2k-lossless.dcm": _compressed(uid.JPEG2000Lossless),
         "j2k.dcm": _compressed(uid.JPEG2000, j2k_cr=[20]),
         "jpeg-baseline.dcm": _jpeg_baseline,
+        "jpeg-extended.dcm": lambda: _jpeg_baseline(uid.JPEGExtended12Bit),
+        "jpeg-lossless.dcm": lambda: _jpeg_baseline(uid.JPEGLossless),
+        "jpeg-lossless-sv1.dcm": lambda: _jpeg_baseline(uid.JPEGLosslessSV1),
+        "htj2k.dcm": _compressed(uid.JPEG2000Lossless, relabel=uid.HTJ2KLossless),
         "monochrome1.dcm": lambda: _bytes(_chest(PhotometricInterpretation="MONOCHROME1")),
         "window.dcm": lambda: _bytes(_chest(WindowCenter=2048, WindowWidth=1024)),
         "sigmoid.dcm": lambda: _bytes(
