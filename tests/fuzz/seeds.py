@@ -92,8 +92,6 @@ def _jpeg_baseline(syntax: str = "") -> bytes:
     return _bytes(ds)
 
 
-
-
 def _rgb() -> bytes:
     ds = _chest()
     rgb = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
