@@ -18,6 +18,7 @@ import io
 import logging
 import os
 import re
+import struct
 import warnings
 import zlib
 from collections.abc import Iterator, Sequence
@@ -91,6 +92,12 @@ def quiet() -> Iterator[None]:
         settings.reading_validation_mode = old
 
 
+_SMALL_READ = 1 << 16
+_DEFLATED = DeflatedExplicitVRLittleEndian.encode()
+_GROUP_LENGTH = b"\x02\x00\x00\x00UL\x04\x00"  # (0002,0000) UL, 4 bytes: the meta's length
+_META_HEAD = 8192
+
+
 class DicomFile(io.BufferedReader):
     """A file opened for reading whose ``read(n)`` never asks for more bytes than are left.
 
@@ -105,9 +112,9 @@ class DicomFile(io.BufferedReader):
 
     def read(self, size: int | None = -1) -> bytes:
         """At most ``size`` bytes, and never more than the file has left."""
-        if size is not None and size > 0:
+        if size is not None and size > _SMALL_READ:  # small reads cost nothing to allocate
             size = min(size, max(0, self.size - self.tell()))
-        return super().read(size)
+        return io.BufferedReader.read(self, size)
 
 
 def open_dicom(path: str | Path) -> DicomFile:
@@ -128,6 +135,9 @@ def check_inflated_size(fh: BinaryIO, max_bytes: int) -> None:
 
     start = fh.tell()
     try:
+        if _not_deflated(fh.read(_META_HEAD)):
+            return
+        fh.seek(start)
         read_preamble(fh, True)
         meta = _read_file_meta_info(fh)
         deflated = (
@@ -141,6 +151,24 @@ def check_inflated_size(fh: BinaryIO, max_bytes: int) -> None:
         pass
     finally:
         fh.seek(start)
+
+
+def _not_deflated(head: bytes) -> bool:
+    """Whether the first bytes of a file show that it is not deflated (False: cannot tell).
+
+    The file meta header (group 0002, after the 'DICM' prefix or at the start of a bare data
+    set) declares the transfer syntax: a file whose meta group lies whole in ``head`` and does
+    not hold the deflated syntax's UID is not deflated, nor is a data set without a meta group.
+    """
+    start = 132 if head[128:132] == b"DICM" else 0
+    if head[start : start + 2] != b"\x02\x00":
+        return True
+    if _DEFLATED in head:
+        return False
+    if head[start : start + 8] != _GROUP_LENGTH:
+        return False
+    (length,) = struct.unpack("<I", head[start + 8 : start + 12])
+    return start + 12 + length <= len(head)
 
 
 def _count_inflated(fh: BinaryIO, max_bytes: int) -> None:

@@ -1,4 +1,5 @@
-"""DICOM headers: quiet reading (no value-quoting warnings), text, integer, transfer syntax."""
+"""DICOM headers: quiet reading (no value-quoting warnings), text, integer, transfer syntax,
+bounded reads (a length past the end of the file, a deflated data set inflating past a limit)."""
 
 from __future__ import annotations
 
@@ -20,14 +21,16 @@ from pipelines.dicom.header import (
     CODE_STRING,
     HEADER_TAGS,
     UID_STRING,
+    check_inflated_size,
     integer,
+    open_dicom,
     quiet,
     read_header,
     shown,
     text,
     transfer_syntax,
 )
-from pipelines.dicom.reasons import CORRUPT, Reject
+from pipelines.dicom.reasons import CORRUPT, TOO_LARGE, Reject
 from tests.pipelines.sources.test_dicom import make_ds, write
 
 SECRET = "Zqxsecret^Value"
@@ -125,3 +128,49 @@ def test_shown_echoes_only_safe_values() -> None:
     assert shown(SECRET, CODE_STRING) == "an unrecognised value"
     assert shown("1.2.840.10008.1.2", UID_STRING) == "'1.2.840.10008.1.2'"
     assert shown("1.2.x", UID_STRING) == "an unrecognised value"
+
+
+def test_dicom_file_reads_never_ask_for_more_than_is_left(tmp_path: Path) -> None:
+    import tracemalloc
+
+    path = tmp_path / "small.bin"
+    path.write_bytes(b"x" * 1000)
+    with open_dicom(path) as fh:
+        fh.seek(990)
+        tracemalloc.start()
+        data = fh.read(4 * 1024**3)  # a length field of 4 GB
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert data == b"x" * 10 and peak < 1 << 20
+
+
+def _with_meta(path: Path, syntax: str, meta_padding: int = 0) -> Path:
+    """A chest image in ``syntax`` whose file meta holds ``meta_padding`` private bytes."""
+    ds = make_ds(syntax=syntax)
+    if meta_padding:
+        ds.file_meta.add_new(0x00020100, "UI", "1.2.3")  # PrivateInformationCreatorUID
+        ds.file_meta.add_new(0x00020102, "OB", b"\0" * meta_padding)  # PrivateInformation
+    return write(ds, path)
+
+
+def test_a_deflated_data_set_is_bounded_before_it_is_inflated(tmp_path: Path) -> None:
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    path = _with_meta(tmp_path / "d.dcm", DeflatedExplicitVRLittleEndian)
+    assert read_header(path, HEADER_TAGS).Modality == "DX"  # within the default limit
+    with pytest.raises(Reject) as err:
+        read_header(path, HEADER_TAGS, max_bytes=100)
+    assert err.value.reason == TOO_LARGE and "inflates to more than 100 bytes" in err.value.detail
+    with open_dicom(path) as fh:  # the handle is left where it was
+        check_inflated_size(fh, 1 << 30)
+        assert fh.tell() == 0
+
+
+def test_a_meta_header_past_the_first_8_kb_is_parsed_to_tell(tmp_path: Path) -> None:
+    from pipelines.dicom.header import _not_deflated
+
+    plain = _with_meta(tmp_path / "p.dcm", ExplicitVRLittleEndian)
+    long = _with_meta(tmp_path / "l.dcm", ExplicitVRLittleEndian, meta_padding=20_000)
+    assert _not_deflated(plain.read_bytes()[:8192])  # the fast path: the meta is whole
+    assert not _not_deflated(long.read_bytes()[:8192])  # cannot tell: pydicom parses it
+    assert read_header(long, HEADER_TAGS, max_bytes=100).Modality == "DX"  # not deflated
