@@ -220,7 +220,9 @@ def _check_image_files(study: StudyInput) -> StudyInput:
     headers = [h for p in paths if _is_dicom(p) and (h := _read_header(p)) is not None]
     if not headers:
         return study
-    check_headers(headers, study.study, folder=False)
+    # the messages name the study and its files (a study given as one file is named after it)
+    where = f"{study.study} ({', '.join(str(p) for p in paths)})"
+    check_headers(headers, where, folder=False)
     front = next((h for h in headers if h.path == study.frontal), None)
     if front is not None and front.view == "LATERAL":
         raise PredictError(
