@@ -94,6 +94,7 @@ def _decode(path: Path, no_window: NoWindow, max_pixels: int) -> np.ndarray:
     ds = _read_dataset(path)
     photometric = _check_decodable(ds, path)
     tsyntax, ts_name = _check_decoder(ds, path)
+    _check_jp2_boxes(ds, path, tsyntax)
     try:
         arr = ds.pixel_array
     except Exception as exc:
@@ -245,6 +246,36 @@ def _check_decoder(ds: Any, path: Path) -> tuple[Any, str]:
             missing = "; ".join(decoder.missing_dependencies)
             raise DecodeError(path, "unsupported_transfer_syntax", f"{ts_name}: needs {missing}")
     return tsyntax, ts_name
+
+
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  "
+
+
+def _check_jp2_boxes(ds: Any, path: Path, tsyntax: Any) -> None:
+    """A JPEG 2000 frame wrapped in JP2 boxes must not hold a box of length 0 before its
+    codestream: pydicom's parameter reader walks the boxes by their lengths, and one of length 0
+    stops it advancing (it loops forever; a fuzzing finding)."""
+    from pydicom.encaps import generate_frames
+    from pydicom.uid import JPEG2000TransferSyntaxes
+
+    if str(tsyntax) not in JPEG2000TransferSyntaxes or "PixelData" not in ds:
+        return
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except Exception:  # not encapsulated, or no frame: pydicom reports it when it decodes
+        return
+    if not frame.startswith(_JP2_SIGNATURE):
+        return
+    offset = 12
+    while offset + 8 <= len(frame):
+        length = int.from_bytes(frame[offset : offset + 4], "big")
+        if frame[offset + 4 : offset + 8] == b"jp2c":
+            return
+        if length == 0:
+            raise DecodeError(
+                path, "decode_failed", f"a JP2 box of length 0 at byte {offset} of the frame"
+            )
+        offset += length
 
 
 def _pixel_error(path: Path, exc: Exception, tsyntax: Any, ts_name: str, ds: Any) -> DecodeError:
