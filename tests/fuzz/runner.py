@@ -35,6 +35,7 @@ RSS_LIMIT_MB = 3072
 
 _KINDS = {
     "Uncaught Python exception": "exception",
+    "ALARM: working on the last Unit": "timeout",
     "libFuzzer: timeout": "timeout",
     "libFuzzer: out-of-memory": "oom",
     "libFuzzer: deadly signal": "crash",
@@ -110,7 +111,7 @@ def parse_output(target: str, seconds: float, text: str, returncode: int) -> Fuz
             artifact = line.split("Test unit written to ", 1)[1].strip()
             result.findings.append(Finding(kind or "crash", artifact, summary))
             kind, summary = "", ""
-    if kind:  # an error without an input written (e.g. killed in the initial corpus run)
+    if kind and not result.findings:  # an error without an input written (e.g. in the seed run)
         result.findings.append(Finding(kind, "", summary))
     return result
 

@@ -65,3 +65,10 @@ def test_output_parsing() -> None:
         ("exception", "a/crash-1", "ValueError: bad")
     ]
     assert not result.ok
+    timeout = (
+        "ALARM: working on the last Unit for 12 seconds\n"
+        "artifact_prefix='a/'; Test unit written to a/timeout-2\n"
+        "==6== ERROR: libFuzzer: timeout after 12 seconds\n"
+    )
+    found = parse_output("t", 2.0, timeout, 70).findings
+    assert [(f.kind, f.artifact) for f in found] == [("timeout", "a/timeout-2")]
