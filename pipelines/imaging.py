@@ -38,7 +38,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipelines.dicom.pixels import LUMA, NoWindow, read_dicom
 from pipelines.errors import DecodeError
-from pipelines.limits import MAX_IMAGE_PIXELS, too_many_pixels
+from pipelines.limits import MAX_IMAGE_PIXELS, open_bounded, too_many_pixels
 
 Format = Literal["dicom", "png", "jpeg", "unknown"]
 
@@ -138,7 +138,7 @@ def _read_pillow(
     path: Path, draft_size: int | None, bits: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS
 ) -> np.ndarray:
     try:
-        with Image.open(path) as im:
+        with open_bounded(path) as fh, Image.open(fh) as im:
             if im.format == "JPEG" and draft_size:
                 w, h = im.size
                 scale = 2 * draft_size / max(w, h)

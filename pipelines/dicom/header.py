@@ -4,8 +4,9 @@ pydicom's value-validation warnings and log records quote the offending values, 
 names, dates or ids (PHI): :func:`quiet` switches them off, and importing this module keeps the
 ``pydicom`` logger at ERROR. Every header read of the project goes through here.
 
-Every DICOM file the project parses is opened with :func:`open_dicom` (:class:`DicomFile`), so
-that a length field never allocates more than the file holds, and a deflated data set is
+Every DICOM file the project parses is opened with :func:`open_dicom`
+(:class:`pipelines.limits.BoundedFile`), so that a length field never allocates more than the
+file holds, and a deflated data set is
 refused before pydicom inflates it when it would exceed the limit
 (:func:`check_inflated_size`): pydicom inflates the whole data set in memory before reading its
 first element, and deflate reaches ratios of 1000:1.
@@ -14,9 +15,7 @@ first element, and deflate reaches ratios of 1000:1.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
-import os
 import re
 import struct
 import warnings
@@ -38,7 +37,7 @@ from pydicom.uid import (
 )
 
 from pipelines.dicom.reasons import CORRUPT, TOO_LARGE, Reject
-from pipelines.limits import dataset_bytes_limit
+from pipelines.limits import BoundedFile, dataset_bytes_limit, open_bounded
 
 logging.getLogger("pydicom").setLevel(logging.ERROR)
 
@@ -92,34 +91,14 @@ def quiet() -> Iterator[None]:
         settings.reading_validation_mode = old
 
 
-_SMALL_READ = 1 << 16
 _DEFLATED = DeflatedExplicitVRLittleEndian.encode()
 _GROUP_LENGTH = b"\x02\x00\x00\x00UL\x04\x00"  # (0002,0000) UL, 4 bytes: the meta's length
 _META_HEAD = 8192
 
 
-class DicomFile(io.BufferedReader):
-    """A file opened for reading whose ``read(n)`` never asks for more bytes than are left.
-
-    pydicom reads a value with ``read(length)`` of its length field, and CPython's ``read(n)``
-    allocates ``n`` bytes before reading: a 1 KB file whose element claims 4 GB would allocate
-    4 GB (a fuzzing finding). Here ``n`` is first cut to what the file still holds.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        super().__init__(io.FileIO(path, "rb"))
-        self.size = os.fstat(self.fileno()).st_size
-
-    def read(self, size: int | None = -1) -> bytes:
-        """At most ``size`` bytes, and never more than the file has left."""
-        if size is not None and size > _SMALL_READ:  # small reads cost nothing to allocate
-            size = min(size, max(0, self.size - self.tell()))
-        return io.BufferedReader.read(self, size)
-
-
-def open_dicom(path: str | Path) -> DicomFile:
-    """Open a DICOM file for pydicom (:class:`DicomFile`)."""
-    return DicomFile(path)
+def open_dicom(path: str | Path) -> BoundedFile:
+    """Open a DICOM file for pydicom (:class:`pipelines.limits.BoundedFile`)."""
+    return open_bounded(path)
 
 
 def check_inflated_size(fh: BinaryIO, max_bytes: int) -> None:
@@ -199,8 +178,8 @@ def read_header(
 
     Args:
         source: a path (opened with :func:`open_dicom`), or a binary handle, best a
-            :class:`DicomFile` (left at the first byte of the top-level Pixel Data element, or
-            at the end of the file when there is none).
+            :class:`~pipelines.limits.BoundedFile` (left at the first byte of the top-level
+            Pixel Data element, or at the end of the file when there is none).
         tags: the only elements to parse (e.g. :data:`HEADER_TAGS`); None: all of them.
         force: read a data set without the 'DICM' prefix too (pydicom's ``force``).
         max_bytes: the most a deflated data set may inflate to (default:
