@@ -53,7 +53,7 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "split",
 )
 REJECTED_EXTRA = ("study_key", "view", "action")
-EXTRA_META = ("source", "frontal_view")
+EXTRA_META = ("source", "frontal_view", "sex", "age_band")  # subgroups of the evaluation
 PARTS_DIR = "parts"  # a sharded run's part folders inside the prepared folder (parts.py)
 
 Decoded = tuple[np.ndarray | None, DecodeError | None]

@@ -68,6 +68,8 @@ def make_studies(root: Path, n: int) -> pd.DataFrame:
             "lateral_path": lateral,
             "lateral_bits": 8 if lateral else 0,
             "has_lateral": bool(lateral),
+            "sex": "F",
+            "age_band": "",
             "split": ("train", "train", "train", "val", "test")[(i // 2) % 5],
         }
         rows.append(row | {f: float((i + k) % 3 == 0) for k, f in enumerate(FINDINGS)})

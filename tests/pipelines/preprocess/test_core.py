@@ -55,6 +55,8 @@ def test_end_to_end(dataset, tmp_path):
     assert index["size"] == SIZE and [e["n"] for e in index["splits"]["train"]] == [2, 1]
     ds = ShardDataset(out, "train")
     assert list(ds.meta["study_key"]) == ["s0", "s1", "s2"]  # sorted by key within the split
+    assert list(ds.meta["sex"]) == ["M", "F", "M"]  # evaluate's subgroups ride in the meta
+    assert list(ds.meta["age_band"]) == ["10-19", "20-29", "30-39"]
     # pixels: exactly what prepare_image gives, lateral zeros where missing or failed
     for i, (f, lat) in enumerate([("f0.dcm", "l0.png"), ("f1.dcm", None), ("f2.dcm", None)]):
         sample = ds[i]
