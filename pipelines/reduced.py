@@ -11,8 +11,8 @@ decoded at ``1 / factor`` of its size (``factor`` a power of two), then resized 
   (``factor = 2**r``, at most the codestream's decomposition levels), through Pillow's
   ``reduce`` (openjpeg). pylibjpeg-openjpeg, pydicom's own J2K plugin, has no such option.
   A reversible (5/3, lossless) codestream is reduced one level less than the rule says: its
-  low band aliases more than a mean (at a ratio of 1.5, a mean error of 0.77 grey levels
-  against 0.28 for the 9/7 on the tests' radiograph).
+  low band aliases more than a mean (it passes the new Nyquist frequency at full gain), and
+  at the worst ratio its error comes close to the tolerance.
 - **Uncompressed DICOM**: ``factor`` x ``factor`` means of the stored values, rounded to
   integers (the codecs' reductions are means too; this saves the LUT and the resize most of
   their pixels).
@@ -29,21 +29,18 @@ The rule (:func:`reduction`): the largest ``factor`` <= :data:`MAX_FACTOR` that 
 longer side at least :data:`MIN_OVERSAMPLE` (1.5) times the target, so that the final
 antialiased resize still does the last >= 1.5x of the reduction. The JPEG draft used 2x before;
 1.5x lets a 2,500 px image reach 320 px from 625 px (1/4) rather than 1,250 px, which lossy
-JPEG 2000 needs to decode >= 3x faster (benchmarks/README.md, 2026-12-06), at a cost well
-inside the tolerance.
+JPEG 2000 needs to decode >= 3x faster, at a cost well inside the tolerance.
 
 :class:`Grid` records where the reduced samples lie on the full image, so that the resize maps
 the full image's extent. A JPEG 2000 low band sits on the even source pixels, not between them:
-uncorrected, the image would move by up to half a source pixel per level (a mean error of about
-1 grey level at 1/4).
+uncorrected, the image would move by up to half a source pixel per level, about the whole
+tolerance at 1/4.
 
-Tolerance (:data:`TOLERANCE_MEAN`, tests/pipelines/test_reduced.py,
-benchmarks/bench_decode.py): the final uint8 image differs from the full decode + resize by a
-mean of at most 1 grey level. Measured: on the tests' radiograph at the worst ratio (1.5),
-means of 0.28-0.46 and 99th percentiles of 1-4 levels, windows and MONOCHROME1 included; on the
-50 real JPEGs and the real JPEG DICOM of ../shared/real-cxr at 128, 224 and 320 px, means of
-at most 0.35. Single pixels on sharp edges (burned-in markers, collimator edges) differ by
-more, up to about 20 levels.
+Tolerance (:data:`TOLERANCE_MEAN`): the final uint8 image differs from the full decode + resize
+by a mean of at most 1 grey level, which tests/pipelines/test_reduced.py asserts at the worst
+ratio (1.5) with windows, rescale and MONOCHROME1, and on the real radiographs of
+../shared/real-cxr. Single pixels on sharp edges (burned-in markers, collimator edges) differ by
+more. The measured figures are in benchmarks/README.md (2026-12-06).
 
 Anything the reduced path cannot serve returns None, and the caller decodes in full, which
 reports a broken file with its reason: the reduced path never decides that a file is bad.
@@ -247,7 +244,11 @@ def _j2k_frame(ds: Any, shape: tuple[int, int], factor: int) -> tuple[np.ndarray
 
 
 def _native(ds: Any, shape: tuple[int, int], factor: int) -> tuple[np.ndarray, Grid] | None:
-    """Uncompressed integer pixels: ``factor`` x ``factor`` means, rounded (edges: partial)."""
+    """Uncompressed integer pixels: ``factor`` x ``factor`` means, rounded (edges: partial).
+
+    Not 1-bit images (a mean of 0 / 1 pixels rounded back to 0 / 1 is no mean)."""
+    if int(ds.get("BitsAllocated", 16) or 16) < 8:
+        return None
     arr = ds.pixel_array
     if arr.ndim != 2 or arr.dtype.kind not in "ui" or arr.shape != shape:
         return None

@@ -218,7 +218,7 @@ def test_a_broken_file_keeps_its_reason(tmp_path):
 # real radiographs
 
 
-@pytest.mark.slow  # decodes 50 real files twice, up to 4,300 px
+@pytest.mark.slow  # decodes 39 real files twice, up to 4,300 px
 def test_real_jpegs_and_dicom_within_tolerance(real_cxr):
     images = sorted((real_cxr / "pa_lateral_pairs" / "images").glob("*.jp*g"))
     dicoms = sorted((real_cxr / "dicom").glob("*.dcm"))
