@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +21,17 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from pipelines.config import load_params, parse_section
+from tasks.workspace import NAME, scoped
 
-#: Artifact keys (Prefect: lowercase letters, digits and dashes); each run adds a new version.
-EVALUATE_AUROC_KEY = "cxr-evaluate-auroc"
-EVALUATE_SUMMARY_KEY = "cxr-evaluate-summary"
-LATERAL_GAIN_KEY = "cxr-evaluate-lateral-gain"
-EXPORT_PARITY_KEY = "cxr-export-parity"
-SWEEP_KEY = "cxr-sweep"
-ARTIFACT_KEY = re.compile(r"^[a-z0-9-]+$")
+#: The kinds of artifact; a key is ``cxr-<workspace>-<kind>`` (:func:`tasks.workspace.scoped`:
+#: keys are global on a server that serves several workspaces). Each run adds a new version.
+EVALUATE_AUROC = "evaluate-auroc"
+EVALUATE_SUMMARY = "evaluate-summary"
+LATERAL_GAIN = "evaluate-lateral-gain"
+EXPORT_PARITY = "export-parity"
+SWEEP = "sweep"
+#: What Prefect accepts as an artifact key.
+ARTIFACT_KEY = NAME
 
 NOT_ESTIMABLE = "not estimable"
 NOT_TRAINED = "not trained"
@@ -213,38 +215,40 @@ def publish_evaluation(repo: str | Path = ".") -> list[str]:
     """Publish the AUROC table, the summary and the dual vs frontal-only table of evaluate.
 
     Returns:
-        The keys published.
+        The keys published (``cxr-<workspace>-<kind>``: the workspace of ``repo``).
 
     Raises:
         FileNotFoundError: an evaluate output is missing.
     """
     paths = OutputPaths.from_params(repo)
+    auroc_key, summary_key = scoped(EVALUATE_AUROC, repo), scoped(EVALUATE_SUMMARY, repo)
     findings = read_json(paths.findings_metrics)
     headline = read_json(paths.evaluate_metrics)
     level = _level(findings)
     resamples = (findings.get("bootstrap") or {}).get("resamples", "?")
     create_table_artifact(
         auroc_rows(findings, headline),
-        key=EVALUATE_AUROC_KEY,
+        key=auroc_key,
         description=(
             f"Test AUROC per finding (dual view) with {level} CIs from {resamples} patient-level "
             f"bootstrap resamples; {headline.get('test_studies', '?')} test studies, "
             f"{headline.get('test_patients', '?')} patients."
         ),
     )
-    published = [EVALUATE_AUROC_KEY]
+    published = [auroc_key]
     create_markdown_artifact(
         summary_markdown(paths.report_md.read_text(encoding="utf-8"), paths.report_html),
-        key=EVALUATE_SUMMARY_KEY,
+        key=summary_key,
         description="Evaluation summary and the path of the HTML report",
     )
-    published.append(EVALUATE_SUMMARY_KEY)
+    published.append(summary_key)
     lateral = lateral_rows(findings, headline)
     if lateral is not None:
         gain = headline["lateral_gain"]
+        lateral_key = scoped(LATERAL_GAIN, repo)
         create_table_artifact(
             lateral,
-            key=LATERAL_GAIN_KEY,
+            key=lateral_key,
             description=(
                 "What the lateral view adds: AUROC(dual) - AUROC(lateral view masked) per finding, "
                 f"paired {level} bootstrap CI on the '{gain.get('subset', '?')}' subset "
@@ -253,7 +257,7 @@ def publish_evaluation(repo: str | Path = ".") -> list[str]:
                 "all test studies."
             ),
         )
-        published.append(LATERAL_GAIN_KEY)
+        published.append(lateral_key)
     return published
 
 
@@ -303,22 +307,23 @@ def parity_rows(export_metrics: Mapping[str, Any]) -> list[dict]:
 
 
 def publish_export(repo: str | Path = ".") -> list[str]:
-    """Publish the parity table of the export stage.
+    """Publish the parity table of the export stage; returns its key.
 
     Raises:
         FileNotFoundError: the export metrics are missing.
     """
     metrics = read_json(OutputPaths.from_params(repo).export_metrics)
+    key = scoped(EXPORT_PARITY, repo)
     create_table_artifact(
         parity_rows(metrics),
-        key=EXPORT_PARITY_KEY,
+        key=key,
         description=(
             f"Exported models vs the eager model on {metrics.get('studies', '?')} test studies: "
             "max |Δprobability| over every study and finding, test macro AUROC drop "
             f"(eager - exported). All within tolerance: {metrics.get('passed', '?')}."
         ),
     )
-    return [EXPORT_PARITY_KEY]
+    return [key]
 
 
 #: stage name -> what to publish once it has run or was found up to date
@@ -351,14 +356,17 @@ def sweep_rows(experiments: list[Mapping[str, Any]], best: str | None = None) ->
     ]
 
 
-def publish_sweep(rows: list[dict], best: str | None, metric: str) -> list[str]:
-    """Publish a sweep's comparison table (rows from :func:`sweep_rows`)."""
+def publish_sweep(
+    rows: list[dict], best: str | None, metric: str, repo: str | Path = "."
+) -> list[str]:
+    """Publish a sweep's comparison table (rows from :func:`sweep_rows`); returns its key."""
+    key = scoped(SWEEP, repo)
     create_table_artifact(
         rows,
-        key=SWEEP_KEY,
+        key=key,
         description=(
             f"DVC experiments of the sweep; best by {metric}: {best or 'none'}. Nothing was "
             f"applied: adopt it with `dvc exp apply {best or '<name>'}`, then commit."
         ),
     )
-    return [SWEEP_KEY]
+    return [key]

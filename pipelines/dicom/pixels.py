@@ -29,6 +29,11 @@ For integer pixels of up to 16 bits, steps 1-4 are computed once over every poss
 value (at most 65,536 entries) and applied as one table look-up, which is exact (the steps are
 pointwise) and much faster than transforming every pixel in float64.
 
+Given the size the caller will shrink to, :func:`decode_dicom` decodes the stored values at a
+reduced resolution where the codec allows it (:mod:`pipelines.reduced`: JPEG DCT scaling,
+JPEG 2000 resolution levels, block means of uncompressed pixels), and then runs steps 1-5 on
+them unchanged.
+
 Colour (RGB; YBR, which pydicom converts to RGB) becomes luminance (ITU-R 601, :data:`LUMA`).
 The photometric and frame rules are :mod:`pipelines.dicom.policy`'s, which ingest applies too.
 
@@ -47,6 +52,7 @@ from typing import Any, Literal
 import numpy as np
 
 from pipelines.errors import DecodeError
+from pipelines.reduced import Grid, reduced_pixels
 
 NoWindow = Literal["bits", "minmax"]
 
@@ -67,25 +73,54 @@ def read_dicom(path: Path, no_window: NoWindow = "bits") -> np.ndarray:
         DecodeError: ``truncated``, ``no_pixel_data``, ``multi_frame``,
             ``unsupported_photometric``, ``unsupported_transfer_syntax`` or ``decode_failed``.
     """
+    return decode_dicom(path, no_window)[0]
+
+
+def decode_dicom(
+    path: Path, no_window: NoWindow = "bits", draft_size: int | None = None
+) -> tuple[np.ndarray, Grid]:
+    """:func:`read_dicom`, at a reduced resolution where the codec allows it.
+
+    Args:
+        path: the file.
+        no_window: as :func:`read_dicom`.
+        draft_size: the size the caller will shrink the image to: the stored values are decoded
+            at the reduction :func:`pipelines.reduced.reduction` picks (JPEG, JPEG 2000,
+            uncompressed), except for an image scaled by its own range (``minmax`` with no
+            VOI), then go through the same LUTs. None: full resolution.
+
+    Returns:
+        the image and where its samples lie on the full image (:class:`~pipelines.reduced.Grid`).
+
+    Raises:
+        DecodeError: as :func:`read_dicom`.
+    """
     from pipelines.dicom.header import quiet
 
     with quiet():
         ds = _read_dataset(path)
         photometric = _check_decodable(ds, path)
         tsyntax, ts_name = _check_decoder(ds, path)
-        try:
-            arr = ds.pixel_array
-        except Exception as exc:
-            raise _pixel_error(path, exc, tsyntax, ts_name, ds) from None
+        reduced = None
+        if draft_size and (no_window == "bits" or _has_voi(ds)):
+            reduced = reduced_pixels(ds, draft_size)
+        if reduced is not None:
+            arr, grid = reduced
+        else:
+            try:
+                arr = ds.pixel_array
+            except Exception as exc:
+                raise _pixel_error(path, exc, tsyntax, ts_name, ds) from None
+            grid = Grid(arr.shape[:2])
 
         if arr.ndim == 3 and arr.shape[-1] == 3:  # RGB / YBR (pydicom converts YBR to RGB)
             bits = int(ds.get("BitsStored", 8) or 8)
             img = (arr.astype(np.float32) @ LUMA) / float(2**bits - 1)
-            return np.clip(img, 0.0, 1.0, out=img)
+            return np.clip(img, 0.0, 1.0, out=img), grid
         if arr.ndim != 2:
             raise DecodeError(path, "decode_failed", f"unexpected pixel array shape {arr.shape}")
         try:
-            return _mono_to_unit(arr, ds, no_window, invert=photometric == "MONOCHROME1")
+            return _mono_to_unit(arr, ds, no_window, invert=photometric == "MONOCHROME1"), grid
         except DecodeError:
             raise
         except Exception as exc:  # malformed LUTs and the like
@@ -168,6 +203,12 @@ def _pixel_error(path: Path, exc: Exception, tsyntax: Any, ts_name: str, ds: Any
     if "less than expected" in low or "truncat" in low or "insufficient" in low:
         return DecodeError(path, "truncated", msg[:300])
     return DecodeError(path, "decode_failed", f"{ts_name}: {type(exc).__name__}: {msg}"[:300])
+
+
+def _has_voi(ds: Any) -> bool:
+    """A VOI LUT or a window: the scaling does not depend on the pixels' own range."""
+    has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+    return _voi_lut_item(ds) is not None or has_window
 
 
 def _voi_lut_item(ds: Any) -> Any | None:

@@ -14,6 +14,7 @@ from tasks import artifacts
 from tasks.artifacts import (
     ARTIFACT_KEY,
     NOT_ESTIMABLE,
+    SWEEP,
     OutputPaths,
     auroc_rows,
     lateral_rows,
@@ -21,6 +22,8 @@ from tasks.artifacts import (
     read_json,
     summary_markdown,
 )
+from tasks.workspace import WORKSPACE_ENV, scoped, workspace
+from tests.conftest import git
 
 FIXTURE = Path(__file__).parent / "fixtures" / "artifacts"
 FINDINGS = {"Atelectasis", "Cardiomegaly", "Pneumonia", "Hernia"}
@@ -199,6 +202,7 @@ def captured(monkeypatch) -> list[dict]:
 
     monkeypatch.setattr(artifacts, "create_table_artifact", table)
     monkeypatch.setattr(artifacts, "create_markdown_artifact", markdown)
+    monkeypatch.delenv(WORKSPACE_ENV, raising=False)
     return calls
 
 
@@ -225,11 +229,12 @@ def _repo_with_planted_phi(tmp_path: Path) -> Path:
 def test_publishers_use_valid_keys_and_carry_no_phi(captured, tmp_path):
     repo = _repo_with_planted_phi(tmp_path)
     keys = artifacts.publish_evaluation(repo) + artifacts.publish_export(repo)
+    ns = workspace(repo)
     assert keys == [
-        "cxr-evaluate-auroc",
-        "cxr-evaluate-summary",
-        "cxr-evaluate-lateral-gain",
-        "cxr-export-parity",
+        f"cxr-{ns}-evaluate-auroc",
+        f"cxr-{ns}-evaluate-summary",
+        f"cxr-{ns}-evaluate-lateral-gain",
+        f"cxr-{ns}-export-parity",
     ]
     assert [c["key"] for c in captured] == keys
     assert all(ARTIFACT_KEY.match(k) for k in keys)
@@ -270,3 +275,31 @@ def test_a_missing_output_raises_for_the_flow_to_warn(captured, tmp_path):
     with pytest.raises(FileNotFoundError):
         artifacts.publish_export(repo)
     assert captured == []
+
+
+def _checkout(path: Path, source: Path | None = None, message: str = "outputs") -> Path:
+    """The fixture outputs as a committed git repository, or a clone of ``source``."""
+    if source is not None:
+        git(source.parent, "clone", "-q", str(source), str(path))
+        return path
+    shutil.copytree(FIXTURE, path)
+    git(path, "init", "-q")
+    git(path, "add", "-A")
+    git(path, "commit", "-qm", message)
+    return path
+
+
+def test_two_workspaces_on_one_server_keep_their_own_histories(captured, tmp_path):
+    """Two clones of one repository publish under different keys (one server keeps both
+    histories apart); each keeps its keys run after run, and the repository part is shared."""
+    first = _checkout(tmp_path / "first")
+    second = _checkout(tmp_path / "second", source=first)
+    other = _checkout(tmp_path / "other", message="another project")  # the same files
+    keys = {r: artifacts.publish_evaluation(r) for r in (first, second, other)}
+    assert not set(keys[first]) & set(keys[second])
+    assert not set(keys[first]) & set(keys[other])
+    assert artifacts.publish_evaluation(first) == keys[first]
+    assert [c["key"] for c in captured[-3:]] == keys[first]  # the next run: new versions, same keys
+    assert workspace(first)[:6] == workspace(second)[:6] != workspace(other)[:6]
+    assert artifacts.publish_sweep([], None, "val", repo=first) == [scoped(SWEEP, first)]
+    assert all(ARTIFACT_KEY.match(k) for ks in keys.values() for k in ks)
