@@ -2,11 +2,19 @@
 
 Layout of a prepared folder (written by ``preprocess``; ``augment`` writes the same layout)::
 
-    index.json                       {"format": 1, "size": S, "findings": [...],
-                                      "splits": {"train": [{"name": "train-00000", "n": N}, ...]}}
-    train-00000.images.npy           uint8 (N, 2, S, S): view 0 = frontal, view 1 = lateral
-                                     (all zeros where the study has no lateral view)
+    index.json                       {"format": 2, "size": S, "findings": [...], "splits":
+                                      {"train": [{"name": "train-00000", "n": N, "laterals": L},
+                                                 ...]}}
+    train-00000.images.npy           uint8 (N + L, S, S): rows 0..N-1 the frontal view of each
+                                     study, rows N..N+L-1 the lateral view of each study that has
+                                     one (``has_lateral``), both in study order
     train-00000.meta.parquet         study_key, patient_key, has_lateral, <findings> (1 / 0 / NaN)
+
+A study without a lateral view stores no lateral pixels (format 1 stored (N, 2, S, S) with zeros
+there: 25-42 % of the disk on MIMIC-CXR and CheXpert); it still reads as a zero lateral with
+``has_lateral`` False. Study i's lateral is row ``N + (studies before i that have one)``. Format 1
+folders are still read (:data:`READ_FORMATS`), through the same per-shard views
+(:func:`open_shard`); every writer writes :data:`FORMAT_VERSION`.
 
 A shard ``name`` is a path relative to the folder: a sharded preprocess run's merge writes an
 index whose entries name shards inside its part folders (``parts/0-of-2/train-00000``), read
@@ -18,8 +26,8 @@ floats on the training device, which is cheaper than converting on the loader si
 Reading: :class:`ShardDataset` memory-maps the shards (each process opens its own maps, so the
 dataset pickles cheaply into DataLoader workers under any start method) and serves single
 samples (``ds[i]``, for any sampler) or whole batches (``ds.get_batch(indices)``: one sorted
-fancy-index read per shard, no per-sample tensors, no collate). :func:`make_loader` wraps the
-batched path in a :class:`~torch.utils.data.DataLoader` with a seeded shuffle.
+fancy-index read per shard and view, no per-sample tensors, no collate). :func:`make_loader`
+wraps the batched path in a :class:`~torch.utils.data.DataLoader` with a seeded shuffle.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +56,8 @@ from pipelines.io import atomic_path, write_json
 from pipelines.labels import FINDINGS
 
 INDEX_FILE = "index.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what every writer writes
+READ_FORMATS = (1, 2)  # 1: (N, 2, S, S) with zeros for a missing lateral
 META_COLUMNS: tuple[str, ...] = ("study_key", "patient_key", "has_lateral", *FINDINGS)
 
 
@@ -75,12 +85,13 @@ def shard_meta(
 
 
 def write_shard(out_dir: str | Path, name: str, images: np.ndarray, meta: pd.DataFrame) -> dict:
-    """Write one shard atomically (images first, meta last) and return its index entry.
+    """Write one shard from (frontal, lateral) pairs; see :func:`write_views`.
 
     Args:
         out_dir: the prepared folder.
         name: shard name (see :func:`shard_name`).
-        images: uint8 array (N, 2, S, S).
+        images: uint8 array (N, 2, S, S): view 0 frontal, view 1 lateral. View 1 of a study
+            whose ``has_lateral`` is False is not stored (it reads back as zeros).
         meta: N rows with :data:`META_COLUMNS` (extra columns are kept).
 
     Raises:
@@ -90,17 +101,59 @@ def write_shard(out_dir: str | Path, name: str, images: np.ndarray, meta: pd.Dat
         raise ValueError(f"shard {name}: images must be uint8 (N, 2, S, S), got {images.shape}")
     if len(meta) != len(images):
         raise ValueError(f"shard {name}: {len(images)} images but {len(meta)} meta rows")
-    missing = [c for c in META_COLUMNS if c not in meta.columns]
-    if missing:
-        raise ValueError(f"shard {name}: meta lacks {missing}")
+    has = _has_lateral(name, meta)
+    return write_views(out_dir, name, images[:, 0], images[has, 1], meta)
+
+
+def write_views(
+    out_dir: str | Path, name: str, frontal: np.ndarray, lateral: np.ndarray, meta: pd.DataFrame
+) -> dict:
+    """Write one shard atomically (images first, meta last) and return its index entry.
+
+    The images file is the frontals followed by the laterals, written one after the other
+    (no concatenated copy); the bytes equal ``np.save`` of their concatenation.
+
+    Args:
+        out_dir: the prepared folder.
+        name: shard name (see :func:`shard_name`).
+        frontal: uint8 (N, S, S), one per study.
+        lateral: uint8 (L, S, S), one per study whose ``has_lateral`` is True, in study order.
+        meta: N rows with :data:`META_COLUMNS` (extra columns are kept).
+
+    Raises:
+        ValueError: shapes, dtypes or row counts disagree.
+    """
+    for what, arr in (("frontal", frontal), ("lateral", lateral)):
+        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[1:] != frontal.shape[1:]:
+            raise ValueError(f"shard {name}: {what} must be uint8 (n, S, S), got {arr.shape}")
+    if len(meta) != len(frontal):
+        raise ValueError(f"shard {name}: {len(frontal)} images but {len(meta)} meta rows")
+    has = _has_lateral(name, meta)
+    if int(has.sum()) != len(lateral):
+        raise ValueError(f"shard {name}: {len(lateral)} laterals for {int(has.sum())} studies")
     out_dir = Path(out_dir)
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+        "fortran_order": False,
+        "shape": (len(frontal) + len(lateral), *frontal.shape[1:]),
+    }
     with atomic_path(out_dir / f"{name}.images.npy") as tmp, open(tmp, "wb") as fh:
-        np.save(fh, np.ascontiguousarray(images))
+        np.lib.format.write_array_header_1_0(fh, header)
+        for block in (frontal, lateral):
+            if block.size:
+                fh.write(memoryview(np.ascontiguousarray(block)).cast("B"))
     meta = meta.reset_index(drop=True).astype({f: "float32" for f in FINDINGS})
     meta = meta.astype({"has_lateral": bool})
     with atomic_path(out_dir / f"{name}.meta.parquet") as tmp:
         meta.to_parquet(tmp, index=False)
-    return {"name": name, "n": len(images)}
+    return {"name": name, "n": len(frontal), "laterals": len(lateral)}
+
+
+def _has_lateral(name: str, meta: pd.DataFrame) -> np.ndarray:
+    missing = [c for c in META_COLUMNS if c not in meta.columns]
+    if missing:
+        raise ValueError(f"shard {name}: meta lacks {missing}")
+    return meta["has_lateral"].to_numpy(dtype=bool)
 
 
 def write_index(
@@ -119,14 +172,18 @@ def read_index(root: str | Path) -> dict:
 
     Raises:
         MissingInputError: no index (the folder was never completed).
-        ValueError: another format version or label space, or a shard name outside ``root``.
+        ValueError: a format this code does not read, another label space, or a shard name
+            outside ``root``.
     """
     path = Path(root) / INDEX_FILE
     if not path.is_file():
         raise MissingInputError(f"{path}: no shard index; run the preprocess stage first")
     index = json.loads(path.read_text())
-    if index.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path}: shard format {index.get('format')}, expected {FORMAT_VERSION}")
+    if index.get("format") not in READ_FORMATS:
+        raise ValueError(
+            f"{path}: shard format {index.get('format')}, expected one of {list(READ_FORMATS)}; "
+            "re-run the preprocess stage"
+        )
     if tuple(index.get("findings", ())) != FINDINGS:
         raise ValueError(f"{path}: label space differs from pipelines.labels.FINDINGS")
     for entries in index.get("splits", {}).values():
@@ -137,12 +194,69 @@ def read_index(root: str | Path) -> dict:
     return index
 
 
+@dataclass(frozen=True)
+class ShardViews:
+    """One shard's pixels as views of its memory map (nothing is read until indexed).
+
+    Attributes:
+        frontal: uint8 (N, S, S), one per study.
+        lateral: uint8 (L, S, S), the stored laterals.
+        lateral_row: int64 (N,): each study's row of ``lateral``, -1 where it has none.
+    """
+
+    frontal: np.ndarray
+    lateral: np.ndarray
+    lateral_row: np.ndarray
+
+
+def lateral_rows(has_lateral: np.ndarray) -> np.ndarray:
+    """Each study's row among the stored laterals of its shard (format 2), -1 where none."""
+    has = np.asarray(has_lateral, dtype=bool)
+    return np.where(has, np.cumsum(has) - 1, -1).astype(np.int64)
+
+
+def open_shard(
+    images: str | Path, has_lateral: np.ndarray, size: int, fmt: int = FORMAT_VERSION
+) -> ShardViews:
+    """Memory-map a shard's images file as per-view arrays.
+
+    Args:
+        images: the ``<name>.images.npy`` file.
+        has_lateral: the shard's ``has_lateral`` column (N,).
+        size: the index's image size.
+        fmt: the index's format (:data:`READ_FORMATS`).
+
+    Raises:
+        ValueError: the file's shape disagrees with the meta and the index.
+    """
+    has = np.asarray(has_lateral, dtype=bool)
+    n, laterals = len(has), int(has.sum())
+    mm = np.load(images, mmap_mode="r")
+    if fmt == 1:
+        if mm.shape != (n, 2, size, size):
+            raise ValueError(f"{images}: shape {mm.shape}, its index and meta say {n} studies")
+        return ShardViews(mm[:, 0], mm[:, 1], np.where(has, np.arange(n), -1))
+    if mm.shape != (n + laterals, size, size):
+        raise ValueError(
+            f"{images}: shape {mm.shape}, its index and meta say {n} studies with "
+            f"{laterals} laterals at {size} px"
+        )
+    return ShardViews(mm[:n], mm[n:], lateral_rows(has))
+
+
+def _read_rows(view: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``view[rows]`` for sorted rows: a plain slice when they are contiguous."""
+    lo, hi = int(rows[0]), int(rows[-1]) + 1
+    return view[lo:hi] if hi - lo == len(rows) else view[rows]
+
+
 class ShardDataset(Dataset):
     """Studies of one or more splits across one or more prepared folders, memory-mapped.
 
-    Each sample is a dict: ``frontal`` and ``lateral`` uint8 tensors (1, S, S), ``has_lateral``
-    (bool tensor), ``labels`` float32 (F,) with NaN kept, and ``index`` (int) into :attr:`meta`.
-    :meth:`get_batch` returns the same keys with a leading batch dimension.
+    Each sample is a dict: ``frontal`` and ``lateral`` uint8 tensors (1, S, S) (the lateral is
+    zeros where the study has none), ``has_lateral`` (bool tensor), ``labels`` float32 (F,) with
+    NaN kept, and ``index`` (int) into :attr:`meta`. :meth:`get_batch` returns the same keys
+    with a leading batch dimension.
 
     Args:
         roots: prepared folders (e.g. ``data/prepared`` and ``data/augmented``).
@@ -169,6 +283,7 @@ class ShardDataset(Dataset):
         roots = [roots] if isinstance(roots, str | Path) else list(roots)
         splits = [splits] if isinstance(splits, str) else list(splits)
         self._paths: list[Path] = []
+        self._formats: list[int] = []
         metas: list[pd.DataFrame] = []
         size = None
         for root in map(Path, roots):
@@ -179,13 +294,16 @@ class ShardDataset(Dataset):
             for split in splits:
                 for entry in index["splits"].get(split, []):
                     meta = pd.read_parquet(root / f"{entry['name']}.meta.parquet")
-                    if len(meta) != entry["n"]:
+                    laterals = int(meta["has_lateral"].sum())
+                    if len(meta) != entry["n"] or entry.get("laterals", laterals) != laterals:
                         raise ValueError(
-                            f"{root}/{entry['name']}: {len(meta)} rows, index says {entry['n']}"
+                            f"{root}/{entry['name']}: {len(meta)} rows with {laterals} laterals, "
+                            f"index says {entry['n']} / {entry.get('laterals')}"
                         )
                     meta["_shard"] = len(self._paths)
                     meta["_row"] = np.arange(len(meta))
                     self._paths.append(root / f"{entry['name']}.images.npy")
+                    self._formats.append(index["format"])
                     metas.append(meta)
         self.size = size
         self.meta = (
@@ -198,18 +316,26 @@ class ShardDataset(Dataset):
         # own, writable copies (pandas may hand out read-only views)
         self.labels = np.array(self.meta[list(self.findings)].to_numpy(dtype=np.float32))
         self.has_lateral = np.array(self.meta["has_lateral"].to_numpy(dtype=bool))
-        self._maps: list[np.ndarray] | None = None
+        self._maps: list[ShardViews] | None = None
         self._pid = -1
-        for k in range(len(self._paths)):  # open once here: fail early on a bad shard
-            shape = self._images[k].shape
-            if shape[1:] != (2, size, size) or shape[0] != int((self._shard == k).sum()):
-                raise ValueError(f"{self._paths[k]}: shape {shape} disagrees with its index")
+        _ = self._views  # open every shard once here: fail early on a bad one
+        self._lateral_row = (
+            np.concatenate([v.lateral_row for v in self._views])
+            if self._paths
+            else np.zeros(0, np.int64)
+        )
 
     @property
-    def _images(self) -> list[np.ndarray]:
+    def _views(self) -> list[ShardViews]:
         """This process's memory maps (reopened after a fork or unpickling)."""
         if self._maps is None or self._pid != os.getpid():
-            self._maps = [np.load(p, mmap_mode="r") for p in self._paths]
+            bounds = np.searchsorted(self._shard, np.arange(len(self._paths) + 1))
+            self._maps = [
+                open_shard(p, self.has_lateral[lo:hi], self.size or 0, fmt)
+                for p, fmt, lo, hi in zip(
+                    self._paths, self._formats, bounds[:-1], bounds[1:], strict=True
+                )
+            ]
             self._pid = os.getpid()
         return self._maps
 
@@ -222,10 +348,13 @@ class ShardDataset(Dataset):
         return len(self.meta)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        pair = torch.from_numpy(np.array(self._images[self._shard[i]][self._row[i]]))
+        views = self._views[self._shard[i]]
+        frontal = np.array(views.frontal[self._row[i]])
+        row = self._lateral_row[i]
+        lateral = np.array(views.lateral[row]) if row >= 0 else np.zeros_like(frontal)
         return {
-            "frontal": pair[0:1],
-            "lateral": pair[1:2],
+            "frontal": torch.from_numpy(frontal[None]),
+            "lateral": torch.from_numpy(lateral[None]),
             "has_lateral": torch.tensor(self.has_lateral[i]),
             "labels": torch.from_numpy(self.labels[i]),
             "index": torch.tensor(i),
@@ -236,25 +365,25 @@ class ShardDataset(Dataset):
         bool (B,), ``labels`` float32 (B, F) with NaN kept, ``index`` int64 (B,).
 
         Rows are read shard by shard in sorted order (mostly contiguous memmap reads), then
-        scattered back to the requested order.
+        scattered back to the requested order; a study without a lateral gets zeros.
         """
         idx = np.fromiter(indices, dtype=np.int64)
         n, s = len(idx), self.size or 0
         frontal = np.empty((n, 1, s, s), dtype=np.uint8)
-        lateral = np.empty((n, 1, s, s), dtype=np.uint8)
+        lateral = np.zeros((n, 1, s, s), dtype=np.uint8)
         shards, rows = self._shard[idx], self._row[idx]
         order = np.lexsort((rows, shards))
-        maps = self._images
+        maps = self._views
         bounds = np.flatnonzero(np.diff(shards[order])) + 1
         for group in np.split(order, bounds):
             if len(group) == 0:
                 continue
-            r = rows[group]
-            lo, hi = int(r[0]), int(r[-1]) + 1
-            mm = maps[int(shards[group[0]])]
-            block = mm[lo:hi] if hi - lo == len(r) else mm[r]  # contiguous: a plain slice
-            frontal[group] = block[:, 0:1]
-            lateral[group] = block[:, 1:2]
+            views = maps[int(shards[group[0]])]
+            frontal[group, 0] = _read_rows(views.frontal, rows[group])
+            lat_rows = self._lateral_row[idx[group]]
+            has = lat_rows >= 0
+            if has.any():
+                lateral[group[has], 0] = _read_rows(views.lateral, lat_rows[has])
         return {
             "frontal": torch.from_numpy(frontal),
             "lateral": torch.from_numpy(lateral),
