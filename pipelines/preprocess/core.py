@@ -165,16 +165,13 @@ def _bits(table: pd.DataFrame, view: str) -> list[int | None]:
 def _jobs(table: pd.DataFrame, roots: ImageRoots, chunk: int) -> Iterator[Job]:
     """Per ``chunk`` studies: image paths (frontal, lateral or '', ...) and their stored bits."""
     frontal_bits, lateral_bits = _bits(table, "frontal"), _bits(table, "lateral")
+    sources = table["source"].astype(str).tolist()
+    frontal, lateral = table["frontal_path"].tolist(), table["lateral_path"].tolist()
     for lo in range(0, len(table), chunk):
         paths: list[str] = []
         bits: list[int | None] = []
-        for i in range(lo, min(lo + chunk, len(table))):
-            row = table.iloc[i]
-            source = str(row["source"])
-            paths += [
-                roots.resolve(source, row["frontal_path"]),
-                roots.resolve(source, row["lateral_path"]),
-            ]
+        for i in range(lo, min(lo + chunk, len(table))):  # columns as lists: no row objects
+            paths += [roots.resolve(sources[i], frontal[i]), roots.resolve(sources[i], lateral[i])]
             bits += [frontal_bits[i], lateral_bits[i]]
         yield paths, bits
 
