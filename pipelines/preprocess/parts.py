@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.data import FORMAT_VERSION, INDEX_FILE, open_shard, read_index, write_index
 from pipelines.errors import UserError
 from pipelines.io import write_json
 from pipelines.preprocess.core import (
@@ -44,6 +43,7 @@ from pipelines.preprocess.core import (
 )
 from pipelines.preprocess.grid import grid_from
 from pipelines.schema import SPLITS, ImageRoots
+from pipelines.shards import FORMAT_VERSION, INDEX_FILE, open_shard, read_index, write_index
 
 PART_FILE = "part.json"
 # params that change how a run goes, not what it writes: a part may use its own
