@@ -28,6 +28,8 @@ from tasks.workspace import NAME, scoped
 EVALUATE_AUROC = "evaluate-auroc"
 EVALUATE_SUMMARY = "evaluate-summary"
 LATERAL_GAIN = "evaluate-lateral-gain"
+EVALUATE_SUBGROUPS = "evaluate-subgroups"
+EVALUATE_GATE = "evaluate-ood-gate"
 EXPORT_PARITY = "export-parity"
 SWEEP = "sweep"
 #: What Prefect accepts as an artifact key.
@@ -46,6 +48,8 @@ class OutputPaths:
     report_md: Path
     report_html: Path
     export_metrics: Path
+    subgroups_metrics: Path | None = None
+    ood_metrics: Path | None = None
 
     @classmethod
     def from_params(cls, repo: str | Path = ".") -> OutputPaths:
@@ -69,6 +73,8 @@ class OutputPaths:
             report_md=out / "report.md",
             report_html=out / "report.html",
             export_metrics=root / export.metrics,
+            subgroups_metrics=root / evaluate.subgroups_metrics,
+            ood_metrics=root / evaluate.ood_metrics,
         )
 
 
@@ -258,7 +264,85 @@ def publish_evaluation(repo: str | Path = ".") -> list[str]:
             ),
         )
         published.append(lateral_key)
+    published += _publish_subgroups(paths, repo) + _publish_gate(paths, repo)
     return published
+
+
+def subgroup_rows(subgroups: Mapping[str, Any]) -> list[dict]:
+    """Per finding and attribute with a gap: the groups at each end, the gap, its CI, the flag
+    (flagged first)."""
+    rows = []
+    for attribute, block in (subgroups.get("attributes") or {}).items():
+        for finding, entry in block.get("findings", {}).items():
+            gap = entry.get("gap")
+            if gap is None:
+                continue
+            rows.append(
+                {
+                    "finding": finding,
+                    "attribute": attribute,
+                    "higher": gap["high"],
+                    "lower": gap["low"],
+                    "gap": _r(gap.get("delta")),
+                    "ci_lo": _r(gap.get("delta_lo")),
+                    "ci_hi": _r(gap.get("delta_hi")),
+                    "flagged": "FLAGGED" if gap.get("flagged") else "",
+                }
+            )
+    return sorted(rows, key=lambda r: (r["flagged"] == "", r["finding"], r["attribute"]))
+
+
+def gate_markdown(gate: Mapping[str, Any]) -> str:
+    """The out-of-distribution gate in a few lines: thresholds, refusals, AUROCs."""
+    if not gate.get("fitted"):
+        return f"No out-of-distribution gate was fitted: {gate.get('reason', '?')}."
+    auroc = gate.get("auroc") or {}
+    kinds = ", ".join(f"{k} {v['refused']}/{v['images']}" for k, v in gate["by_kind"].items())
+    return "\n".join(
+        [
+            "# Out-of-distribution gate",
+            "",
+            f"- In-distribution test studies refused: {gate['test_refused']} of "
+            f"{gate['test_studies']}",
+            f"- Real non-chest images refused: {gate['reference_refused']} of "
+            f"{gate['reference_images']} ({kinds})",
+            f"- AUROC, test studies vs those images: Mahalanobis {auroc.get('mahalanobis')}, "
+            f"energy {auroc.get('energy')}, max logit {auroc.get('max_logit')}",
+            f"- Thresholds (squared distance): {gate['thresholds']}",
+        ]
+    )
+
+
+def _publish_subgroups(paths: OutputPaths, repo: str | Path) -> list[str]:
+    if paths.subgroups_metrics is None or not paths.subgroups_metrics.is_file():
+        return []
+    data = read_json(paths.subgroups_metrics)
+    rows = subgroup_rows(data)
+    if not rows:
+        return []
+    key = scoped(EVALUATE_SUBGROUPS, repo)
+    create_table_artifact(
+        rows,
+        key=key,
+        description=(
+            f"Largest AUROC gap per finding between subgroups (sex, age band, view, source), "
+            f"paired CI adjusted for the {data.get('comparisons', '?')} comparisons; "
+            f"{len(data.get('flagged', []))} flagged (CI excludes 0)."
+        ),
+    )
+    return [key]
+
+
+def _publish_gate(paths: OutputPaths, repo: str | Path) -> list[str]:
+    if paths.ood_metrics is None or not paths.ood_metrics.is_file():
+        return []
+    key = scoped(EVALUATE_GATE, repo)
+    create_markdown_artifact(
+        gate_markdown(read_json(paths.ood_metrics)),
+        key=key,
+        description="What cxr predict refuses: the out-of-distribution gate, measured",
+    )
+    return [key]
 
 
 # ------------------------------------------------------------------------------ export

@@ -211,7 +211,7 @@ def subgroup_analysis(
         for f, finding in enumerate(findings):
             res.scores[finding] = _scores(y, p, members, reps, f, level, min_positives)
         results.append((res, reps))
-    m = sum(_n_pairs(s) for res, _ in results for s in res.scores.values())
+    m = int(sum(_n_pairs(s) for res, _ in results for s in res.scores.values()))
     adjusted = 1 - (1 - level) / max(m, 1)
     z = NormalDist().inv_cdf(1 - (1 - adjusted) / 2)
     for res, reps in results:

@@ -17,9 +17,11 @@ from tasks.artifacts import (
     SWEEP,
     OutputPaths,
     auroc_rows,
+    gate_markdown,
     lateral_rows,
     parity_rows,
     read_json,
+    subgroup_rows,
     summary_markdown,
 )
 from tasks.workspace import WORKSPACE_ENV, scoped, workspace
@@ -160,6 +162,30 @@ def test_summary_markdown_links_the_html_report(outputs):
     assert f"`{html}`" in md
 
 
+def test_subgroup_table_puts_the_flagged_gaps_first(outputs):
+    rows = subgroup_rows(read_json(outputs.subgroups_metrics))
+    assert rows[0] == {
+        "finding": "Atelectasis",
+        "attribute": "sex",
+        "higher": "M",
+        "lower": "F",
+        "gap": 0.285,
+        "ci_lo": 0.145,
+        "ci_hi": 0.425,
+        "flagged": "FLAGGED",
+    }
+    assert [r["flagged"] for r in rows[1:]] == [""] * (len(rows) - 1)
+    assert {r["finding"] for r in rows} <= FINDINGS
+
+
+def test_gate_markdown_says_what_is_refused(outputs):
+    text = gate_markdown(read_json(outputs.ood_metrics))
+    assert "In-distribution test studies refused: 2 of 175" in text
+    assert "Real non-chest images refused: 14 of 14" in text and "CT 3/3" in text
+    assert "Mahalanobis 1.0" in text
+    assert gate_markdown({"fitted": False, "reason": "no validation studies"}).startswith("No ")
+
+
 def test_parity_table():
     rows = parity_rows(read_json(FIXTURE / "metrics" / "export.json"))
     by = {r["format"]: r for r in rows}
@@ -234,6 +260,8 @@ def test_publishers_use_valid_keys_and_carry_no_phi(captured, tmp_path):
         f"cxr-{ns}-evaluate-auroc",
         f"cxr-{ns}-evaluate-summary",
         f"cxr-{ns}-evaluate-lateral-gain",
+        f"cxr-{ns}-evaluate-subgroups",
+        f"cxr-{ns}-evaluate-ood-gate",
         f"cxr-{ns}-export-parity",
     ]
     assert [c["key"] for c in captured] == keys
@@ -255,8 +283,9 @@ def test_publishers_use_valid_keys_and_carry_no_phi(captured, tmp_path):
             "yes",
             "NO",
             *("int8", "mobile", "onnx", "torchscript", "executorch"),
+            *("F", "M", "FLAGGED", "sex"),
         }
-        extra = {w for w in words if w not in allowed and not re.fullmatch(r"[a-z_0-9]+", w)}
+        extra = {w for w in words if w not in allowed and not re.fullmatch(r"[a-z_0-9]*", w)}
         extra -= {"3 findings estimable", "skipped: the executorch package is not installed"}
         assert not extra, f"unexpected text in {table['key']}: {extra}"
 
@@ -299,7 +328,8 @@ def test_two_workspaces_on_one_server_keep_their_own_histories(captured, tmp_pat
     assert not set(keys[first]) & set(keys[second])
     assert not set(keys[first]) & set(keys[other])
     assert artifacts.publish_evaluation(first) == keys[first]
-    assert [c["key"] for c in captured[-3:]] == keys[first]  # the next run: new versions, same keys
+    n = len(keys[first])  # the next run: new versions, same keys
+    assert [c["key"] for c in captured[-n:]] == keys[first]
     assert workspace(first)[:6] == workspace(second)[:6] != workspace(other)[:6]
     assert artifacts.publish_sweep([], None, "val", repo=first) == [scoped(SWEEP, first)]
     assert all(ARTIFACT_KEY.match(k) for ks in keys.values() for k in ks)
