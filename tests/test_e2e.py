@@ -26,7 +26,10 @@ import onnx
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
+from pipelines.evaluation.gate import reference_path
+from pipelines.imaging import read_image
 from pipelines.labels import FINDINGS
 from tests.conftest import dicom_phi_values, dvc, git, repro, stage_env
 
@@ -269,3 +272,30 @@ def test_a_second_clone_pulls_the_same_results_from_the_remote(
     ):
         assert (clone / rel).read_bytes() == (pipeline_repo / rel).read_bytes()
     shutil.rmtree(clone)
+
+
+def test_the_gate_refuses_every_real_non_chest_image_and_few_test_studies(pipeline_repo: Path):
+    """evaluate's measurement of the gate on the toy model, and cxr predict refusing a CT slice
+    saved as a PNG pair with the exported model (the pixels, no header to go by)."""
+    gate = json.loads((pipeline_repo / "metrics/evaluate_ood.json").read_text())
+    assert gate["fitted"] is True
+    for kind in ("CT", "MR", "US"):  # pydicom's bundled acquisitions: every one refused
+        assert gate["by_kind"][kind]["refused"] == gate["by_kind"][kind]["images"] > 0, kind
+    assert gate["reference_refused"] == gate["reference_images"] >= 14
+    assert gate["test_refusal_rate"] <= 0.02
+    assert gate["auroc"]["mahalanobis"] == 1.0
+    card = json.loads((pipeline_repo / "models/export/metadata.json").read_text())
+    assert card["output"]["ood_gate"]["thresholds"] == pytest.approx(gate["thresholds"], rel=1e-3)
+    assert set(card["output"]["calibration"]) == {"dual", "frontal_only"}
+    ct = read_image(reference_path("pydicom.data", "test_files/CT_small.dcm"))
+    png = pipeline_repo.parent / "ct.png"
+    Image.fromarray((ct * 255).round().astype(np.uint8)).save(png)
+    cxr = Path(sys.executable).with_name("cxr")
+    proc = subprocess.run(
+        [str(cxr), "predict", str(png), str(png)],
+        cwd=pipeline_repo,
+        capture_output=True,
+        text=True,
+        env=stage_env(),
+    )
+    assert proc.returncode == 2 and "refused: the frontal view is unlike" in proc.stderr
