@@ -123,7 +123,7 @@ class CalibrationMap:
             return p
         if self.method == "isotonic":
             return np.interp(p, self.x, self.y)
-        return 1.0 / (1.0 + np.exp(-(self.a * logit(p) + self.b)))
+        return 0.5 * (1.0 + np.tanh(0.5 * (self.a * logit(p) + self.b)))  # sigmoid, no overflow
 
     def to_json(self) -> dict[str, Any]:
         """What the model card stores (and :meth:`from_json` reads back)."""
@@ -227,7 +227,8 @@ def fit_calibration(
     """Fit one calibration map per finding on validation labels and raw probabilities.
 
     ``auto`` picks the method with the lowest patient-grouped 5-fold cross-validated log loss
-    summed over findings (``none`` included, so a model already calibrated stays as it is);
+    summed over the findings every fold can be fitted on (``none`` included, so a model already
+    calibrated stays as it is; ``none`` too when no finding has enough of both classes);
     one method for every finding, as a per-finding choice on a few dozen positives would mostly
     fit noise. A finding without both classes on validation keeps the identity.
 
@@ -250,15 +251,21 @@ def fit_calibration(
         columns.append((yf, pf, np.asarray(patients)[keep]) if len(np.unique(yf)) == 2 else None)
     cv: dict[str, float] = {}
     if method == "auto":
-        for m in METHODS:
-            losses = [cross_validated_loss(m, *c) for c in columns if c is not None]
-            cv[m] = float(np.sum(losses)) if losses and np.isfinite(losses).all() else np.inf
-        method = min(METHODS, key=lambda m: cv[m]) if np.isfinite(min(cv.values())) else "none"
+        cv = _cv_losses(columns)
+        method = min(cv, key=lambda m: cv[m]) if cv else "none"
     maps = {
         name: (_fit_one(method, c[0], c[1]) if c is not None else CalibrationMap())
         for name, c in zip(findings, columns, strict=True)
     }
     return Calibration(method, maps, cv)
+
+
+def _cv_losses(columns: list[tuple[np.ndarray, ...] | None]) -> dict[str, float]:
+    """Per method, the cross-validated log loss summed over the findings every method could be
+    cross-validated on (a fold without both classes leaves a finding out); empty when none."""
+    per = [{m: cross_validated_loss(m, *c) for m in METHODS} for c in columns if c is not None]
+    usable = [d for d in per if all(np.isfinite(v) for v in d.values())]
+    return {m: float(sum(d[m] for d in usable)) for m in METHODS} if usable else {}
 
 
 def calibration_from_json(data: dict[str, Any] | None) -> Calibration | None:

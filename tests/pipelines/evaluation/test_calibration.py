@@ -131,3 +131,12 @@ def test_bias_corrected_ece_estimate_lies_in_its_interval():
     est = bias_corrected(value, bootstrap_ece(y[:, 0], p[:, 0], boot), 0.95, floor=0.0)
     assert 0 <= est.lower <= est.value <= est.upper
     assert est.value <= value  # the correction removes an upward bias
+
+
+def test_auto_still_chooses_when_a_rare_finding_cannot_be_cross_validated():
+    yv, pv, patients = _miscaled(400, seed=7)
+    yv[:, 2] = 0.0
+    yv[:2, 2] = 1.0  # two positives: most folds train on one class
+    cal = fit_calibration(yv, pv, patients, NAMES, "auto")
+    assert cal.method == "platt" and all(np.isfinite(v) for v in cal.cv_loss.values())
+    assert cal.maps["c"].method == "platt"  # fitted on all of validation all the same
