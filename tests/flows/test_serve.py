@@ -44,6 +44,7 @@ from flows.serve import free_port, local_server
 from tasks.artifacts import (
     ARTIFACT_KEY,
     EVALUATE_AUROC,
+    EVALUATE_GATE,
     EVALUATE_SUMMARY,
     EXPORT_PARITY,
     LATERAL_GAIN,
@@ -205,8 +206,9 @@ def test_real_dag_run_has_one_task_per_stage(real_dag_run):
 def test_real_dag_run_publishes_the_artifacts(real_dag_run):
     repo = real_dag_run.repo
     # keyed for the served checkout's workspace: the serving process and this one agree on it
+    # (no subgroup table: the toy run's test split has no subgroup with 5 positives to compare)
     key = {kind: scoped(kind, repo) for kind in (EVALUATE_AUROC, EVALUATE_SUMMARY, LATERAL_GAIN,
-                                                  EXPORT_PARITY)}  # fmt: skip
+                                                  EVALUATE_GATE, EXPORT_PARITY)}  # fmt: skip
     arts = {kind: real_dag_run.artifacts[k] for kind, k in key.items()}
     assert set(real_dag_run.artifacts) == set(key.values())
     assert all(ARTIFACT_KEY.match(k) for k in key.values())
@@ -238,6 +240,8 @@ def test_real_dag_run_publishes_the_artifacts(real_dag_run):
 
     summary = arts[EVALUATE_SUMMARY].data
     assert summary.startswith("# Evaluation summary")
+    gate = json.loads((repo / "metrics" / "evaluate_ood.json").read_text())
+    assert f"refused: {gate['test_refused']} of {gate['test_studies']}" in arts[EVALUATE_GATE].data
     report_html = (repo / "outputs" / "evaluation" / "report.html").resolve()
     assert report_html.as_uri() in summary and report_html.is_file()
 
