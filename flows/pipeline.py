@@ -8,14 +8,14 @@ One DVC workspace takes one ``dvc repro`` at a time: the flow holds a Prefect gl
 slot named after the workspace for its whole run, so a second run of the same workspace waits
 for the first instead of colliding on DVC's lock.
 
-Once the evaluate stage has run or is up to date, the flow run gets Prefect artifacts (see
-``tasks/artifacts.py``): the per-finding AUROC table with CIs, the evaluation summary with the
-path of the HTML report, and the dual vs frontal-only table; after export, the parity table.
+Once the evaluate stage has run or is up to date, the flow run gets Prefect artifacts, keyed
+for the workspace (``tasks/artifacts.py``, ``tasks/workspace.py``): the per-finding AUROC table
+with CIs, the evaluation summary with the path of the HTML report, and the dual vs frontal-only
+table; after export, the parity table.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -25,12 +25,13 @@ from prefect.states import State
 from tasks.artifacts import PUBLISHERS
 from tasks.dvc_stage import read_stage_graph, run_dvc_stage
 from tasks.prefect_admin import ensure_concurrency_limit
+from tasks.workspace import scoped
 
 
 def workspace_limit_name(repo: str | Path) -> str:
-    """The global concurrency limit that serialises runs of one DVC workspace."""
-    digest = hashlib.sha1(str(Path(repo).resolve()).encode()).hexdigest()[:12]
-    return f"cxr-dvc-workspace-{digest}"
+    """The global concurrency limit that serialises runs of one DVC workspace (the checkout at
+    ``repo``: :func:`tasks.workspace.scoped`)."""
+    return scoped("runs", repo)
 
 
 @flow(name="cxr-pipeline", log_prints=True)

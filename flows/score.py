@@ -6,7 +6,9 @@ QIDO-RS search of CR / DX studies since the watermark -> per study (one task run
 by its salted key): WADO-RS, predict's decoding and exported model, the SR, STOW-RS unless it
 is there already (:mod:`pipelines.scoring.run`) -> the summary artifacts.
 
-State lives in the Prefect server, so any worker sees it:
+State lives in the Prefect server, so any worker sees it, in Variables named for the workspace of
+the working directory (the checkout serving the flow: ``cxr-<workspace>-score-watermark``,
+:func:`tasks.workspace.scoped`), so that two workspaces served by one server keep their own:
 - the **watermark** (Variable :data:`WATERMARK`): the UTC date of the last successful run's
   start, set only when a run succeeds. QIDO-RS cannot search by the time a study was received,
   so the search is by StudyDate from the watermark's day minus ``lookback_days``; a study found
@@ -40,9 +42,11 @@ from pipelines.scoring import (
 )
 from pipelines.scoring.reasons import PacsError
 from tasks.score import publish_summary, score_one, search_studies
+from tasks.workspace import scoped
 
-WATERMARK = "cxr-score-watermark"
-SKIPPED = "cxr-score-skipped"
+#: Variable kinds; the names are ``cxr-<workspace>-<kind>``.
+WATERMARK = "score-watermark"
+SKIPPED = "score-skipped"
 _DEFAULTS = ScoreParams()
 
 
@@ -78,8 +82,9 @@ def cxr_score(
     store.check()
     scorer = Scorer(model)
     started = datetime.now(timezone.utc).date()
-    recorded: dict[str, str] = dict(Variable.get(SKIPPED, default={}) or {})
-    since = _since(Variable.get(WATERMARK, default=None), lookback_days) if dicomweb else None
+    skipped_name, watermark_name = scoped(SKIPPED), scoped(WATERMARK)
+    recorded: dict[str, str] = dict(Variable.get(skipped_name, default={}) or {})
+    since = _since(Variable.get(watermark_name, default=None), lookback_days) if dicomweb else None
     uids, search_s = search_studies(store, since)
     logger.info("%d CR/DX studies found (StudyDate from %s)", len(uids), since or "any date")
     outcomes: list[Outcome] = []
@@ -98,11 +103,11 @@ def cxr_score(
             f"{scorer.model_key}:{o.key}": o.reason for o in outcomes if o.status == SKIPPED_STATUS
         }
         if new:
-            Variable.set(SKIPPED, recorded | new, overwrite=True)
+            Variable.set(skipped_name, recorded | new, overwrite=True)
     summary = summarize(outcomes, len(uids), search_s)
     publish_summary(summary, outcomes, source)
     if dicomweb:
-        Variable.set(WATERMARK, started.isoformat(), overwrite=True)
+        Variable.set(watermark_name, started.isoformat(), overwrite=True)
     logger.info(
         "scored %d, already there %d, skipped %d of %d",
         summary["scored"],

@@ -12,8 +12,8 @@ and then:
 3. collects their metrics (``dvc.api.exp_show``): validation macro AUROC from the train
    stage's metrics (``val_macro_auroc``, or dvclive's ``val/macro_auroc``) and test macro AUROC
    from the evaluate stage's (``macro_auroc``, when ``evaluate`` was a target);
-4. publishes the comparison as the table artifact ``cxr-sweep`` and returns the best experiment
-   by validation macro AUROC.
+4. publishes the comparison as the table artifact ``cxr-<workspace>-sweep`` and returns the
+   best experiment by validation macro AUROC.
 
 Nothing is applied to the workspace. To adopt the best experiment, apply it yourself and commit::
 
@@ -45,7 +45,7 @@ from prefect.concurrency.sync import concurrency
 
 from flows.pipeline import workspace_limit_name
 from pipelines.config import RUN_CACHE_BLIND_KEYS
-from tasks.artifacts import SWEEP_KEY, publish_sweep, sweep_rows
+from tasks.artifacts import SWEEP, publish_sweep, sweep_rows
 from tasks.dvc_experiments import (
     collect_experiments,
     finite_number,
@@ -146,8 +146,11 @@ def experiment_row(
     }
 
 
-def log_results(logger: Any, rows: list[dict[str, Any]], best: dict[str, Any] | None) -> None:
-    """Log each experiment's figures, then the best or why there is none."""
+def log_results(
+    logger: Any, rows: list[dict[str, Any]], best: dict[str, Any] | None, key: str = SWEEP
+) -> None:
+    """Log each experiment's figures, then the best or why there is none (``key``: the
+    comparison table's artifact)."""
     for row in rows:
         logger.info(
             "%s %s: val macro AUROC %s, test macro AUROC %s (%s)",
@@ -165,7 +168,7 @@ def log_results(logger: Any, rows: list[dict[str, Any]], best: dict[str, Any] | 
         best["experiment"],
         best["val_macro_auroc"],
         best["experiment"],
-        SWEEP_KEY,
+        key,
     )
 
 
@@ -228,8 +231,8 @@ def cxr_sweep(
     ]
     best = best_experiment(rows)
     best_name = best["experiment"] if best else None
-    publish_sweep(sweep_rows(rows, best_name), best_name, BEST_METRIC)
-    log_results(get_run_logger(), rows, best)
+    (key,) = publish_sweep(sweep_rows(rows, best_name), best_name, BEST_METRIC, repo=root)
+    log_results(get_run_logger(), rows, best, key)
     return {"experiments": rows, "best": best}
 
 

@@ -4,8 +4,8 @@ One policy, one implementation of its ops: :func:`transform` applies a :class:`D
 with bilinear sampling and black fill, brightness, contrast, gamma: the
 ``torchvision.transforms.v2.functional`` ops) to a float image in [0, 1] on any device, and
 Gaussian noise is added on top. :func:`draw_from_uniforms` turns eight uniforms into a
-:class:`Draw`, so both paths below follow the params with the same distribution. A missing
-lateral (all zeros) stays zeros in both.
+:class:`Draw`, so both paths below follow the params with the same distribution. A study
+without a lateral gets none (offline: none stored; online: its zero lateral stays zeros).
 
 **Offline** (this stage, ``python -m pipelines.augment``): ``augment.copies`` variants of every
 train study of the prepared shards are written to ``augment.out`` in the same shard format (meta
@@ -48,7 +48,16 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from pipelines.config import BaseParams, StageParams, load_params, parse_section
-from pipelines.data import INDEX_FILE, read_index, shard_name, write_index, write_shard
+from pipelines.data import (
+    INDEX_FILE,
+    ShardViews,
+    lateral_rows,
+    open_shard,
+    read_index,
+    shard_name,
+    write_index,
+    write_views,
+)
 from pipelines.errors import UserError
 from pipelines.io import atomic_path, write_metrics
 from pipelines.labels import FINDINGS
@@ -218,6 +227,24 @@ class AugmentPolicy:
             out[1] = self.apply(pair[1], self.draw(study_key, copy, "lateral"))
         return out
 
+    def augment_shard(
+        self, src: ShardViews, study_keys: Sequence[str], copy: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Augment a shard's studies: (frontals (N, S, S), laterals (L, S, S)) as stored.
+
+        Each view gets the draw :meth:`augment_pair` gives it; studies without a lateral have
+        none in the output either.
+        """
+        frontal = np.empty(src.frontal.shape, dtype=np.uint8)
+        rows = src.lateral_row
+        lateral = np.empty((int((rows >= 0).sum()), *src.frontal.shape[1:]), dtype=np.uint8)
+        for i, (key, out_row) in enumerate(zip(study_keys, lateral_rows(rows >= 0), strict=True)):
+            frontal[i] = self.apply(np.asarray(src.frontal[i]), self.draw(key, copy, "frontal"))
+            if out_row >= 0:
+                view = np.asarray(src.lateral[rows[i]])
+                lateral[out_row] = self.apply(view, self.draw(key, copy, "lateral"))
+        return frontal, lateral
+
 
 def augment_shards(
     prepared: str | Path, out: str | Path, params: AugmentParams, seed: int
@@ -251,17 +278,13 @@ def augment_shards(
     studies = images = 0
     for copy in range(1, params.copies + 1):
         for entry in index["splits"].get("train", []):
-            src = np.load(prepared / f"{entry['name']}.images.npy", mmap_mode="r")
-            meta = pd.read_parquet(prepared / f"{entry['name']}.meta.parquet")
-            aug = np.empty(src.shape, dtype=np.uint8)
-            for i, (key, lat) in enumerate(
-                zip(meta["study_key"], meta["has_lateral"], strict=True)
-            ):
-                aug[i] = policy.augment_pair(np.asarray(src[i]), bool(lat), str(key), copy)
-                images += 1 + bool(lat)
+            meta, src = _read_shard(prepared, index, entry)
+            frontal, lateral = policy.augment_shard(src, meta["study_key"].astype(str), copy)
             meta = meta.assign(copy=copy)
-            entries.append(write_shard(out, shard_name("train", len(entries)), aug, meta))
+            name = shard_name("train", len(entries))
+            entries.append(write_views(out, name, frontal, lateral, meta))
             studies += len(meta)
+            images += len(frontal) + len(lateral)
     splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
     splits["train"] = entries
     policy_info = params.model_dump(exclude={"prepared", "out", "preview"})
@@ -276,6 +299,13 @@ def augment_shards(
         "seconds": round(seconds, 3),
         "images_per_s": round(images / seconds, 2) if seconds and images else 0.0,
     }
+
+
+def _read_shard(prepared: Path, index: dict, entry: dict) -> tuple[pd.DataFrame, ShardViews]:
+    """One shard of a prepared folder: its meta and its memory-mapped views."""
+    meta = pd.read_parquet(prepared / f"{entry['name']}.meta.parquet")
+    images = prepared / f"{entry['name']}.images.npy"
+    return meta, open_shard(images, meta["has_lateral"], index["size"], index["format"])
 
 
 def save_preview(prepared: str | Path, params: AugmentParams, seed: int, path: str | Path) -> None:
@@ -293,11 +323,13 @@ def save_preview(prepared: str | Path, params: AugmentParams, seed: int, path: s
     for entry in index["splits"].get("train", []):
         if len(picks) >= params.preview:
             break
-        src = np.load(Path(prepared) / f"{entry['name']}.images.npy", mmap_mode="r")
-        meta = pd.read_parquet(Path(prepared) / f"{entry['name']}.meta.parquet")
+        meta, src = _read_shard(Path(prepared), index, entry)
         order = np.argsort(~meta["has_lateral"].to_numpy(), kind="stable")  # dual view first
         for i in order[: params.preview - len(picks)]:
-            picks.append((np.asarray(src[i]), bool(meta["has_lateral"].iloc[i]), meta.iloc[i]))
+            row = src.lateral_row[i]
+            lat = np.asarray(src.lateral[row]) if row >= 0 else np.zeros_like(src.frontal[i])
+            pair = np.stack([np.asarray(src.frontal[i]), lat])
+            picks.append((pair, bool(row >= 0), meta.iloc[i]))
     policy = AugmentPolicy(params, seed)
     n = max(1, len(picks))
     height = 2.1 * n + 0.6

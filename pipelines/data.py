@@ -1,16 +1,7 @@
-"""Prepared-array shards and the PyTorch Dataset that reads them.
+"""The PyTorch Dataset of prepared shards, and its DataLoader.
 
-Layout of a prepared folder (written by ``preprocess``; ``augment`` writes the same layout)::
-
-    index.json                       {"format": 1, "size": S, "findings": [...],
-                                      "splits": {"train": [{"name": "train-00000", "n": N}, ...]}}
-    train-00000.images.npy           uint8 (N, 2, S, S): view 0 = frontal, view 1 = lateral
-                                     (all zeros where the study has no lateral view)
-    train-00000.meta.parquet         study_key, patient_key, has_lateral, <findings> (1 / 0 / NaN)
-
-A shard ``name`` is a path relative to the folder: a sharded preprocess run's merge writes an
-index whose entries name shards inside its part folders (``parts/0-of-2/train-00000``), read
-in index order like any other (names may not leave the folder: absolute or ``..`` is refused).
+The shard format (layout, writers, the per-shard views) lives in :mod:`pipelines.shards`; its
+names are re-exported here for the readers and tests that import them from this module.
 
 Images stay uint8 on disk and in batches; :func:`pipelines.model.normalize` turns them into
 floats on the training device, which is cheaper than converting on the loader side.
@@ -18,17 +9,15 @@ floats on the training device, which is cheaper than converting on the loader si
 Reading: :class:`ShardDataset` memory-maps the shards (each process opens its own maps, so the
 dataset pickles cheaply into DataLoader workers under any start method) and serves single
 samples (``ds[i]``, for any sampler) or whole batches (``ds.get_batch(indices)``: one sorted
-fancy-index read per shard, no per-sample tensors, no collate). :func:`make_loader` wraps the
-batched path in a :class:`~torch.utils.data.DataLoader` with a seeded shuffle.
+fancy-index read per shard and view, no per-sample tensors, no collate). :func:`make_loader`
+wraps the batched path in a :class:`~torch.utils.data.DataLoader` with a seeded shuffle.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,107 +31,55 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from pipelines.errors import MissingInputError
-from pipelines.io import atomic_path, write_json
 from pipelines.labels import FINDINGS
+from pipelines.shards import (
+    FORMAT_VERSION,
+    INDEX_FILE,
+    META_COLUMNS,
+    READ_FORMATS,
+    ShardViews,
+    lateral_rows,
+    open_shard,
+    read_index,
+    shard_meta,
+    shard_name,
+    write_index,
+    write_shard,
+    write_views,
+)
 
-INDEX_FILE = "index.json"
-FORMAT_VERSION = 1
-META_COLUMNS: tuple[str, ...] = ("study_key", "patient_key", "has_lateral", *FINDINGS)
-
-
-def shard_name(split: str, number: int) -> str:
-    """``train-00003`` style shard names."""
-    return f"{split}-{number:05d}"
-
-
-def shard_meta(
-    study_keys: Sequence[str],
-    patient_keys: Sequence[str],
-    has_lateral: np.ndarray | Sequence[bool] | bool,
-    labels: np.ndarray,
-) -> pd.DataFrame:
-    """A shard's meta frame: :data:`META_COLUMNS` in order, one row per study.
-
-    ``labels`` is (N, len(FINDINGS)) with NaN for "not annotated"; ``has_lateral`` may be one
-    bool for every study.
-    """
-    meta = pd.DataFrame(np.asarray(labels, dtype=np.float32), columns=list(FINDINGS))
-    meta.insert(0, "study_key", list(study_keys))
-    meta.insert(1, "patient_key", list(patient_keys))
-    meta.insert(2, "has_lateral", has_lateral)
-    return meta
-
-
-def write_shard(out_dir: str | Path, name: str, images: np.ndarray, meta: pd.DataFrame) -> dict:
-    """Write one shard atomically (images first, meta last) and return its index entry.
-
-    Args:
-        out_dir: the prepared folder.
-        name: shard name (see :func:`shard_name`).
-        images: uint8 array (N, 2, S, S).
-        meta: N rows with :data:`META_COLUMNS` (extra columns are kept).
-
-    Raises:
-        ValueError: shapes, dtypes or row counts disagree.
-    """
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 2:
-        raise ValueError(f"shard {name}: images must be uint8 (N, 2, S, S), got {images.shape}")
-    if len(meta) != len(images):
-        raise ValueError(f"shard {name}: {len(images)} images but {len(meta)} meta rows")
-    missing = [c for c in META_COLUMNS if c not in meta.columns]
-    if missing:
-        raise ValueError(f"shard {name}: meta lacks {missing}")
-    out_dir = Path(out_dir)
-    with atomic_path(out_dir / f"{name}.images.npy") as tmp, open(tmp, "wb") as fh:
-        np.save(fh, np.ascontiguousarray(images))
-    meta = meta.reset_index(drop=True).astype({f: "float32" for f in FINDINGS})
-    meta = meta.astype({"has_lateral": bool})
-    with atomic_path(out_dir / f"{name}.meta.parquet") as tmp:
-        meta.to_parquet(tmp, index=False)
-    return {"name": name, "n": len(images)}
+__all__ = [
+    "FORMAT_VERSION",
+    "INDEX_FILE",
+    "META_COLUMNS",
+    "READ_FORMATS",
+    "ShardDataset",
+    "ShardViews",
+    "lateral_rows",
+    "make_loader",
+    "open_shard",
+    "read_index",
+    "shard_meta",
+    "shard_name",
+    "write_index",
+    "write_shard",
+    "write_views",
+]
 
 
-def write_index(
-    out_dir: str | Path, size: int, splits: dict[str, list[dict]], **extra: Any
-) -> None:
-    """Write ``index.json`` last, so a folder with an index is complete."""
-    write_json(
-        Path(out_dir) / INDEX_FILE,
-        {"format": FORMAT_VERSION, "size": size, "findings": list(FINDINGS), "splits": splits}
-        | extra,
-    )
-
-
-def read_index(root: str | Path) -> dict:
-    """Read and check a prepared folder's index.
-
-    Raises:
-        MissingInputError: no index (the folder was never completed).
-        ValueError: another format version or label space, or a shard name outside ``root``.
-    """
-    path = Path(root) / INDEX_FILE
-    if not path.is_file():
-        raise MissingInputError(f"{path}: no shard index; run the preprocess stage first")
-    index = json.loads(path.read_text())
-    if index.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path}: shard format {index.get('format')}, expected {FORMAT_VERSION}")
-    if tuple(index.get("findings", ())) != FINDINGS:
-        raise ValueError(f"{path}: label space differs from pipelines.labels.FINDINGS")
-    for entries in index.get("splits", {}).values():
-        for entry in entries:
-            name = Path(entry["name"])
-            if name.is_absolute() or ".." in name.parts:
-                raise ValueError(f"{path}: shard name {entry['name']!r} leaves the folder")
-    return index
+def _read_rows(view: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``view[rows]`` for sorted rows: a plain slice when they are contiguous."""
+    lo, hi = int(rows[0]), int(rows[-1]) + 1
+    return view[lo:hi] if hi - lo == len(rows) else view[rows]
 
 
 class ShardDataset(Dataset):
     """Studies of one or more splits across one or more prepared folders, memory-mapped.
 
-    Each sample is a dict: ``frontal`` and ``lateral`` uint8 tensors (1, S, S), ``has_lateral``
-    (bool tensor), ``labels`` float32 (F,) with NaN kept, and ``index`` (int) into :attr:`meta`.
-    :meth:`get_batch` returns the same keys with a leading batch dimension.
+    Each sample is a dict: ``frontal`` and ``lateral`` uint8 tensors (1, S, S) (the lateral is
+    zeros where the study has none), ``has_lateral`` (bool tensor), ``labels`` float32 (F,) with
+    NaN kept, and ``index`` (int) into :attr:`meta`. :meth:`get_batch` returns the same keys
+    with a leading batch dimension.
 
     Args:
         roots: prepared folders (e.g. ``data/prepared`` and ``data/augmented``).
@@ -169,6 +106,7 @@ class ShardDataset(Dataset):
         roots = [roots] if isinstance(roots, str | Path) else list(roots)
         splits = [splits] if isinstance(splits, str) else list(splits)
         self._paths: list[Path] = []
+        self._formats: list[int] = []
         metas: list[pd.DataFrame] = []
         size = None
         for root in map(Path, roots):
@@ -179,13 +117,16 @@ class ShardDataset(Dataset):
             for split in splits:
                 for entry in index["splits"].get(split, []):
                     meta = pd.read_parquet(root / f"{entry['name']}.meta.parquet")
-                    if len(meta) != entry["n"]:
+                    laterals = int(meta["has_lateral"].sum())
+                    if len(meta) != entry["n"] or entry.get("laterals", laterals) != laterals:
                         raise ValueError(
-                            f"{root}/{entry['name']}: {len(meta)} rows, index says {entry['n']}"
+                            f"{root}/{entry['name']}: {len(meta)} rows with {laterals} laterals, "
+                            f"index says {entry['n']} / {entry.get('laterals')}"
                         )
                     meta["_shard"] = len(self._paths)
                     meta["_row"] = np.arange(len(meta))
                     self._paths.append(root / f"{entry['name']}.images.npy")
+                    self._formats.append(index["format"])
                     metas.append(meta)
         self.size = size
         self.meta = (
@@ -198,18 +139,26 @@ class ShardDataset(Dataset):
         # own, writable copies (pandas may hand out read-only views)
         self.labels = np.array(self.meta[list(self.findings)].to_numpy(dtype=np.float32))
         self.has_lateral = np.array(self.meta["has_lateral"].to_numpy(dtype=bool))
-        self._maps: list[np.ndarray] | None = None
+        self._maps: list[ShardViews] | None = None
         self._pid = -1
-        for k in range(len(self._paths)):  # open once here: fail early on a bad shard
-            shape = self._images[k].shape
-            if shape[1:] != (2, size, size) or shape[0] != int((self._shard == k).sum()):
-                raise ValueError(f"{self._paths[k]}: shape {shape} disagrees with its index")
+        _ = self._views  # open every shard once here: fail early on a bad one
+        self._lateral_row = (
+            np.concatenate([v.lateral_row for v in self._views])
+            if self._paths
+            else np.zeros(0, np.int64)
+        )
 
     @property
-    def _images(self) -> list[np.ndarray]:
+    def _views(self) -> list[ShardViews]:
         """This process's memory maps (reopened after a fork or unpickling)."""
         if self._maps is None or self._pid != os.getpid():
-            self._maps = [np.load(p, mmap_mode="r") for p in self._paths]
+            bounds = np.searchsorted(self._shard, np.arange(len(self._paths) + 1))
+            self._maps = [
+                open_shard(p, self.has_lateral[lo:hi], self.size or 0, fmt)
+                for p, fmt, lo, hi in zip(
+                    self._paths, self._formats, bounds[:-1], bounds[1:], strict=True
+                )
+            ]
             self._pid = os.getpid()
         return self._maps
 
@@ -222,10 +171,13 @@ class ShardDataset(Dataset):
         return len(self.meta)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        pair = torch.from_numpy(np.array(self._images[self._shard[i]][self._row[i]]))
+        views = self._views[self._shard[i]]
+        frontal = np.array(views.frontal[self._row[i]])
+        row = self._lateral_row[i]
+        lateral = np.array(views.lateral[row]) if row >= 0 else np.zeros_like(frontal)
         return {
-            "frontal": pair[0:1],
-            "lateral": pair[1:2],
+            "frontal": torch.from_numpy(frontal[None]),
+            "lateral": torch.from_numpy(lateral[None]),
             "has_lateral": torch.tensor(self.has_lateral[i]),
             "labels": torch.from_numpy(self.labels[i]),
             "index": torch.tensor(i),
@@ -236,25 +188,25 @@ class ShardDataset(Dataset):
         bool (B,), ``labels`` float32 (B, F) with NaN kept, ``index`` int64 (B,).
 
         Rows are read shard by shard in sorted order (mostly contiguous memmap reads), then
-        scattered back to the requested order.
+        scattered back to the requested order; a study without a lateral gets zeros.
         """
         idx = np.fromiter(indices, dtype=np.int64)
         n, s = len(idx), self.size or 0
         frontal = np.empty((n, 1, s, s), dtype=np.uint8)
-        lateral = np.empty((n, 1, s, s), dtype=np.uint8)
+        lateral = np.zeros((n, 1, s, s), dtype=np.uint8)
         shards, rows = self._shard[idx], self._row[idx]
         order = np.lexsort((rows, shards))
-        maps = self._images
+        maps = self._views
         bounds = np.flatnonzero(np.diff(shards[order])) + 1
         for group in np.split(order, bounds):
             if len(group) == 0:
                 continue
-            r = rows[group]
-            lo, hi = int(r[0]), int(r[-1]) + 1
-            mm = maps[int(shards[group[0]])]
-            block = mm[lo:hi] if hi - lo == len(r) else mm[r]  # contiguous: a plain slice
-            frontal[group] = block[:, 0:1]
-            lateral[group] = block[:, 1:2]
+            views = maps[int(shards[group[0]])]
+            frontal[group, 0] = _read_rows(views.frontal, rows[group])
+            lat_rows = self._lateral_row[idx[group]]
+            has = lat_rows >= 0
+            if has.any():
+                lateral[group[has], 0] = _read_rows(views.lateral, lat_rows[has])
         return {
             "frontal": torch.from_numpy(frontal),
             "lateral": torch.from_numpy(lateral),

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +46,13 @@ from torch.utils.data import DataLoader
 from pipelines.config import BaseParams, load_params, parse_section
 from pipelines.data import ShardDataset
 from pipelines.errors import UserError
+from pipelines.evaluation.gate import gate_metrics, reference_images
 from pipelines.evaluation.outputs import write_outputs
 from pipelines.evaluation.provenance import collect_versions
 from pipelines.evaluation.saliency import SaliencyParams, saliency_results
 from pipelines.evaluation.summary import (
     FRONTAL_ONLY_METHOD,
+    OPTIONAL_COLUMNS,
     Evaluation,
     ReportParams,
     summarize,
@@ -58,6 +61,7 @@ from pipelines.explain import Explainer
 from pipelines.io import write_json, write_parquet
 from pipelines.labels import FINDINGS
 from pipelines.model import load_model, to_model_input
+from pipelines.ood import OodGate, fit_gate
 from pipelines.runtime import resolve_device
 from pipelines.stage import run_stage
 
@@ -80,6 +84,11 @@ class EvaluateParams(ReportParams, SaliencyParams):
         metrics: the headline DVC metrics JSON (macro / micro AUROC, lateral gain ...).
         findings_metrics: the per-finding DVC metrics JSON (CIs, counts, operating points).
         plots: folder of the DVC plot CSVs.
+        subgroups_metrics: the subgroup DVC metrics JSON (AUROC per sex, age band, view and
+            source; the largest gaps and their flags).
+        ood_gate: where the fitted out-of-distribution gate goes (for the export stage).
+        ood_metrics: the gate's DVC metrics JSON (thresholds, refusal rates, AUROCs).
+        ood_fit_refusal: the share of validation studies the gate's thresholds aim to refuse.
     """
 
     checkpoint: str = "models/best.pt"
@@ -91,6 +100,36 @@ class EvaluateParams(ReportParams, SaliencyParams):
     metrics: str = "metrics/evaluate.json"
     findings_metrics: str = "metrics/evaluate_findings.json"
     plots: str = "plots/evaluate"
+    subgroups_metrics: str = "metrics/evaluate_subgroups.json"
+    ood_gate: str = "outputs/evaluation/ood_gate.npz"
+    ood_metrics: str = "metrics/evaluate_ood.json"
+    ood_fit_refusal: float = Field(0.005, gt=0.0, lt=0.5)
+    ood_shrinkage: float = Field(0.1, ge=0.0, le=1.0)
+
+
+@dataclass
+class SplitScores:
+    """A split scored by the checkpoint: probabilities and each view's pooled features.
+
+    Attributes:
+        dual: (N, F) probabilities with both views.
+        masked: (N, F) probabilities with the lateral view hidden (None: not asked for).
+        frontal, lateral: (N, D) features of each view's trunk (lateral None for a model
+            without a lateral branch; rows of studies without a lateral hold the blank image's).
+        has_lateral: (N,) which studies have a lateral view.
+    """
+
+    dual: np.ndarray
+    masked: np.ndarray | None
+    frontal: np.ndarray
+    lateral: np.ndarray | None
+    has_lateral: np.ndarray
+
+
+def _probabilities(
+    model: torch.nn.Module, f: torch.Tensor, lat: torch.Tensor | None, present: torch.Tensor
+) -> np.ndarray:
+    return torch.sigmoid(model.fuse(f, lat, present).float()).cpu().numpy()
 
 
 @torch.inference_mode()
@@ -102,45 +141,51 @@ def score_dataset(
     device: torch.device | str = "cpu",
     workers: int = 0,
     frontal_only: bool = True,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Probabilities of every study, with both views and with the lateral view masked.
+) -> SplitScores:
+    """Probabilities of every study, with both views and with the lateral view masked, and
+    each view's features.
 
-    Both modes go through one forward pass per batch (the masked copies are appended to the
-    batch; eval-mode batch norm is per sample, so this equals two separate passes).
+    One trunk pass per view and batch: the masked mode is the fusion of the same features with
+    the lateral marked absent, which in eval mode is exactly the model's output for a blank
+    lateral image it is told is absent (the fusion zeroes an absent lateral's features).
 
     Args:
-        model: in eval mode, ``model(frontal, lateral, has_lateral) -> logits (B, F)``.
+        model: in eval mode, with ``view_features(frontal, lateral)`` and
+            ``fuse(f, lat, present) -> logits`` (:class:`pipelines.model.DualViewDenseNet`).
         dataset: the studies (uint8 views).
         size: input size of the model (views are resized when the shards differ).
         batch_size: studies per pass.
         device: where to run.
         workers: DataLoader workers.
         frontal_only: also score with the lateral view masked.
-
-    Returns:
-        ``(dual, masked)``: float32 (N, F) probabilities in dataset order; ``masked`` is None
-        when ``frontal_only`` is False.
     """
     device = torch.device(device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-    dual, masked = [], []
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("dual", "masked", "f", "lat", "has")}
     for batch in loader:
         frontal = to_model_input(batch["frontal"].to(device), size)
         lateral = to_model_input(batch["lateral"].to(device), size)
         has_lateral = batch["has_lateral"].to(device=device, dtype=torch.bool)
-        n = len(frontal)
+        f, lat = model.view_features(frontal, lateral)
+        parts["dual"].append(_probabilities(model, f, lat, has_lateral))
         if frontal_only:
-            blank = to_model_input(torch.zeros_like(batch["lateral"]).to(device), size)
-            frontal = torch.cat([frontal, frontal])
-            lateral = torch.cat([lateral, blank])
-            has_lateral = torch.cat([has_lateral, torch.zeros_like(has_lateral)])
-        probs = torch.sigmoid(model(frontal, lateral, has_lateral).float()).cpu().numpy()
-        dual.append(probs[:n])
-        if frontal_only:
-            masked.append(probs[n:])
+            parts["masked"].append(_probabilities(model, f, lat, torch.zeros_like(has_lateral)))
+        parts["f"].append(f.float().cpu().numpy())
+        if lat is not None:
+            parts["lat"].append(lat.float().cpu().numpy())
+        parts["has"].append(has_lateral.cpu().numpy())
     width = len(dataset.findings)
-    stack = lambda parts: np.concatenate(parts) if parts else np.zeros((0, width), np.float32)  # noqa: E731
-    return stack(dual), (stack(masked) if frontal_only else None)
+
+    def stack(key: str, w: int = width) -> np.ndarray:
+        return np.concatenate(parts[key]) if parts[key] else np.zeros((0, w), np.float32)
+
+    return SplitScores(
+        dual=stack("dual"),
+        masked=stack("masked") if frontal_only else None,
+        frontal=stack("f", 0),
+        lateral=stack("lat", 0) if parts["lat"] else None,
+        has_lateral=np.concatenate(parts["has"]) if parts["has"] else np.zeros(0, bool),
+    )
 
 
 def predictions_frame(
@@ -157,8 +202,9 @@ def predictions_frame(
             "has_lateral": dataset.has_lateral,
         }
     )
-    if "source" in meta:
-        base["source"] = meta["source"].astype(str).to_numpy()
+    for column in OPTIONAL_COLUMNS:  # the source and the subgroup attributes, where recorded
+        if column in meta:
+            base[column] = meta[column].astype(str).to_numpy()
     labels = pd.DataFrame(dataset.labels, columns=[f"y_{f}" for f in findings])
     frames = []
     for mode, probs in (("dual", dual), ("frontal_only", masked)):
@@ -184,7 +230,19 @@ def _datasets(params: EvaluateParams, findings: list[str]) -> dict[str, ShardDat
     return datasets
 
 
-def score_splits(params: EvaluateParams, device: torch.device) -> pd.DataFrame:
+@dataclass
+class Scored:
+    """What scoring with the checkpoint gave: the predictions table, each split's scores and
+    features, and the model (for the gate's reference images)."""
+
+    predictions: pd.DataFrame
+    splits: dict[str, SplitScores]
+    model: torch.nn.Module
+    size: int | None
+    findings: list[str]
+
+
+def score_splits(params: EvaluateParams, device: torch.device) -> Scored:
     """Load the checkpoint and score the val and test splits (both modes).
 
     Raises:
@@ -204,13 +262,13 @@ def score_splits(params: EvaluateParams, device: torch.device) -> pd.DataFrame:
         datasets = _datasets(params, findings)
     masked = not (meta.get("model_params") or {}).get("frontal_only", False)
     size = meta.get("size")
-    frames = []
+    frames, splits = [], {}
     for split, dataset in datasets.items():
         if len(dataset) == 0:
             log.warning("evaluate: no %s studies; operating points will not be chosen", split)
             continue
         start = time.perf_counter()
-        dual, frontal = score_dataset(
+        splits[split] = scores = score_dataset(
             model, dataset, size, params.batch_size, device, params.workers, masked
         )
         log.info(
@@ -219,7 +277,7 @@ def score_splits(params: EvaluateParams, device: torch.device) -> pd.DataFrame:
             split,
             time.perf_counter() - start,
         )
-        frames.append(predictions_frame(dataset, split, dual, frontal))
+        frames.append(predictions_frame(dataset, split, scores.dual, scores.masked))
     predictions = pd.concat(frames, ignore_index=True)
     predictions.attrs["model"] = _model_summary(meta)
     predictions.attrs["untrained"] = dict(meta.get("untrained") or {})
@@ -227,7 +285,90 @@ def score_splits(params: EvaluateParams, device: torch.device) -> pd.DataFrame:
     predictions.attrs["frontal_only"] = (
         FRONTAL_ONLY_METHOD if masked else "not scored: the model has no lateral branch"
     )
-    return predictions
+    return Scored(predictions, splits, model, size, findings)
+
+
+def _by_view(scores: SplitScores) -> dict[str, np.ndarray]:
+    """Each view's features of the studies that have it (frontal: all)."""
+    out = {"frontal": scores.frontal}
+    if scores.lateral is not None:
+        out["lateral"] = scores.lateral[scores.has_lateral]
+    return out
+
+
+@torch.inference_mode()
+def _reference_scores(
+    scored: Scored, gate: OodGate, prepared_size: int, device: torch.device
+) -> dict[str, Any]:
+    """The gate's reference images (:mod:`pipelines.evaluation.gate`) scored as studies."""
+    images, skipped = reference_images(prepared_size)
+    if not images:
+        return {"distances": np.zeros((0, 2)), "probs": np.zeros((0, 1)), "kinds": [],
+                "names": [], "frontal_distances": np.zeros(0), "skipped": skipped}  # fmt: skip
+    x = torch.from_numpy(np.stack([r.pixels for r in images])[:, None]).to(device)
+    x = to_model_input(x, scored.size)
+    f, lat = scored.model.view_features(x, x)
+    present = torch.ones(len(x), dtype=torch.bool, device=device)
+    lat_np = None if lat is None else lat.float().cpu().numpy()
+    distances = gate.distances(f.float().cpu().numpy(), lat_np)
+    return {
+        "distances": distances,
+        "frontal_distances": distances[:, 0],
+        "probs": _probabilities(scored.model, f, lat, present),
+        "kinds": [r.kind for r in images],
+        "names": [r.name for r in images],
+        "skipped": skipped,
+    }
+
+
+def gate_results(params: EvaluateParams, scored: Scored, device: torch.device) -> dict[str, Any]:
+    """Fit the out-of-distribution gate (:mod:`pipelines.ood`) and measure it.
+
+    Statistics from the training studies' features, thresholds from validation; measured on
+    the test studies and the real reference images. Writes the gate (``params.ood_gate``) for
+    the export stage.
+
+    Returns:
+        :func:`pipelines.evaluation.gate.gate_metrics`, or ``{"fitted": False, "reason"}``.
+    """
+    if "val" not in scored.splits:
+        return {"fitted": False, "reason": "no validation studies to fit the thresholds on"}
+    start = time.perf_counter()
+    train_set = ShardDataset(params.prepared, "train", scored.findings)
+    if len(train_set) < 2:
+        return {"fitted": False, "reason": "fewer than 2 training studies"}
+    train = score_dataset(
+        scored.model, train_set, scored.size, params.batch_size, device, params.workers, False
+    )
+    try:
+        gate = fit_gate(
+            _by_view(train),
+            _by_view(scored.splits["val"]),
+            params.ood_fit_refusal,
+            params.ood_shrinkage,
+        )
+    except ValueError as exc:
+        return {"fitted": False, "reason": str(exc)}
+    gate.save(params.ood_gate)
+    test = scored.splits["test"]
+    test_part = {
+        "distances": gate.distances(test.frontal, test.lateral),
+        "has_lateral": test.has_lateral,
+        "probs": test.dual,
+    }
+    reference = _reference_scores(scored, gate, train_set.size, device)
+    metrics = {"fitted": True} | gate_metrics(gate, test_part, reference)
+    log.info(
+        "evaluate: ood gate refuses %d of %d test studies and %d of %d reference images "
+        "(CT, MR, US, photographs); AUROC %s (energy %s, max logit %s); %.1f s",
+        metrics["test_refused"],
+        metrics["test_studies"],
+        metrics["reference_refused"],
+        metrics["reference_images"],
+        *(metrics["auroc"][k] for k in ("mahalanobis", "energy", "max_logit")),
+        time.perf_counter() - start,
+    )
+    return metrics
 
 
 def explain_test(
@@ -281,7 +422,8 @@ def evaluate(
         CheckpointError, UserError, FileNotFoundError: unusable inputs (see :func:`score_splits`).
     """
     device = resolve_device(params.device, "evaluate.device")
-    predictions = score_splits(params, device)
+    scored = score_splits(params, device)
+    predictions = scored.predictions
     out = Path(params.out)
     write_parquet(predictions, out / "predictions.parquet")
     if versions is None:
@@ -294,6 +436,8 @@ def evaluate(
         "reason": "evaluate.saliency is false",
     }
     write_json(params.localisation_metrics, localisation)
+    gate = gate_results(params, scored, device)
+    write_json(params.ood_metrics, gate)
     metrics = write_outputs(
         ev,
         html_path=out / "report.html",
@@ -302,9 +446,11 @@ def evaluate(
         findings_metrics_path=params.findings_metrics,
         thresholds_path=out / "thresholds.json",
         plots_dir=params.plots,
+        subgroups_path=params.subgroups_metrics,
         run_params=run_params or params.model_dump(),
         versions=versions,
         saliency=saliency,
+        gate=gate,
     )
     macro = ev.modes["dual"].discrimination.macro_auroc
     log.info(

@@ -27,18 +27,19 @@ Failures raise :class:`~pipelines.errors.DecodeError` with a stable ``reason`` c
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipelines.dicom.pixels import LUMA, NoWindow, read_dicom
+from pipelines.dicom.pixels import LUMA, NoWindow, decode_dicom
 from pipelines.errors import DecodeError
 from pipelines.limits import MAX_IMAGE_PIXELS, open_bounded, too_many_pixels
+from pipelines.reduced import Grid, draft_jpeg, reduction
 
 Format = Literal["dicom", "png", "jpeg", "unknown"]
 
@@ -58,6 +59,9 @@ REASONS: tuple[str, ...] = (
 #: The depths a 16-bit greyscale PNG without a usable ``bits`` is scaled by: the smallest that
 #: holds the image's maximum (what detectors store).
 GRAY16_DEPTHS: tuple[int, ...] = (10, 12, 14, 16)
+
+#: The EXIF orientation tag; values 5-8 transpose the image.
+ORIENTATION = 0x0112
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -106,50 +110,75 @@ def read_image(
 
     Args:
         path: a DICOM, PNG or JPEG file (detected from the content).
-        draft_size: the size the caller will shrink the image to; lets the JPEG decoder skip
-            detail it would throw away (DCT scaling to no less than twice this size).
+        draft_size: the size the caller will shrink the image to; lets the decoder skip detail
+            it would throw away (:func:`decode_image`). The image may then come back smaller by
+            a power of two, and a JPEG 2000's samples offset: :func:`decode_image` says where.
         no_window: how a DICOM without a VOI LUT or window is scaled: ``bits`` (the range the
             stored bits can hold, after the modality LUT) or ``minmax`` (the image's own range).
         bits: the stored bits of a 16-bit greyscale PNG when the caller knows them (the
             manifest's ``bits``); None, 0 or 16 (what any 16-bit PNG's header says): detected
             (:func:`gray16_depth`). Other images ignore it (a DICOM's own header says).
-        max_pixels: rows x columns (after JPEG draft scaling) above which the image is refused
-            from its header, before decoding (``too_large``; :mod:`pipelines.limits`).
+        max_pixels: rows x columns of the full image (a plain JPEG's: after its DCT scaling)
+            above which the image is refused from its header, before decoding (``too_large``;
+            :mod:`pipelines.limits`).
 
     Raises:
         DecodeError: with a reason from :data:`REASONS` naming what went wrong.
+    """
+    return decode_image(
+        path, draft_size=draft_size, no_window=no_window, bits=bits, max_pixels=max_pixels
+    )[0]
+
+
+def decode_image(
+    path: str | Path,
+    *,
+    draft_size: int | None = None,
+    no_window: NoWindow = "bits",
+    bits: int | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> tuple[np.ndarray, Grid]:
+    """:func:`read_image` and the :class:`~pipelines.reduced.Grid` of its samples.
+
+    With ``draft_size``, JPEG files and JPEG, JPEG 2000 and uncompressed DICOM are decoded at
+    the reduction :func:`pipelines.reduced.reduction` picks (the longer side still at least
+    1.5 times ``draft_size``); :func:`to_square` given the grid resizes the full image's extent.
+    The size limits (``max_pixels``) are checked from the header first, whichever path decodes.
+
+    Raises:
+        DecodeError: as :func:`read_image`.
     """
     path = Path(path)
     if not path.is_file():
         raise DecodeError(path, "missing_file", "no such file")
     fmt = sniff_format(path)
     if fmt == "dicom":
-        img = read_dicom(path, no_window, max_pixels)
+        img, grid = decode_dicom(path, no_window, draft_size, max_pixels)
     elif fmt in ("png", "jpeg"):
-        img = _read_pillow(path, draft_size, bits, max_pixels)
+        img, grid = _read_pillow(path, draft_size, bits, max_pixels)
     else:
         raise DecodeError(path, "not_an_image", "content is not DICOM, PNG or JPEG")
     if img.size == 0:
         raise DecodeError(path, "empty_image", f"image has shape {img.shape}")
-    return img
+    return img, grid
 
 
 def _read_pillow(
     path: Path, draft_size: int | None, bits: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS
-) -> np.ndarray:
+) -> tuple[np.ndarray, Grid]:
     try:
         with open_bounded(path) as fh, Image.open(fh) as im:
+            grid = Grid((im.size[1], im.size[0]))
             if im.format == "JPEG" and draft_size:
-                w, h = im.size
-                scale = 2 * draft_size / max(w, h)
-                if scale < 1:
-                    im.draft("L", (math.ceil(w * scale), math.ceil(h * scale)))
+                grid = draft_jpeg(im, reduction(max(im.size), draft_size))
             too_large = too_many_pixels(im.size[1], im.size[0], max_pixels)
             if too_large:  # from the header (and the draft scale): nothing decoded yet
                 raise DecodeError(path, "too_large", too_large)
             im.load()
+            if im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8):  # exif_transpose swaps axes
+                grid = replace(grid, shape=grid.shape[::-1])
             im = ImageOps.exif_transpose(im)
-            return _pil_to_unit(im, bits)
+            return _pil_to_unit(im, bits), grid
     except DecodeError:
         raise
     except Image.DecompressionBombError as exc:
@@ -222,7 +251,7 @@ def _pil_to_unit(im: Image.Image, bits: int | None = None) -> np.ndarray:
 # Square, fixed-size arrays
 
 
-def to_square(img: np.ndarray, size: int) -> np.ndarray:
+def to_square(img: np.ndarray, size: int, grid: Grid | None = None) -> np.ndarray:
     """Resize to fit ``size`` x ``size`` keeping the aspect ratio, pad with black, centred.
 
     Padding rather than centre-cropping keeps the whole chest: lateral views and portable AP
@@ -234,6 +263,9 @@ def to_square(img: np.ndarray, size: int) -> np.ndarray:
     Args:
         img: float (H, W) in [0, 1].
         size: output side in pixels.
+        grid: where ``img``'s samples lie on the full image when it was decoded at a reduced
+            size (:func:`decode_image`): the output's size and placement are the full image's,
+            and the resize reads the full image's extent. None: ``img`` is the full image.
 
     Raises:
         ValueError: ``img`` is not 2-D or is empty, or ``size`` < 1.
@@ -242,17 +274,34 @@ def to_square(img: np.ndarray, size: int) -> np.ndarray:
         raise ValueError(f"to_square needs a non-empty 2-D image, got shape {img.shape}")
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
-    h, w = img.shape
+    h, w = img.shape if grid is None or grid.factor == 1 else grid.shape
     scale = size / max(h, w)
     nh, nw = min(size, max(1, round(h * scale))), min(size, max(1, round(w * scale)))
     small = np.ascontiguousarray(img, dtype=np.float32)
-    if (nh, nw) != (h, w):
+    if grid is not None and grid.factor > 1:
+        small = _resize_reduced(small, (nw, nh), grid)
+    elif (nh, nw) != (h, w):
         pil = Image.fromarray(small).resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=2.0)
         small = np.asarray(pil)
     out = np.zeros((size, size), dtype=np.uint8)
     top, left = (size - nh) // 2, (size - nw) // 2
     out[top : top + nh, left : left + nw] = np.clip(np.rint(small * 255.0), 0, 255)
     return out
+
+
+def _resize_reduced(img: np.ndarray, out: tuple[int, int], grid: Grid) -> np.ndarray:
+    """Resize a reduced decode to ``out`` (width, height) over the full image's extent.
+
+    The extent may end a fraction of a pixel past the last sample (a JPEG 2000 low band, a
+    side that is not a multiple of the factor): the last row and column are repeated.
+    """
+    box = grid.box()
+    extra_c = max(0, int(np.ceil(box[2])) - img.shape[1])
+    extra_r = max(0, int(np.ceil(box[3])) - img.shape[0])
+    if extra_r or extra_c:
+        img = np.pad(img, ((0, extra_r), (0, extra_c)), mode="edge")
+    pil = Image.fromarray(img).resize(out, Image.Resampling.BICUBIC, box=box, reducing_gap=2.0)
+    return np.asarray(pil)
 
 
 def prepare_image(
@@ -263,15 +312,19 @@ def prepare_image(
     bits: int | None = None,
     max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> np.ndarray:
-    """``to_square(read_image(path), size)``: the uint8 (size, size) array a model sees.
+    """The uint8 (size, size) array a model sees: :func:`decode_image` then :func:`to_square`.
 
-    ``no_window``, ``bits`` and ``max_pixels`` are those of :func:`read_image`.
+    The image is decoded at a reduced resolution where its codec allows it
+    (:mod:`pipelines.reduced`) and resized once. ``no_window``, ``bits`` and ``max_pixels``
+    are those of :func:`read_image`.
 
     Raises:
         DecodeError: the file cannot be decoded (see :func:`read_image`).
     """
-    img = read_image(path, draft_size=size, no_window=no_window, bits=bits, max_pixels=max_pixels)
-    return to_square(img, size)
+    img, grid = decode_image(
+        path, draft_size=size, no_window=no_window, bits=bits, max_pixels=max_pixels
+    )
+    return to_square(img, size, grid)
 
 
 def try_prepare(

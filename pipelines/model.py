@@ -215,6 +215,16 @@ class DualViewDenseNet(nn.Module):
         feats = trunk(lateral.index_select(0, keep))  # an empty batch still touches every param
         return like.new_zeros(like.shape[0], feats.shape[1]).index_copy(0, keep, feats)
 
+    def view_features(
+        self, frontal: torch.Tensor, lateral: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each view's pooled trunk features (B, 1024), in eval mode (lateral None for a
+        frontal-only model): what :meth:`fuse` takes, and what the out-of-distribution gate
+        (:mod:`pipelines.ood`) measures. In eval mode ``fuse(*view_features(f, l), mask)``
+        equals ``forward(f, l, mask)``."""
+        f = self.frontal_encoder(frontal)
+        return f, (None if self.fusion == "frontal" else self._lateral_trunk()(lateral))
+
     def forward(
         self, frontal: torch.Tensor, lateral: torch.Tensor, has_lateral: torch.Tensor
     ) -> torch.Tensor:

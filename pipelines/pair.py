@@ -54,7 +54,7 @@ from pipelines.dicom.view import FRONTAL_VIEWS
 from pipelines.errors import UserError
 from pipelines.io import write_metrics, write_parquet, write_rejected
 from pipelines.labels import FINDINGS
-from pipelines.schema import SPLITS, STUDY_COLUMNS
+from pipelines.schema import DEMOGRAPHIC_COLUMNS, SPLITS, STUDY_COLUMNS
 from pipelines.split import (
     SPLIT_NAMES,
     OfficialSplit,
@@ -238,6 +238,14 @@ def _choose_views(
     return frontal, lateral, len(lateral_only)
 
 
+def _demographic(frontal: pd.DataFrame, column: str) -> pd.Series:
+    """A subgroup attribute of each study (its frontal image's row; '' for a manifest written
+    before the attribute existed)."""
+    if column not in frontal:
+        return pd.Series("", index=frontal.index, dtype="string")
+    return frontal[column].fillna("").astype("string")
+
+
 def _study_rows(frontal: pd.DataFrame, lateral: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
     """One row per study (indexed by study key, sorted): its images and its labels."""
     studies = pd.DataFrame(
@@ -248,6 +256,7 @@ def _study_rows(frontal: pd.DataFrame, lateral: pd.DataFrame, images: pd.DataFra
             "frontal_path": frontal["path"],
             "frontal_view": frontal["view"],
             "frontal_bits": frontal["bits"],
+            **{c: _demographic(frontal, c) for c in DEMOGRAPHIC_COLUMNS},
         }
     ).sort_index()
     studies.index.name = "study_key"

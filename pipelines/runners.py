@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,12 +24,42 @@ from pipelines.errors import PredictError
 CARD_FILE = "metadata.json"
 INPUT_NAMES: tuple[str, str, str] = ("frontal", "lateral", "has_lateral")
 OUTPUT_NAME = "probabilities"
+OOD_OUTPUT = "ood_distance"  # the second output of a model with the gate (pipelines.ood)
 
 Runtime = Literal["auto", "onnxruntime", "torchscript", "lite", "executorch"]
 RUNTIMES: tuple[str, ...] = ("auto", "onnxruntime", "torchscript", "lite", "executorch")
 
-#: Runner: (frontal uint8 (B,1,S,S), lateral uint8 (B,1,S,S), has_lateral bool (B,)) -> (B, F)
-Runner = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+@dataclass(frozen=True)
+class Scores:
+    """What a model returns for a batch of studies.
+
+    Attributes:
+        probabilities: float32 (B, F), raw (the card's calibration maps turn them into the
+            probabilities its thresholds apply to).
+        ood: float32 (B, 2), each view's squared distance to the training features (the
+            out-of-distribution gate, :mod:`pipelines.ood`); None for a model exported
+            without the gate.
+    """
+
+    probabilities: np.ndarray
+    ood: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, out: Any) -> Scores:
+        """From a module's output: probabilities, or (probabilities, distances)."""
+        if isinstance(out, tuple | list):
+            return cls(_float32(out[0]), _float32(out[1]) if len(out) > 1 else None)
+        return cls(_float32(out))
+
+
+def _float32(x: Any) -> np.ndarray:
+    x = x.float().numpy() if hasattr(x, "float") and hasattr(x, "numpy") else x
+    return np.asarray(x, dtype=np.float32)
+
+
+#: Runner: (frontal uint8 (B,1,S,S), lateral uint8 (B,1,S,S), has_lateral bool (B,)) -> Scores
+Runner = Callable[[np.ndarray, np.ndarray, np.ndarray], Scores]
 
 
 def read_model_card(model: str | Path) -> dict[str, Any]:
@@ -78,8 +109,9 @@ def load_runner(model: str | Path, runtime: str = "auto", threads: int | None = 
         threads: intra-op threads (None: the runtime's default).
 
     Returns:
-        ``runner(frontal, lateral, has_lateral) -> probabilities`` (float32, (B, F)); images
-        uint8 (B, 1, S, S), has_lateral bool (B,).
+        ``runner(frontal, lateral, has_lateral) -> Scores`` (probabilities float32 (B, F), and
+        the gate's distances when the model has them); images uint8 (B, 1, S, S), has_lateral
+        bool (B,).
 
     Raises:
         PredictError: the file is missing or the runtime cannot load it.
@@ -114,14 +146,15 @@ def _onnx_runner(model: Path, threads: int | None) -> Runner:
     names = [i.name for i in session.get_inputs()]
     if tuple(names) != INPUT_NAMES:
         raise PredictError(f"{model}: inputs {names}, expected {list(INPUT_NAMES)}")
+    outputs = [o.name for o in session.get_outputs() if o.name in (OUTPUT_NAME, OOD_OUTPUT)]
 
-    def run(frontal: np.ndarray, lateral: np.ndarray, has_lateral: np.ndarray) -> np.ndarray:
+    def run(frontal: np.ndarray, lateral: np.ndarray, has_lateral: np.ndarray) -> Scores:
         feed = {
             "frontal": np.ascontiguousarray(frontal, dtype=np.uint8),
             "lateral": np.ascontiguousarray(lateral, dtype=np.uint8),
             "has_lateral": np.ascontiguousarray(has_lateral, dtype=bool),
         }
-        return session.run([OUTPUT_NAME], feed)[0].astype(np.float32, copy=False)
+        return Scores.of(session.run(outputs, feed))
 
     return run
 
@@ -140,14 +173,14 @@ def _torch_runner(model: Path, lite: bool, threads: int | None) -> Runner:
         else:
             module = torch.jit.load(str(model), map_location="cpu").eval()
 
-    def run(frontal: np.ndarray, lateral: np.ndarray, has_lateral: np.ndarray) -> np.ndarray:
+    def run(frontal: np.ndarray, lateral: np.ndarray, has_lateral: np.ndarray) -> Scores:
         with torch.inference_mode():
             out = module(
                 torch.from_numpy(np.ascontiguousarray(frontal, dtype=np.uint8)),
                 torch.from_numpy(np.ascontiguousarray(lateral, dtype=np.uint8)),
                 torch.from_numpy(np.ascontiguousarray(has_lateral, dtype=bool)),
             )
-        return out.float().numpy()
+        return Scores.of(out)
 
     return run
 
@@ -158,7 +191,7 @@ def _executorch_runner(model: Path) -> Runner:
 
     method = Runtime.get().load_program(str(model)).load_method("forward")
 
-    def run(frontal: np.ndarray, lateral: np.ndarray, has_lateral: np.ndarray) -> np.ndarray:
+    def run(frontal: np.ndarray, lateral: np.ndarray, has_lateral: np.ndarray) -> Scores:
         outs = []
         for i in range(len(frontal)):  # exported for batch 1 (pipelines.export)
             out = method.execute(
@@ -168,7 +201,13 @@ def _executorch_runner(model: Path) -> Runner:
                     torch.from_numpy(np.ascontiguousarray(has_lateral[i : i + 1], dtype=bool)),
                 ]
             )
-            outs.append(out[0].float().numpy())
-        return np.concatenate(outs) if outs else np.zeros((0, 0), dtype=np.float32)
+            outs.append(Scores.of(tuple(out)))
+        if not outs:
+            return Scores(np.zeros((0, 0), dtype=np.float32))
+        ood = [o.ood for o in outs]
+        return Scores(
+            np.concatenate([o.probabilities for o in outs]),
+            None if ood[0] is None else np.concatenate(ood),
+        )
 
     return run

@@ -37,8 +37,12 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "bits",  # BitsStored (8 for 8-bit PNG/JPEG, 0 when unknown)
     "photometric",  # MONOCHROME1, MONOCHROME2, RGB, ... ('' when unknown)
     "official_split",  # train / val / test when the input is an official split, else ''
+    "sex",  # F, M, O or '' (unknown): pipelines.demographics
+    "age_band",  # 0-9, 10-19, ..., 80-89, 90+ or '' (unknown): pipelines.demographics
     *FINDINGS,  # float32: 1 / 0 / NaN
 )
+#: Coarse subgroup attributes (pipelines.demographics); '' when the source does not say.
+DEMOGRAPHIC_COLUMNS: tuple[str, ...] = ("sex", "age_band")
 
 STUDY_COLUMNS: tuple[str, ...] = (
     "study_key",
@@ -52,6 +56,8 @@ STUDY_COLUMNS: tuple[str, ...] = (
     "lateral_path",  # '' when the study has no lateral view
     "lateral_bits",  # 0 when unknown or no lateral view
     "has_lateral",
+    "sex",  # of the frontal image's row (the study's patient)
+    "age_band",  # at the study
     *FINDINGS,
     "split",  # train, val, test
 )
@@ -67,15 +73,17 @@ def conform_manifest(df: pd.DataFrame) -> pd.DataFrame:
     for name in FINDINGS:
         if name not in df.columns:
             df[name] = np.nan
-    if "official_split" not in df.columns:
-        df["official_split"] = ""
+    for name in ("official_split", *DEMOGRAPHIC_COLUMNS):
+        if name not in df.columns:
+            df[name] = ""
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
         raise KeyError(f"manifest frame lacks columns: {missing}")
     out = df.loc[:, list(MANIFEST_COLUMNS)]
     str_cols = ["image_id", "patient_key", "study_key", "source", "path", "view", "view_raw"]
-    str_cols.append("official_split")
+    str_cols += ["official_split", *DEMOGRAPHIC_COLUMNS]
     out = out.astype({c: "string" for c in str_cols} | {"photometric": "string"})
+    out[list(DEMOGRAPHIC_COLUMNS)] = out[list(DEMOGRAPHIC_COLUMNS)].fillna("")
     out = out.astype({c: "int64" for c in ("width", "height", "bits")})
     out = out.astype({f: "float32" for f in FINDINGS})
     out.attrs = dict(df.attrs)

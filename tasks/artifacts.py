@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +21,19 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from pipelines.config import load_params, parse_section
+from tasks.workspace import NAME, scoped
 
-#: Artifact keys (Prefect: lowercase letters, digits and dashes); each run adds a new version.
-EVALUATE_AUROC_KEY = "cxr-evaluate-auroc"
-EVALUATE_SUMMARY_KEY = "cxr-evaluate-summary"
-LATERAL_GAIN_KEY = "cxr-evaluate-lateral-gain"
-EXPORT_PARITY_KEY = "cxr-export-parity"
-SWEEP_KEY = "cxr-sweep"
-ARTIFACT_KEY = re.compile(r"^[a-z0-9-]+$")
+#: The kinds of artifact; a key is ``cxr-<workspace>-<kind>`` (:func:`tasks.workspace.scoped`:
+#: keys are global on a server that serves several workspaces). Each run adds a new version.
+EVALUATE_AUROC = "evaluate-auroc"
+EVALUATE_SUMMARY = "evaluate-summary"
+LATERAL_GAIN = "evaluate-lateral-gain"
+EVALUATE_SUBGROUPS = "evaluate-subgroups"
+EVALUATE_GATE = "evaluate-ood-gate"
+EXPORT_PARITY = "export-parity"
+SWEEP = "sweep"
+#: What Prefect accepts as an artifact key.
+ARTIFACT_KEY = NAME
 
 NOT_ESTIMABLE = "not estimable"
 NOT_TRAINED = "not trained"
@@ -44,6 +48,8 @@ class OutputPaths:
     report_md: Path
     report_html: Path
     export_metrics: Path
+    subgroups_metrics: Path | None = None
+    ood_metrics: Path | None = None
 
     @classmethod
     def from_params(cls, repo: str | Path = ".") -> OutputPaths:
@@ -67,6 +73,8 @@ class OutputPaths:
             report_md=out / "report.md",
             report_html=out / "report.html",
             export_metrics=root / export.metrics,
+            subgroups_metrics=root / evaluate.subgroups_metrics,
+            ood_metrics=root / evaluate.ood_metrics,
         )
 
 
@@ -213,38 +221,40 @@ def publish_evaluation(repo: str | Path = ".") -> list[str]:
     """Publish the AUROC table, the summary and the dual vs frontal-only table of evaluate.
 
     Returns:
-        The keys published.
+        The keys published (``cxr-<workspace>-<kind>``: the workspace of ``repo``).
 
     Raises:
         FileNotFoundError: an evaluate output is missing.
     """
     paths = OutputPaths.from_params(repo)
+    auroc_key, summary_key = scoped(EVALUATE_AUROC, repo), scoped(EVALUATE_SUMMARY, repo)
     findings = read_json(paths.findings_metrics)
     headline = read_json(paths.evaluate_metrics)
     level = _level(findings)
     resamples = (findings.get("bootstrap") or {}).get("resamples", "?")
     create_table_artifact(
         auroc_rows(findings, headline),
-        key=EVALUATE_AUROC_KEY,
+        key=auroc_key,
         description=(
             f"Test AUROC per finding (dual view) with {level} CIs from {resamples} patient-level "
             f"bootstrap resamples; {headline.get('test_studies', '?')} test studies, "
             f"{headline.get('test_patients', '?')} patients."
         ),
     )
-    published = [EVALUATE_AUROC_KEY]
+    published = [auroc_key]
     create_markdown_artifact(
         summary_markdown(paths.report_md.read_text(encoding="utf-8"), paths.report_html),
-        key=EVALUATE_SUMMARY_KEY,
+        key=summary_key,
         description="Evaluation summary and the path of the HTML report",
     )
-    published.append(EVALUATE_SUMMARY_KEY)
+    published.append(summary_key)
     lateral = lateral_rows(findings, headline)
     if lateral is not None:
         gain = headline["lateral_gain"]
+        lateral_key = scoped(LATERAL_GAIN, repo)
         create_table_artifact(
             lateral,
-            key=LATERAL_GAIN_KEY,
+            key=lateral_key,
             description=(
                 "What the lateral view adds: AUROC(dual) - AUROC(lateral view masked) per finding, "
                 f"paired {level} bootstrap CI on the '{gain.get('subset', '?')}' subset "
@@ -253,8 +263,86 @@ def publish_evaluation(repo: str | Path = ".") -> list[str]:
                 "all test studies."
             ),
         )
-        published.append(LATERAL_GAIN_KEY)
+        published.append(lateral_key)
+    published += _publish_subgroups(paths, repo) + _publish_gate(paths, repo)
     return published
+
+
+def subgroup_rows(subgroups: Mapping[str, Any]) -> list[dict]:
+    """Per finding and attribute with a gap: the groups at each end, the gap, its CI, the flag
+    (flagged first)."""
+    rows = []
+    for attribute, block in (subgroups.get("attributes") or {}).items():
+        for finding, entry in block.get("findings", {}).items():
+            gap = entry.get("gap")
+            if gap is None:
+                continue
+            rows.append(
+                {
+                    "finding": finding,
+                    "attribute": attribute,
+                    "higher": gap["high"],
+                    "lower": gap["low"],
+                    "gap": _r(gap.get("delta")),
+                    "ci_lo": _r(gap.get("delta_lo")),
+                    "ci_hi": _r(gap.get("delta_hi")),
+                    "flagged": "FLAGGED" if gap.get("flagged") else "",
+                }
+            )
+    return sorted(rows, key=lambda r: (r["flagged"] == "", r["finding"], r["attribute"]))
+
+
+def gate_markdown(gate: Mapping[str, Any]) -> str:
+    """The out-of-distribution gate in a few lines: thresholds, refusals, AUROCs."""
+    if not gate.get("fitted"):
+        return f"No out-of-distribution gate was fitted: {gate.get('reason', '?')}."
+    auroc = gate.get("auroc") or {}
+    kinds = ", ".join(f"{k} {v['refused']}/{v['images']}" for k, v in gate["by_kind"].items())
+    return "\n".join(
+        [
+            "# Out-of-distribution gate",
+            "",
+            f"- In-distribution test studies refused: {gate['test_refused']} of "
+            f"{gate['test_studies']}",
+            f"- Real non-chest images refused: {gate['reference_refused']} of "
+            f"{gate['reference_images']} ({kinds})",
+            f"- AUROC, test studies vs those images: Mahalanobis {auroc.get('mahalanobis')}, "
+            f"energy {auroc.get('energy')}, max logit {auroc.get('max_logit')}",
+            f"- Thresholds (squared distance): {gate['thresholds']}",
+        ]
+    )
+
+
+def _publish_subgroups(paths: OutputPaths, repo: str | Path) -> list[str]:
+    if paths.subgroups_metrics is None or not paths.subgroups_metrics.is_file():
+        return []
+    data = read_json(paths.subgroups_metrics)
+    rows = subgroup_rows(data)
+    if not rows:
+        return []
+    key = scoped(EVALUATE_SUBGROUPS, repo)
+    create_table_artifact(
+        rows,
+        key=key,
+        description=(
+            f"Largest AUROC gap per finding between subgroups (sex, age band, view, source), "
+            f"paired CI adjusted for the {data.get('comparisons', '?')} comparisons; "
+            f"{len(data.get('flagged', []))} flagged (CI excludes 0)."
+        ),
+    )
+    return [key]
+
+
+def _publish_gate(paths: OutputPaths, repo: str | Path) -> list[str]:
+    if paths.ood_metrics is None or not paths.ood_metrics.is_file():
+        return []
+    key = scoped(EVALUATE_GATE, repo)
+    create_markdown_artifact(
+        gate_markdown(read_json(paths.ood_metrics)),
+        key=key,
+        description="What cxr predict refuses: the out-of-distribution gate, measured",
+    )
+    return [key]
 
 
 # ------------------------------------------------------------------------------ export
@@ -303,22 +391,23 @@ def parity_rows(export_metrics: Mapping[str, Any]) -> list[dict]:
 
 
 def publish_export(repo: str | Path = ".") -> list[str]:
-    """Publish the parity table of the export stage.
+    """Publish the parity table of the export stage; returns its key.
 
     Raises:
         FileNotFoundError: the export metrics are missing.
     """
     metrics = read_json(OutputPaths.from_params(repo).export_metrics)
+    key = scoped(EXPORT_PARITY, repo)
     create_table_artifact(
         parity_rows(metrics),
-        key=EXPORT_PARITY_KEY,
+        key=key,
         description=(
             f"Exported models vs the eager model on {metrics.get('studies', '?')} test studies: "
             "max |Δprobability| over every study and finding, test macro AUROC drop "
             f"(eager - exported). All within tolerance: {metrics.get('passed', '?')}."
         ),
     )
-    return [EXPORT_PARITY_KEY]
+    return [key]
 
 
 #: stage name -> what to publish once it has run or was found up to date
@@ -351,14 +440,17 @@ def sweep_rows(experiments: list[Mapping[str, Any]], best: str | None = None) ->
     ]
 
 
-def publish_sweep(rows: list[dict], best: str | None, metric: str) -> list[str]:
-    """Publish a sweep's comparison table (rows from :func:`sweep_rows`)."""
+def publish_sweep(
+    rows: list[dict], best: str | None, metric: str, repo: str | Path = "."
+) -> list[str]:
+    """Publish a sweep's comparison table (rows from :func:`sweep_rows`); returns its key."""
+    key = scoped(SWEEP, repo)
     create_table_artifact(
         rows,
-        key=SWEEP_KEY,
+        key=key,
         description=(
             f"DVC experiments of the sweep; best by {metric}: {best or 'none'}. Nothing was "
             f"applied: adopt it with `dvc exp apply {best or '<name>'}`, then commit."
         ),
     )
-    return [SWEEP_KEY]
+    return [key]

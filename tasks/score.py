@@ -8,6 +8,7 @@ Study Instance UIDs given to a task are never written to the Prefect database.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -15,9 +16,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipelines.scoring import Outcome, Scorer, score_study
+from tasks.workspace import scoped
 
-SUMMARY_KEY = "cxr-score-summary"
-STUDIES_KEY = "cxr-score-studies"
+#: Artifact kinds; keys are ``cxr-<workspace>-<kind>`` (:func:`tasks.workspace.scoped`).
+SUMMARY = "score-summary"
+STUDIES = "score-studies"
 
 
 @task(name="search", cache_policy=NO_CACHE, persist_result=False)
@@ -34,8 +37,12 @@ def score_one(store: Any, scorer: Scorer, study_uid: str, recorded: dict[str, st
     return score_study(store, scorer, study_uid, recorded)
 
 
-def publish_summary(summary: dict[str, Any], outcomes: list[Outcome], source: str) -> None:
-    """The run's summary (markdown) and its per-study table (study keys only) as artifacts."""
+def publish_summary(
+    summary: dict[str, Any], outcomes: list[Outcome], source: str, repo: str | Path = "."
+) -> None:
+    """The run's summary (markdown) and its per-study table (study keys only) as artifacts of
+    the workspace at ``repo`` (by default the working directory: the checkout serving the
+    flow)."""
     reasons = summary["skipped_by_reason"]
     lat = summary["latency_s"]
     lines = [
@@ -55,10 +62,13 @@ def publish_summary(summary: dict[str, Any], outcomes: list[Outcome], source: st
     ]
     if summary.get("failed"):
         lines += ["", f"**Failed**: {summary['failed']}"]
-    create_markdown_artifact("\n".join(lines), key=SUMMARY_KEY, description="cxr-score run")
+    summary_key = scoped(SUMMARY, repo)
+    create_markdown_artifact("\n".join(lines), key=summary_key, description="cxr-score run")
     rows = [
         {"study": o.key, "status": o.status, "reason": o.reason, "seconds": round(o.seconds, 3)}
         for o in outcomes
     ]
     if rows:
-        create_table_artifact(rows, key=STUDIES_KEY, description="cxr-score studies (keys only)")
+        create_table_artifact(
+            rows, key=scoped(STUDIES, repo), description="cxr-score studies (keys only)"
+        )

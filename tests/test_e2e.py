@@ -26,7 +26,10 @@ import onnx
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
+from pipelines.evaluation.gate import reference_path
+from pipelines.imaging import read_image
 from pipelines.labels import FINDINGS
 from tests.conftest import dicom_phi_values, dvc, git, repro, stage_env
 
@@ -123,11 +126,14 @@ def _png_chunks(png: bytes) -> Iterator[bytes]:
 
 
 def _contents(path: Path) -> Iterator[bytes]:
-    """The bytes that could carry text: Parquet as CSV, archives member by member, PNGs (files
+    """The bytes that could carry text: Parquet's text columns, names and attrs, archives member
+    by member, PNGs (files
     and an HTML page's embedded images) chunk by chunk, and every file whole, except the
     payloads of numeric arrays, weight tensors and compressed pixels (numbers, not text)."""
-    if path.suffix == ".parquet":
-        yield pd.read_parquet(path).to_csv().encode()
+    if path.suffix == ".parquet":  # text columns and metadata (attrs); digits of probabilities
+        frame = pd.read_parquet(path)  # can spell an 8-digit birth date by chance
+        yield frame.select_dtypes(exclude="number").to_csv().encode()
+        yield json.dumps(frame.attrs, default=str).encode() + " ".join(frame.columns).encode()
         return
     if path.suffix == ".npy":
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -161,6 +167,15 @@ def _contents(path: Path) -> Iterator[bytes]:
     yield data
 
 
+_DECIMAL = re.compile(rb"(?<![\d.])\d+\.\d+(?:[eE][-+]?\d+)?(?![\d.])")
+
+
+def _text(blob: bytes) -> bytes:
+    """``blob`` without its decimal numbers (one dot: 0.8197309245), whose digits can spell an
+    8-digit birth date by chance; a dotted UID (several dots) and an integer stay."""
+    return _DECIMAL.sub(b" ", blob)
+
+
 def test_no_header_phi_in_any_output_or_log(pipeline_repo: Path) -> None:
     phi = _planted_phi(pipeline_repo / "data/raw/synthetic")
     assert len(phi) > 300  # names, MRNs, birth dates, accessions, institutions, the UID root
@@ -171,7 +186,7 @@ def test_no_header_phi_in_any_output_or_log(pipeline_repo: Path) -> None:
         if path.is_dir() or rel.startswith(inputs):
             continue
         scanned += 1
-        for blob in _contents(path):
+        for blob in map(_text, _contents(path)):
             hits += [(rel, s) for s in phi if s.encode() in blob]
     assert scanned > 60  # manifests, shards, checkpoints, reports, plots, models, logs
     assert hits == []
@@ -257,3 +272,30 @@ def test_a_second_clone_pulls_the_same_results_from_the_remote(
     ):
         assert (clone / rel).read_bytes() == (pipeline_repo / rel).read_bytes()
     shutil.rmtree(clone)
+
+
+def test_the_gate_refuses_every_real_non_chest_image_and_few_test_studies(pipeline_repo: Path):
+    """evaluate's measurement of the gate on the toy model, and cxr predict refusing a CT slice
+    saved as a PNG pair with the exported model (the pixels, no header to go by)."""
+    gate = json.loads((pipeline_repo / "metrics/evaluate_ood.json").read_text())
+    assert gate["fitted"] is True
+    for kind in ("CT", "MR", "US"):  # pydicom's bundled acquisitions: every one refused
+        assert gate["by_kind"][kind]["refused"] == gate["by_kind"][kind]["images"] > 0, kind
+    assert gate["reference_refused"] == gate["reference_images"] >= 14
+    assert gate["test_refusal_rate"] <= 0.02
+    assert gate["auroc"]["mahalanobis"] == 1.0
+    card = json.loads((pipeline_repo / "models/export/metadata.json").read_text())
+    assert card["output"]["ood_gate"]["thresholds"] == pytest.approx(gate["thresholds"], rel=1e-3)
+    assert set(card["output"]["calibration"]) == {"dual", "frontal_only"}
+    ct = read_image(reference_path("pydicom.data", "test_files/CT_small.dcm"))
+    png = pipeline_repo.parent / "ct.png"
+    Image.fromarray((ct * 255).round().astype(np.uint8)).save(png)
+    cxr = Path(sys.executable).with_name("cxr")
+    proc = subprocess.run(
+        [str(cxr), "predict", str(png), str(png)],
+        cwd=pipeline_repo,
+        capture_output=True,
+        text=True,
+        env=stage_env(),
+    )
+    assert proc.returncode == 2 and "refused: the frontal view is unlike" in proc.stderr

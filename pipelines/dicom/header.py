@@ -43,7 +43,7 @@ logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 #: The elements the ingest reader and ``cxr predict`` parse (pydicom seeks past the others;
 #: SpecificCharacterSet is always read): identity, SOP class, modality, presentation intent,
-#: body part, view, image geometry.
+#: body part, view, image geometry, sex and age.
 HEADER_TAGS: tuple[str, ...] = (
     "SOPClassUID",
     "SOPInstanceUID",
@@ -64,6 +64,11 @@ HEADER_TAGS: tuple[str, ...] = (
     "Columns",
     "BitsAllocated",
     "BitsStored",
+    # subgroup attributes (pipelines.demographics): the dates only give the age band, then go
+    "PatientSex",
+    "PatientAge",
+    "PatientBirthDate",
+    "StudyDate",
 )
 
 

@@ -29,12 +29,19 @@ For integer pixels of up to 16 bits, steps 1-4 are computed once over every poss
 value (at most 65,536 entries) and applied as one table look-up, which is exact (the steps are
 pointwise) and much faster than transforming every pixel in float64.
 
+Given the size the caller will shrink to, :func:`decode_dicom` decodes the stored values at a
+reduced resolution where the codec allows it (:mod:`pipelines.reduced`: JPEG DCT scaling,
+JPEG 2000 resolution levels, block means of uncompressed pixels), and then runs steps 1-5 on
+them unchanged.
+
 Colour (RGB; YBR, which pydicom converts to RGB) becomes luminance (ITU-R 601, :data:`LUMA`).
 The photometric and frame rules are :mod:`pipelines.dicom.policy`'s, which ingest applies too.
 
 Before the data set is read, its header alone is checked against the size limits of
 :mod:`pipelines.limits` (the file's size, one frame, rows x columns; a deflated data set's
-inflated size): ``too_large`` and ``multi_frame`` come before any pixel is read.
+inflated size), and a JPEG 2000 frame's JP2 boxes are checked, by :mod:`pipelines.dicom.guards`:
+``too_large`` and ``multi_frame`` come before any pixel is read, by the full or the reduced
+decode.
 
 Failures raise :class:`~pipelines.errors.DecodeError` with a reason of
 :data:`pipelines.imaging.REASONS` and a detail that never carries header values of identifying
@@ -50,8 +57,16 @@ from typing import Any, Literal
 
 import numpy as np
 
+from pipelines.dicom.guards import (
+    check_frames,
+    check_jp2_boxes,
+    check_size,
+    header_error,
+    header_int,
+)
 from pipelines.errors import DecodeError
 from pipelines.limits import MAX_IMAGE_PIXELS
+from pipelines.reduced import Grid, reduced_pixels
 
 NoWindow = Literal["bits", "minmax"]
 
@@ -76,11 +91,40 @@ def read_dicom(
         DecodeError: ``truncated``, ``no_pixel_data``, ``multi_frame``, ``too_large``,
             ``unsupported_photometric``, ``unsupported_transfer_syntax`` or ``decode_failed``.
     """
+    return decode_dicom(path, no_window, max_pixels=max_pixels)[0]
+
+
+def decode_dicom(
+    path: Path,
+    no_window: NoWindow = "bits",
+    draft_size: int | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> tuple[np.ndarray, Grid]:
+    """:func:`read_dicom`, at a reduced resolution where the codec allows it.
+
+    The size limits and the JP2 box check run first, before either the reduced or the full
+    decode reads a pixel.
+
+    Args:
+        path: the file.
+        no_window: as :func:`read_dicom`.
+        draft_size: the size the caller will shrink the image to: the stored values are decoded
+            at the reduction :func:`pipelines.reduced.reduction` picks (JPEG, JPEG 2000,
+            uncompressed), except for an image scaled by its own range (``minmax`` with no
+            VOI), then go through the same LUTs. None: full resolution.
+        max_pixels: as :func:`read_dicom` (of the full image, whatever the reduction).
+
+    Returns:
+        the image and where its samples lie on the full image (:class:`~pipelines.reduced.Grid`).
+
+    Raises:
+        DecodeError: as :func:`read_dicom`.
+    """
     from pipelines.dicom.header import quiet
 
     with quiet():
         try:
-            return _decode(path, no_window, max_pixels)
+            return _decode(path, no_window, draft_size, max_pixels)
         except (DecodeError, MemoryError):
             raise
         except Exception as exc:  # a header value pydicom cannot convert (its message quotes it)
@@ -88,26 +132,25 @@ def read_dicom(
             raise DecodeError(path, "decode_failed", detail) from None
 
 
-def _decode(path: Path, no_window: NoWindow, max_pixels: int) -> np.ndarray:
-    """:func:`read_dicom` inside :func:`pipelines.dicom.header.quiet`."""
-    _check_size(path, max_pixels)
+def _decode(
+    path: Path, no_window: NoWindow, draft_size: int | None, max_pixels: int
+) -> tuple[np.ndarray, Grid]:
+    """:func:`decode_dicom` inside :func:`pipelines.dicom.header.quiet`."""
+    check_size(path, max_pixels)
     ds = _read_dataset(path)
     photometric = _check_decodable(ds, path)
     tsyntax, ts_name = _check_decoder(ds, path)
-    _check_jp2_boxes(ds, path, tsyntax)
-    try:
-        arr = ds.pixel_array
-    except Exception as exc:
-        raise _pixel_error(path, exc, tsyntax, ts_name, ds) from None
+    check_jp2_boxes(ds, path, tsyntax)
+    arr, grid = _pixels(ds, path, no_window, draft_size, (tsyntax, ts_name))
 
     if arr.ndim == 3 and arr.shape[-1] == 3:  # RGB / YBR (pydicom converts YBR to RGB)
-        bits = _header_int(ds, "BitsStored", 8, path)
+        bits = header_int(ds, "BitsStored", 8, path)
         img = (arr.astype(np.float32) @ LUMA) / float(2**bits - 1)
-        return np.clip(img, 0.0, 1.0, out=img)
+        return np.clip(img, 0.0, 1.0, out=img), grid
     if arr.ndim != 2:
         raise DecodeError(path, "decode_failed", f"unexpected pixel array shape {arr.shape}")
     try:
-        return _mono_to_unit(arr, ds, no_window, invert=photometric == "MONOCHROME1")
+        return _mono_to_unit(arr, ds, no_window, invert=photometric == "MONOCHROME1"), grid
     except DecodeError:
         raise
     except Exception as exc:  # malformed LUTs and the like
@@ -116,70 +159,19 @@ def _decode(path: Path, no_window: NoWindow, max_pixels: int) -> np.ndarray:
         ) from None
 
 
-def _header_int(ds: Any, keyword: str, default: int, path: Path) -> int:
-    """A header value as an integer (``default`` when absent, empty or 0).
-
-    Raises:
-        DecodeError: ``decode_failed`` for a value that is not an integer (names the keyword).
-    """
-    from pipelines.dicom.header import integer
-    from pipelines.dicom.reasons import Reject
-
+def _pixels(
+    ds: Any, path: Path, no_window: NoWindow, draft_size: int | None, syntax: tuple[Any, str]
+) -> tuple[np.ndarray, Grid]:
+    """The stored values, reduced where :mod:`pipelines.reduced` can, else in full."""
+    if draft_size and (no_window == "bits" or _has_voi(ds)):
+        reduced = reduced_pixels(ds, draft_size)
+        if reduced is not None:
+            return reduced
     try:
-        return integer(ds, keyword, default) or default
-    except Reject:
-        raise DecodeError(path, "decode_failed", f"{keyword} is not an integer") from None
-
-
-_SIZE_TAGS = ("NumberOfFrames", "Rows", "Columns")
-
-
-def _header_error(path: Path, exc: Exception) -> DecodeError:
-    """A header pydicom cannot parse (its messages quote values: report the type)."""
-    reason = "truncated" if isinstance(exc, EOFError) else "decode_failed"
-    return DecodeError(path, reason, f"DICOM header unreadable ({type(exc).__name__})")
-
-
-def _check_size(path: Path, max_pixels: int) -> None:
-    """Refuse from the header alone what would take more memory than the limits allow.
-
-    The file is read whole by :func:`_read_dataset`: it must be within
-    :func:`pipelines.limits.dataset_bytes_limit` (a deflated one once inflated); one frame
-    only (a 10,000-frame object is refused before its pixels are read); rows x columns within
-    ``max_pixels`` (the decoders allocate the whole image first).
-    """
-    from pipelines.dicom.header import read_header
-    from pipelines.dicom.reasons import Reject
-    from pipelines.limits import dataset_bytes_limit, too_many_pixels
-
-    limit = dataset_bytes_limit(max_pixels)
-    size = path.stat().st_size
-    if size > limit:
-        raise DecodeError(
-            path,
-            "too_large",
-            f"the file holds {size:,} bytes, more than one image within the limit of "
-            f"{max_pixels:,} pixels can ({limit:,}); refused before reading it",
-        )
-    try:
-        head = read_header(path, _SIZE_TAGS, force=True, max_bytes=limit)
-    except Reject as rej:
-        raise DecodeError(path, "too_large", rej.detail) from None
+        arr = ds.pixel_array
     except Exception as exc:
-        raise _header_error(path, exc) from None
-    _check_frames(head, path)
-    rows, columns = _header_int(head, "Rows", 0, path), _header_int(head, "Columns", 0, path)
-    too_large = too_many_pixels(rows, columns, max_pixels)
-    if too_large:
-        raise DecodeError(path, "too_large", too_large)
-
-
-def _check_frames(ds: Any, path: Path) -> None:
-    from pipelines.dicom.policy import is_single_frame
-
-    frames = _header_int(ds, "NumberOfFrames", 1, path)
-    if not is_single_frame(frames):
-        raise DecodeError(path, "multi_frame", f"{frames} frames; expected one radiograph")
+        raise _pixel_error(path, exc, *syntax, ds) from None
+    return arr, Grid(arr.shape[:2])
 
 
 def _read_dataset(path: Path) -> Any:
@@ -192,7 +184,7 @@ def _read_dataset(path: Path) -> Any:
         with open_dicom(path) as fh:
             ds = pydicom.dcmread(fh, force=True)
     except Exception as exc:
-        raise _header_error(path, exc) from None
+        raise header_error(path, exc) from None
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         if len(ds) == 0:
             raise DecodeError(path, "truncated", "the file ends inside the DICOM header")
@@ -206,7 +198,7 @@ def _check_decodable(ds: Any, path: Path) -> str:
     """One frame of a photometric interpretation the policy accepts; returns that one."""
     from pipelines.dicom.policy import is_decodable_photometric
 
-    _check_frames(ds, path)
+    check_frames(ds, path)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if not is_decodable_photometric(photometric):
         raise DecodeError(path, "unsupported_photometric", f"{photometric} images")
@@ -248,41 +240,11 @@ def _check_decoder(ds: Any, path: Path) -> tuple[Any, str]:
     return tsyntax, ts_name
 
 
-_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  "
-
-
-def _check_jp2_boxes(ds: Any, path: Path, tsyntax: Any) -> None:
-    """A JPEG 2000 frame wrapped in JP2 boxes must not hold a box of length 0 before its
-    codestream: pydicom's parameter reader walks the boxes by their lengths, and one of length 0
-    stops it advancing (it loops forever; a fuzzing finding)."""
-    from pydicom.encaps import generate_frames
-    from pydicom.uid import JPEG2000TransferSyntaxes
-
-    if str(tsyntax) not in JPEG2000TransferSyntaxes or "PixelData" not in ds:
-        return
-    try:
-        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
-    except Exception:  # not encapsulated, or no frame: pydicom reports it when it decodes
-        return
-    if not frame.startswith(_JP2_SIGNATURE):
-        return
-    offset = 12
-    while offset + 8 <= len(frame):
-        length = int.from_bytes(frame[offset : offset + 4], "big")
-        if frame[offset + 4 : offset + 8] == b"jp2c":
-            return
-        if length == 0:
-            raise DecodeError(
-                path, "decode_failed", f"a JP2 box of length 0 at byte {offset} of the frame"
-            )
-        offset += length
-
-
 def _pixel_error(path: Path, exc: Exception, tsyntax: Any, ts_name: str, ds: Any) -> DecodeError:
     """Map a pydicom pixel-decoding exception to a reason (messages are about pixels, no PHI)."""
     msg = str(exc)
     low = msg.lower()
-    if str(tsyntax) == _JPEG_EXTENDED and _header_int(ds, "BitsStored", 8, path) > 8:
+    if str(tsyntax) == _JPEG_EXTENDED and header_int(ds, "BitsStored", 8, path) > 8:
         return DecodeError(
             path,
             "unsupported_transfer_syntax",
@@ -293,6 +255,12 @@ def _pixel_error(path: Path, exc: Exception, tsyntax: Any, ts_name: str, ds: Any
     if "less than expected" in low or "truncat" in low or "insufficient" in low:
         return DecodeError(path, "truncated", msg[:300])
     return DecodeError(path, "decode_failed", f"{ts_name}: {type(exc).__name__}: {msg}"[:300])
+
+
+def _has_voi(ds: Any) -> bool:
+    """A VOI LUT or a window: the scaling does not depend on the pixels' own range."""
+    has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+    return _voi_lut_item(ds) is not None or has_window
 
 
 def _voi_lut_item(ds: Any) -> Any | None:

@@ -13,11 +13,12 @@ import base64
 import io
 from typing import Any
 
+import pandas as pd
 from matplotlib.figure import Figure
 
 from pipelines.evaluation.summary import Evaluation
 
-DUAL, FRONT = "#1f5fa8", "#d9822b"
+DUAL, FRONT, RAW = "#1f5fa8", "#d9822b", "#9a9a9a"
 VERDICT_COLOURS = {"helps": "#2e7d32", "hurts": "#c62828", "neutral": "#6d6d6d"}
 
 
@@ -106,19 +107,31 @@ def figure_pr(ev: Evaluation) -> Figure:
     return fig
 
 
+def _reliability_line(ax: Any, rel: pd.DataFrame, colour: str, label: str | None) -> None:
+    rel = rel[rel["count"] > 0]
+    if len(rel):
+        size = 8 + 60 * rel["count"] / rel["count"].max()
+        ax.plot(rel["mean_predicted"], rel["observed"], color=colour, lw=1.0, label=label)
+        ax.scatter(rel["mean_predicted"], rel["observed"], s=size, color=colour, zorder=3)
+
+
 def figure_reliability(ev: Evaluation) -> Figure:
-    """Reliability diagrams: observed frequency vs mean predicted probability per bin."""
+    """Reliability diagrams: observed frequency vs mean predicted probability per bin, of the
+    raw probabilities (grey) and of the calibrated ones (blue), with their test ECEs."""
     fig, axes = _grid(len(ev.findings), "Mean predicted probability (bin)", "Observed frequency")
     dual = ev.modes["dual"]
-    for ax, name in zip(axes, ev.findings, strict=False):
-        rel = dual.reliability[name]
-        rel = rel[rel["count"] > 0]
+    compare = dual.ece_compare
+    for k, (ax, name) in enumerate(zip(axes, ev.findings, strict=False)):
         ax.plot([0, 1], [0, 1], color="#bbbbbb", lw=0.8, ls=":")
-        if len(rel):
-            size = 8 + 60 * rel["count"] / rel["count"].max()
-            ax.plot(rel["mean_predicted"], rel["observed"], color=DUAL, lw=1.0)
-            ax.scatter(rel["mean_predicted"], rel["observed"], s=size, color=DUAL, zorder=3)
-        ax.set_title(f"{name}\nECE {dual.ece[name].format(3)}", fontsize=8.5)
+        if name in dual.reliability_raw and dual.calibration is not None:
+            _reliability_line(ax, dual.reliability_raw[name], RAW, "raw" if k == 0 else None)
+        _reliability_line(ax, dual.reliability[name], DUAL, "calibrated" if k == 0 else None)
+        title = f"{name}\nECE {dual.ece[name].format(3)}"
+        if compare is not None and dual.calibration is not None:
+            title = f"{name}\nECE {compare.before[name].format(2)} -> {dual.ece[name].format(2)}"
+        ax.set_title(title, fontsize=8)
+        if k == 0 and dual.calibration is not None:
+            ax.legend(fontsize=7, loc="upper left")
     return fig
 
 

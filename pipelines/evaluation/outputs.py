@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from pipelines.errors import ReportError
@@ -57,6 +56,8 @@ def _finding_metrics(ev: Evaluation, row: FindingScore) -> dict[str, Any]:
     _put(f, "auroc", row.auroc)
     _put(f, "auprc", row.auprc)
     _put(f, "ece", dual.ece[name])
+    if dual.ece_compare is not None:
+        _put(f, "ece_raw", dual.ece_compare.before[name])
     if "frontal_only" in ev.modes:
         front = ev.modes["frontal_only"].discrimination.by_name()[name]
         _put(f, "frontal_only_auroc", front.auroc)
@@ -96,9 +97,11 @@ def metrics_dict(ev: Evaluation) -> dict[str, Any]:
     }
     _put(out, "macro_auroc", dual.discrimination.macro_auroc)
     _put(out, "micro_auroc", dual.discrimination.micro_auroc)
-    eces = [e.value for e in dual.ece.values() if e.value is not None]
-    if eces:
-        out["macro_ece"] = round(float(np.mean(eces)), 6)
+    if dual.ece_compare is not None:  # its CI, and the raw ECE, are in "calibration"
+        macro_ece = dual.ece_compare.after["macro"].value
+        if macro_ece is not None:
+            out["macro_ece"] = round(macro_ece, 6)
+        out["calibration"] = calibration_metrics(ev)
     out["findings_estimable"] = sum(f.status != NOT_ESTIMABLE for f in dual.discrimination.findings)
     if "frontal_only" in ev.modes:
         fo: dict[str, Any] = {}
@@ -119,6 +122,64 @@ def metrics_dict(ev: Evaluation) -> dict[str, Any]:
     if ev.sources:
         out["by_source"] = source_metrics(ev)
     return out
+
+
+def calibration_metrics(ev: Evaluation) -> dict[str, Any]:
+    """Per mode: the method fitted on validation, its cross-validated log losses, and the test
+    macro ECE before and after with the (paired) change."""
+    out: dict[str, Any] = {}
+    for mode, result in ev.modes.items():
+        compare, cal = result.ece_compare, result.calibration
+        block: dict[str, Any] = {"method": cal.method if cal else "none (no validation rows)"}
+        if cal is not None and cal.cv_loss:
+            block["cv_log_loss"] = {m: round(v, 4) for m, v in cal.cv_loss.items()}
+        if compare is not None:
+            _put(block, "macro_ece_before", compare.before["macro"])
+            _put(block, "macro_ece_after", compare.after["macro"])
+            _put(block, "macro_ece_change", compare.change["macro"])
+        out[mode] = block
+    return out
+
+
+def subgroup_metrics(ev: Evaluation) -> dict[str, Any]:
+    """``metrics/evaluate_subgroups.json``: per attribute and finding, each group's counts and
+    AUROC (with CI) and the largest gap with its adjusted CI and flag; the flagged gaps first."""
+    sg = ev.subgroups
+    if sg is None:
+        return {"attributes": {}}
+    out: dict[str, Any] = {
+        "flagged": [
+            {k: v for k, v in g.items() if k != "delta"} | _estimate_dict("gap", g["delta"])
+            for g in sg.flagged()
+        ],
+        "comparisons": sg.comparisons,
+        "ci_level": sg.level,
+        "gap_ci_level": round(sg.adjusted_level, 6),
+        "min_positives": sg.min_positives,
+        "not_analysed": dict(sg.skipped),
+        "attributes": {},
+    }
+    for a in sg.attributes:
+        per: dict[str, Any] = {}
+        for finding, scores in a.scores.items():
+            groups = {}
+            for s in scores:
+                groups[s.group] = {"studies": s.n_studies, "n_pos": s.n_pos, "n_neg": s.n_neg}
+                _put(groups[s.group], "auroc", s.auroc)
+            block: dict[str, Any] = {"groups": groups}
+            gap = a.gaps.get(finding)
+            if gap is not None:
+                block["gap"] = {"high": gap.high, "low": gap.low, "flagged": gap.flagged}
+                block["gap"] |= _estimate_dict("delta", gap.delta)
+            per[finding] = block
+        out["attributes"][a.attribute] = {"groups": a.groups, "findings": per}
+    return out
+
+
+def _estimate_dict(key: str, est: Estimate) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    _put(d, key, est)
+    return d
 
 
 def source_metrics(ev: Evaluation) -> dict[str, dict[str, Any]]:
@@ -154,7 +215,7 @@ def split_metrics(full: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
     Returns:
         ``(headline, details)``.
     """
-    details_only = ("findings", "bootstrap", "by_source")
+    details_only = ("findings", "bootstrap", "by_source", "calibration")
     headline = {k: v for k, v in full.items() if k not in details_only}
     findings = full.get("findings", {})
     headline["auroc"] = {k: f.get("auroc", f["status"]) for k, f in findings.items()}
@@ -170,8 +231,9 @@ def split_metrics(full: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
             k: f.get("lateral_delta", NOT_ESTIMABLE) for k, f in findings.items()
         }
     details = {"bootstrap": full.get("bootstrap", {}), "findings": findings}
-    if "by_source" in full:
-        details["by_source"] = full["by_source"]
+    for key in ("by_source", "calibration"):
+        if key in full:
+            details[key] = full[key]
     return headline, details
 
 
@@ -186,6 +248,9 @@ def thresholds_dict(ev: Evaluation) -> dict[str, Any]:
     card carries); ``frontal_only`` holds the same for studies scored without a lateral view.
     A finding that is not trained (:mod:`pipelines.coverage`) has no threshold at all; it is
     listed under ``not_trained`` with its reason, which the model card and ``cxr predict`` carry.
+    The thresholds apply to **calibrated** probabilities: ``calibration`` holds, per mode
+    (``dual``, ``frontal_only``), the maps fitted on validation that turn the model's raw
+    probabilities into them.
 
     Args:
         ev: from :func:`summarize`.
@@ -208,6 +273,9 @@ def thresholds_dict(ev: Evaluation) -> dict[str, Any]:
     if "frontal_only" in ev.modes and ev.modes["frontal_only"].thresholds:
         out["frontal_only"] = _policy_major(ev.modes["frontal_only"].thresholds)
     out["not_trained"] = dict(ev.not_trained)
+    out["calibration"] = {  # the thresholds are on this scale: the card and predict apply it
+        mode: r.calibration.to_json() for mode, r in ev.modes.items() if r.calibration is not None
+    }
     return out
 
 
@@ -267,9 +335,11 @@ def write_outputs(
     findings_metrics_path: str | Path,
     thresholds_path: str | Path,
     plots_dir: str | Path,
+    subgroups_path: str | Path | None = None,
     run_params: Mapping[str, Any] | None = None,
     versions: Mapping[str, Any] | None = None,
     saliency: Mapping[str, Any] | None = None,
+    gate: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write every output of an evaluation (atomically) and return the full metrics dict.
 
@@ -280,10 +350,12 @@ def write_outputs(
             :func:`split_metrics`).
         thresholds_path: validation-chosen thresholds (for the model card).
         plots_dir: folder of the ROC / PR / calibration CSVs (DVC plots).
+        subgroups_path: the subgroup DVC metrics (:func:`subgroup_metrics`); None: not written.
         run_params: params shown in the report (default: the report params).
         versions: git / DVC / model versions shown in the report.
         saliency: the galleries and localisation (:func:`pipelines.evaluation.saliency.
             saliency_results`); None: the report says they were not computed.
+        gate: the out-of-distribution gate's metrics (shown in the report); None: not shown.
 
     Returns:
         :func:`metrics_dict` of ``ev``.
@@ -293,8 +365,10 @@ def write_outputs(
     write_json(metrics_path, headline)
     write_json(findings_metrics_path, details)
     write_json(thresholds_path, thresholds_dict(ev))
+    if subgroups_path is not None:
+        write_json(subgroups_path, subgroup_metrics(ev))
     write_curves(ev, plots_dir)
-    _write_text(Path(html_path), render_html(ev, run_params, versions, saliency))
+    _write_text(Path(html_path), render_html(ev, run_params, versions, saliency, gate))
     _write_text(Path(markdown_path), render_markdown(ev))
     return metrics
 
@@ -321,7 +395,8 @@ def render_report(
     """Recompute the evaluation from saved predictions and write the report into ``out_dir``.
 
     Writes ``report.html``, ``report.md``, ``metrics.json`` (headline), ``metrics_findings.json``
-    (per-finding details), ``thresholds.json`` and ``plots/{roc,pr,calibration}/<finding>.csv``.
+    (per-finding details), ``metrics_subgroups.json``, ``thresholds.json`` and
+    ``plots/{roc,pr,calibration}/<finding>.csv``.
     No model is loaded.
 
     Args:
@@ -346,6 +421,7 @@ def render_report(
         "metrics": out / "metrics.json",
         "findings_metrics": out / "metrics_findings.json",
         "thresholds": out / "thresholds.json",
+        "subgroups": out / "metrics_subgroups.json",
         "plots": out / "plots",
     }
     ev = summarize(table, params, source)
@@ -358,6 +434,7 @@ def render_report(
         findings_metrics_path=files["findings_metrics"],
         thresholds_path=files["thresholds"],
         plots_dir=files["plots"],
+        subgroups_path=files["subgroups"],
         run_params=run_params,
         versions=versions,
     )

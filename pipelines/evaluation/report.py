@@ -14,7 +14,6 @@ import functools
 import html
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import jinja2
@@ -32,23 +31,16 @@ from pipelines.evaluation.figures import (
 )
 from pipelines.evaluation.metrics import NOT_ESTIMABLE
 from pipelines.evaluation.operating_points import OperatingPoint
+from pipelines.evaluation.report_sections import (
+    Cell,
+    calibration_section,
+    gate_section,
+    subgroup_section,
+)
+from pipelines.evaluation.report_sections import estimate_cell as _estimate
 from pipelines.evaluation.summary import FRONTAL_ONLY_METHOD, Evaluation
 
 TEMPLATE = "report.html.j2"
-
-
-@dataclass(frozen=True)
-class Cell:
-    """A table cell or card value the template styles (plain ones are just ``str`` / ``int``).
-
-    Attributes:
-        text: what it shows.
-        style: ``bold``, ``badge`` (a verdict badge) or the CSS class of a span (``ne``: not
-            estimable or not available, ``few``: few positives).
-    """
-
-    text: str
-    style: str
 
 
 def _escape(value: Any) -> Markup:
@@ -74,12 +66,6 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
         undefined=jinja2.StrictUndefined,
     )
-
-
-def _estimate(est: Estimate | None, digits: int = 3) -> str | Cell:
-    if est is None or est.value is None:
-        return Cell(NOT_ESTIMABLE, "ne")
-    return est.format(digits)
 
 
 def _percent(est: Estimate) -> str | Cell:
@@ -267,6 +253,7 @@ def render_html(
     run_params: Mapping[str, Any] | None = None,
     versions: Mapping[str, Any] | None = None,
     saliency: Mapping[str, Any] | None = None,
+    gate: Mapping[str, Any] | None = None,
 ) -> str:
     """The self-contained HTML report (inline CSS, PNGs as data URIs, no external resources).
 
@@ -277,6 +264,8 @@ def render_html(
         saliency: the Grad-CAM galleries and localisation of the evaluate stage
             (:func:`pipelines.evaluation.saliency.saliency_results`); None: not computed
             (e.g. ``cxr report`` from saved predictions).
+        gate: the out-of-distribution gate's metrics (``evaluate``'s ``gate_results``); None:
+            not computed.
 
     Returns:
         The HTML page.
@@ -319,12 +308,38 @@ def render_html(
             run_params=_flatten("", dict(run_params or p.model_dump())),
             figures=_figures(ev),
             saliency=_saliency(saliency),
+            calibration=calibration_section(ev),
+            subgroups=subgroup_section(ev),
+            gate=gate_section(gate),
         )
     )
 
 
 def _md(est: Estimate | None, digits: int = 3) -> str:
     return NOT_ESTIMABLE if est is None or est.value is None else est.format(digits)
+
+
+def _markdown_extras(ev: Evaluation) -> list[str]:
+    """Calibration and flagged subgroup gaps, one line each."""
+    lines = []
+    dual = ev.modes["dual"]
+    if dual.ece_compare is not None and dual.calibration is not None:
+        c = dual.ece_compare
+        lines.append(
+            f"- Calibration ({dual.calibration.method}, fitted on validation): macro ECE "
+            f"{_md(c.before['macro'])} -> {_md(c.after['macro'])} (change {_md(c.change['macro'])})"
+        )
+    if ev.subgroups is not None:
+        flagged = ev.subgroups.flagged()
+        lines.append(
+            f"- Subgroup gaps flagged: {len(flagged)} of {ev.subgroups.comparisons} comparisons"
+            + "".join(
+                f"; {g['finding']} {g['attribute']} {g['high']} vs {g['low']} "
+                f"{g['delta'].format(2)}"
+                for g in flagged
+            )
+        )
+    return lines
 
 
 def render_markdown(ev: Evaluation) -> str:
@@ -357,6 +372,7 @@ def render_markdown(ev: Evaluation) -> str:
         f"- **Not trained** (no metric, no decision): {f}: {why}"
         for f, why in ev.not_trained.items()
     ]
+    lines += _markdown_extras(ev)
     for r in ev.sources:
         lines.append(
             f"- AUROC by source, {r.split} split, {r.source}: macro "

@@ -30,7 +30,13 @@ from pipelines.config import StageParams
 from pipelines.coverage import untrained_by_validation
 from pipelines.errors import ReportError
 from pipelines.evaluation.bootstrap import Estimate, PatientBootstrap
-from pipelines.evaluation.calibration import expected_calibration_error, reliability_curve
+from pipelines.evaluation.calibration import (
+    Calibration,
+    EceComparison,
+    compare_ece,
+    fit_calibration,
+    reliability_curve,
+)
 from pipelines.evaluation.metrics import (
     NOT_ESTIMABLE,
     DiscriminationReport,
@@ -47,11 +53,13 @@ from pipelines.evaluation.operating_points import (
     youden_threshold,
 )
 from pipelines.evaluation.sources import SourceResult, by_source
+from pipelines.evaluation.subgroups import SubgroupAnalysis, subgroup_analysis
 from pipelines.labels import FINDINGS
 
 PREDICTION_COLUMNS: tuple[str, ...] = ("split", "study_key", "patient_key", "has_lateral", "mode")
-#: Optional columns kept when present: the study's source (a multi-source manifest's name).
-OPTIONAL_COLUMNS: tuple[str, ...] = ("source",)
+#: Optional columns kept when present: the study's source (a multi-source manifest's name) and
+#: its subgroup attributes (:mod:`pipelines.evaluation.subgroups`).
+OPTIONAL_COLUMNS: tuple[str, ...] = ("source", "frontal_view", "sex", "age_band")
 #: The predictions' attrs the evaluation reads (what evaluate records of the model).
 ATTRS: tuple[str, ...] = ("model", "frontal_only", "untrained", "label_coverage")
 MODES: tuple[str, ...] = ("dual", "frontal_only")
@@ -77,6 +85,12 @@ class ReportParams(StageParams):
         paired_subset: test studies of the dual vs frontal-only comparison: ``with_lateral``
             (those that have a lateral view: the only ones masking changes) or ``all``.
         min_positives: findings with fewer test positives are flagged "few positives".
+        calibration: the post-hoc calibration fitted on validation (per mode and finding):
+            ``auto`` (the method of lowest cross-validated log loss on validation), ``none``,
+            ``temperature``, ``platt`` or ``isotonic``
+            (:func:`pipelines.evaluation.calibration.fit_calibration`).
+        subgroup_min_positives: a subgroup enters a finding's gap comparison with at least this
+            many test positives and as many negatives (:mod:`pipelines.evaluation.subgroups`).
     """
 
     bootstrap_resamples: int = Field(2000, ge=1)
@@ -86,6 +100,8 @@ class ReportParams(StageParams):
     ece_bins: int = Field(10, ge=1, le=100)
     paired_subset: Literal["with_lateral", "all"] = "with_lateral"
     min_positives: int = Field(10, ge=0)
+    calibration: Literal["auto", "none", "temperature", "platt", "isotonic"] = "auto"
+    subgroup_min_positives: int = Field(5, ge=1)
 
 
 def report_params(params: ReportParams | Mapping[str, Any] | None) -> ReportParams:
@@ -214,13 +230,18 @@ class ModeResult:
 
     Attributes:
         discrimination: per-finding AUROC / AUPRC with CIs, macro and micro AUROC.
-        thresholds: per finding, the validation-chosen threshold of each of :data:`RULES` and
-            the validation class counts (``val_n_pos``, ``val_n_neg``); empty without
-            validation rows.
-        operating_points: per rule, the thresholds applied to test (empty without validation).
-        ece: per finding, the expected calibration error (a point estimate: no CI).
-        reliability: per finding, the reliability-diagram table.
-        roc, pr: per estimable finding, the ROC and precision-recall curve tables.
+        thresholds: per finding, the validation-chosen threshold of each of :data:`RULES` on the
+            calibrated validation probabilities, and the validation class counts
+            (``val_n_pos``, ``val_n_neg``); empty without validation rows.
+        operating_points: per rule, the thresholds applied to the calibrated test
+            probabilities (empty without validation).
+        ece: per finding, the expected calibration error of the calibrated probabilities.
+        reliability: per finding, the reliability-diagram table (calibrated probabilities).
+        roc, pr: per estimable finding, the ROC and precision-recall curve tables (their
+            thresholds on the calibrated scale).
+        calibration: the maps fitted on validation (None without validation rows).
+        ece_compare: ECE before and after calibration, and the change, with CIs.
+        reliability_raw: per finding, the reliability-diagram table of the raw probabilities.
     """
 
     discrimination: DiscriminationReport
@@ -230,6 +251,9 @@ class ModeResult:
     reliability: dict[str, pd.DataFrame]
     roc: dict[str, pd.DataFrame]
     pr: dict[str, pd.DataFrame]
+    calibration: Calibration | None = None
+    ece_compare: EceComparison | None = None
+    reliability_raw: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
 @dataclass
@@ -251,6 +275,7 @@ class Evaluation:
     #: per split, per finding: labelled positives / negatives / unannotated (from training)
     label_coverage: dict[str, Any] = field(default_factory=dict)
     sources: list[SourceResult] = field(default_factory=list)
+    subgroups: SubgroupAnalysis | None = None
 
     def macro_verdict(self) -> str:
         """Verdict of the paired macro AUROC difference (``not estimable`` if not compared)."""
@@ -296,6 +321,23 @@ def _thresholds(
     }
 
 
+def _calibrated(part: pd.DataFrame, findings: list[str], cal: Calibration | None) -> pd.DataFrame:
+    """``part`` with its ``p_`` columns calibrated (unchanged without a calibration)."""
+    if cal is None or not len(part):
+        return part
+    out = part.copy()
+    out[[f"p_{f}" for f in findings]] = cal.apply(_arrays(part, findings, "p"), findings)
+    return out
+
+
+def _fit(val: pd.DataFrame, findings: list[str], params: ReportParams) -> Calibration | None:
+    """The calibration of one mode fitted on its validation rows (None without them)."""
+    if not len(val):
+        return None
+    y, p = _arrays(val, findings, "y"), _arrays(val, findings, "p")
+    return fit_calibration(y, p, val["patient_key"].to_numpy(), findings, params.calibration)
+
+
 def _mode_result(
     test: pd.DataFrame,
     val: pd.DataFrame,
@@ -303,27 +345,38 @@ def _mode_result(
     boot: PatientBootstrap,
     params: ReportParams,
 ) -> ModeResult:
-    """Discrimination, operating points, calibration and curves of one mode on test."""
-    y, p = _arrays(test, findings, "y"), _arrays(test, findings, "p")
+    """Discrimination (raw scores), calibration fitted on validation, operating points chosen
+    on calibrated validation scores, ECE before / after and curves of one mode on test."""
+    y, raw = _arrays(test, findings, "y"), _arrays(test, findings, "p")
     level = params.ci_level
-    disc = compute_roc_auc(y, p, boot, findings, level)
-    thresholds = _thresholds(val, findings, params)
+    disc = compute_roc_auc(y, raw, boot, findings, level)
+    cal = _fit(val, findings, params)
+    p = cal.apply(raw, findings) if cal is not None else raw
+    thresholds = _thresholds(_calibrated(val, findings, cal), findings, params)
     ops: dict[str, list[OperatingPoint]] = {}
     if thresholds:
         for rule in RULES:
             chosen = [thresholds[f][rule] for f in findings]
             ops[rule] = apply_thresholds(y, p, chosen, boot, findings, rule, level)
-    ece, reliability, roc, pr = {}, {}, {}, {}
+    compare = compare_ece(y, raw, p, boot, findings, params.ece_bins, level)
+    reliability, reliability_raw, roc, pr = {}, {}, {}, {}
     for f, name in enumerate(findings):
-        # ECE is a point estimate: it is biased upwards and resampling adds to the bias, so a
-        # percentile interval can lie entirely above the estimate (seen on simulated data)
-        point = expected_calibration_error(y[:, f], p[:, f], params.ece_bins)
-        ece[name] = Estimate(float(point) if np.isfinite(point) else None, None, None)
         reliability[name] = reliability_curve(y[:, f], p[:, f], params.ece_bins)
-        curves = _curves(y[:, f], p[:, f])
+        reliability_raw[name] = reliability_curve(y[:, f], raw[:, f], params.ece_bins)
+        curves = _curves(y[:, f], raw[:, f])
         if curves is not None:
-            roc[name], pr[name] = curves
-    return ModeResult(disc, thresholds, ops, ece, reliability, roc, pr)
+            roc[name], pr[name] = (_on_scale(c, cal, name) for c in curves)
+    ece = {name: compare.after[name] for name in findings}
+    return ModeResult(
+        disc, thresholds, ops, ece, reliability, roc, pr, cal, compare, reliability_raw
+    )
+
+
+def _on_scale(curve: pd.DataFrame, cal: Calibration | None, finding: str) -> pd.DataFrame:
+    """A curve table with its thresholds on the calibrated scale (monotone: same points)."""
+    if cal is None or finding not in cal.maps:
+        return curve
+    return curve.assign(threshold=cal.maps[finding].apply(curve["threshold"].to_numpy()))
 
 
 def _compare_modes(
@@ -413,6 +466,15 @@ def summarize(
     ev.not_trained = not_trained
     ev.label_coverage = dict(df.attrs.get("label_coverage") or {})
     ev.sources = by_source(df, findings, params.bootstrap_resamples, params.seed, params.ci_level)
+    ev.subgroups = subgroup_analysis(
+        test,
+        _arrays(test, findings, "y"),
+        _arrays(test, findings, "p"),
+        findings,
+        boot,
+        params.ci_level,
+        params.subgroup_min_positives,
+    )
     if not len(val):
         ev.notes.append("No validation predictions: operating points were not chosen.")
     front = _split(df, "test", "frontal_only", test.index)

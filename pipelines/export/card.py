@@ -21,12 +21,14 @@ import torch
 from pipelines.coverage import finding_status, label_coverage
 from pipelines.data import ShardDataset, read_index
 from pipelines.errors import ExportError
+from pipelines.evaluation.calibration import calibration_from_json
 from pipelines.evaluation.provenance import code_version
 from pipelines.export.formats import dist_version
 from pipelines.labels import FINDINGS
 from pipelines.model import PIXEL_MEAN, PIXEL_STD
 from pipelines.notices import data_notice
-from pipelines.runners import INPUT_NAMES, OUTPUT_NAME
+from pipelines.ood import METHOD, OodGate
+from pipelines.runners import INPUT_NAMES, OOD_OUTPUT, OUTPUT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,7 @@ def read_thresholds(path: Path) -> dict[str, Any]:
         "thresholds_frontal_only": {},
         "not_trained": {},
         "notes": {},
+        "calibration": {},
     }
     if not path.is_file():
         log.warning("export: %s not found; the model card will carry no thresholds", path)
@@ -103,6 +106,38 @@ def read_thresholds(path: Path) -> dict[str, Any]:
         "thresholds_frontal_only": _policies(frontal) if isinstance(frontal, dict) else {},
         "not_trained": {str(k): str(v) for k, v in (data.get("not_trained") or {}).items()},
         "notes": {k: v for k, v in data.items() if isinstance(v, str | int | float | bool)},
+        "calibration": _calibration(path, data.get("calibration")),
+    }
+
+
+def _calibration(path: Path, data: Any) -> dict[str, Any]:
+    """Per mode, the calibration maps the thresholds are on (checked: each must load)."""
+    if not isinstance(data, dict):
+        return {}
+    for mode, cal in data.items():
+        try:
+            calibration_from_json(cal)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ExportError(f"{path}: calibration of mode {mode} is malformed ({exc})") from exc
+    return data
+
+
+def gate_spec(gate: OodGate | None, measured: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The card's out-of-distribution gate: thresholds, the rule and what evaluate measured."""
+    if gate is None:
+        return None
+    keep = ("test_refusal_rate", "test_refused", "test_studies", "reference_refused",
+            "reference_images", "auroc", "by_kind")  # fmt: skip
+    return {
+        "method": METHOD,
+        "output": OOD_OUTPUT,
+        "thresholds": gate.thresholds(),
+        "rule": "a study is refused when a view's squared distance exceeds its threshold "
+        "(the lateral only when the study's lateral view is read)",
+        "fit": "statistics on the training studies' features, thresholds on validation "
+        f"(aiming to refuse {gate.fit_refusal:.1%} of validation studies)",
+        "training_studies": {v: g.n_train for v, g in gate.views.items()},
+        "measured": {k: v for k, v in (measured or {}).items() if k in keep},
     }
 
 
@@ -248,8 +283,12 @@ def output_spec(
         "thresholds": thresholds.get("thresholds", {}),
         "thresholds_frontal_only": thresholds.get("thresholds_frontal_only", {}),
         "threshold_notes": thresholds.get("notes", {}),
-        "threshold_rule": "positive when probability >= threshold",
+        "threshold_rule": "positive when calibrated probability >= threshold",
         "default_threshold_policy": default_policy,
+        "calibration": thresholds.get("calibration", {}),
+        "calibration_rule": "each finding's raw probability goes through its map (calibration"
+        "[dual] for studies read with a lateral view, calibration[frontal_only] without one) "
+        "before the threshold",
     }
 
 
@@ -266,6 +305,7 @@ def model_card(
     data_summary: dict[str, Any] | None,
     n_params: int,
     no_window: str = "bits",
+    gate: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``metadata.json`` of the export folder (no PHI: counts, specs and versions only).
 
@@ -282,6 +322,8 @@ def model_card(
         n_params: the model's parameter count.
         no_window: how preprocess scaled DICOMs without a VOI window (``bits`` or ``minmax``);
             ``cxr predict`` decodes the same way.
+        gate: :func:`gate_spec` (None: the model has no out-of-distribution gate, and
+            ``cxr predict`` refuses every study with it).
 
     Returns:
         The card, plain JSON types.
@@ -297,7 +339,8 @@ def model_card(
         "input": input_spec(input_size, no_window),
         "output": output_spec(
             list(meta.get("findings", FINDINGS)), thresholds, default_policy, meta.get("untrained")
-        ),
+        )
+        | {"ood_gate": gate},
         "files": files,
         "parity": {"test": parity, **parity_summary},
         "metrics": {"test": test_metrics},

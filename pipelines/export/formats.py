@@ -34,7 +34,7 @@ from torch import nn
 from pipelines.errors import ExportError
 from pipelines.export.inference import example_inputs
 from pipelines.export.reproducible import strip_onnx, strip_torch_archive
-from pipelines.runners import INPUT_NAMES, OUTPUT_NAME
+from pipelines.runners import INPUT_NAMES, OOD_OUTPUT, OUTPUT_NAME
 
 Format = Literal["torchscript", "onnx", "int8", "mobile", "executorch"]
 FORMATS: tuple[str, ...] = ("torchscript", "onnx", "int8", "mobile", "executorch")
@@ -116,6 +116,7 @@ def export_onnx(module: nn.Module, path: Path, size: int, opset: int = 18) -> di
         ExportError: the exporter failed (its first line is kept).
     """
     batch = torch.export.Dim("batch", min=1, max=4096)
+    output_names = [OUTPUT_NAME] + ([OOD_OUTPUT] if getattr(module, "gated", False) else [])
     try:
         with quiet(), contextlib.redirect_stdout(sys.stderr):
             torch.onnx.export(
@@ -124,7 +125,7 @@ def export_onnx(module: nn.Module, path: Path, size: int, opset: int = 18) -> di
                 str(path),
                 dynamo=True,
                 input_names=list(INPUT_NAMES),
-                output_names=[OUTPUT_NAME],
+                output_names=output_names,
                 dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
                 opset_version=opset,
                 external_data=False,

@@ -2,7 +2,8 @@
 
 :class:`CXRInference` wraps the trained two-branch model: frontal and lateral views (uint8
 values, (B, 1, S, S), S = the prepared image size) and a ``has_lateral`` mask (B,) bool in,
-probabilities (B, F) out; normalisation and resizing happen inside
+probabilities (B, F) out, and with the out-of-distribution gate (:mod:`pipelines.ood`) a second
+output, each view's distance to the training features; normalisation and resizing happen inside
 (:func:`pipelines.model.to_model_input`). Frontal-only use passes ``has_lateral=False`` (the
 lateral pixels are then ignored).
 """
@@ -15,33 +16,56 @@ from torch import nn
 
 from pipelines.data import ShardDataset
 from pipelines.model import to_model_input
-from pipelines.runners import Runner
+from pipelines.ood import OodGate
+from pipelines.runners import Runner, Scores
 
 
 class CXRInference(nn.Module):
-    """uint8-valued views + lateral mask -> probabilities: the one module every format exports.
+    """uint8-valued views + lateral mask -> probabilities (and the gate's distances): the one
+    module every format exports.
 
     Args:
-        model: the trained model (``model(frontal, lateral, has_lateral) -> logits``), eval mode.
+        model: the trained model, eval mode: ``view_features(frontal, lateral)`` and
+            ``fuse(f, lat, present) -> logits`` (:class:`pipelines.model.DualViewDenseNet`).
         size: the model's input size (``meta["size"]``); inputs of another size are resized
             inside by :func:`pipelines.model.to_model_input`.
+        gate: the out-of-distribution gate fitted by evaluate (:mod:`pipelines.ood`); with it
+            the module has a second output, ``ood_distance`` (B, 2): each view's squared
+            Mahalanobis distance to the training features (lateral 0 where none is read).
     """
 
-    def __init__(self, model: nn.Module, size: int | None = None):
+    def __init__(self, model: nn.Module, size: int | None = None, gate: OodGate | None = None):
         super().__init__()
         self.model = model.eval()
         self.size = size
+        self.gated = gate is not None
+        self.gated_lateral = gate is not None and "lateral" in gate.views
+        for view, g in (gate.views if gate is not None else {}).items():
+            self.register_buffer(f"{view}_mean", torch.tensor(g.mean, dtype=torch.float32))
+            self.register_buffer(f"{view}_factor", torch.tensor(g.factor, dtype=torch.float32))
 
     def forward(
         self, frontal: torch.Tensor, lateral: torch.Tensor, has_lateral: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """frontal, lateral: uint8 (or uint8-valued float) (B, 1, S, S); has_lateral: (B,) bool."""
-        logits = self.model(
-            to_model_input(frontal, self.size),
-            to_model_input(lateral, self.size),
-            has_lateral.to(torch.bool),
+        present = has_lateral.to(torch.bool)
+        f, lat = self.model.view_features(
+            to_model_input(frontal, self.size), to_model_input(lateral, self.size)
         )
-        return torch.sigmoid(logits.float())
+        probs = torch.sigmoid(self.model.fuse(f, lat, present).float())
+        if not self.gated:
+            return probs
+        d_frontal = self._distance(f, self.frontal_mean, self.frontal_factor)
+        d_lateral = torch.zeros_like(d_frontal)
+        if self.gated_lateral and lat is not None:
+            d_lateral = self._distance(lat, self.lateral_mean, self.lateral_factor)
+            d_lateral = d_lateral * present.to(d_lateral.dtype)
+        return probs, torch.stack([d_frontal, d_lateral], dim=1)
+
+    @staticmethod
+    def _distance(x: torch.Tensor, mean: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        z = (x.float() - mean) @ factor
+        return (z * z).sum(dim=1)
 
 
 def example_inputs(size: int, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -56,14 +80,14 @@ def example_inputs(size: int, batch: int = 2) -> tuple[torch.Tensor, torch.Tenso
 def eager_runner(module: nn.Module) -> Runner:
     """The eager module as a numpy runner (the parity reference)."""
 
-    def run(frontal: np.ndarray, lateral: np.ndarray, has_lateral: np.ndarray) -> np.ndarray:
+    def run(frontal: np.ndarray, lateral: np.ndarray, has_lateral: np.ndarray) -> Scores:
         with torch.inference_mode():
             out = module(
                 torch.from_numpy(np.ascontiguousarray(frontal)),
                 torch.from_numpy(np.ascontiguousarray(lateral)),
                 torch.from_numpy(np.ascontiguousarray(has_lateral, dtype=bool)),
             )
-        return out.float().numpy()
+        return Scores.of(out)
 
     return run
 

@@ -28,6 +28,7 @@ from pipelines.data import ShardDataset, read_index
 from pipelines.errors import ExportError, ParityError
 from pipelines.evaluation.provenance import dvc_hashes
 from pipelines.export.card import (
+    gate_spec,
     model_card,
     read_test_metrics,
     read_thresholds,
@@ -51,6 +52,7 @@ from pipelines.export.parity import check_parity, run_parity
 from pipelines.export.quantize import ShardCalibrationReader, quantize_onnx
 from pipelines.io import write_json, write_metrics
 from pipelines.labels import FINDINGS
+from pipelines.ood import OodGate
 from pipelines.runners import CARD_FILE, load_runner
 from pipelines.stage import run_stage
 
@@ -63,19 +65,23 @@ class Tolerance(StageParams):
     Attributes:
         max_abs_prob: bound on max |Δprobability| over all test studies and findings.
         max_auroc_drop: bound on (eager - exported) test macro AUROC.
+        max_ood_shift: bound on the largest difference of the out-of-distribution gate's
+            distance (:mod:`pipelines.ood`) over the test studies and views, as a share of the
+            view's threshold.
     """
 
     max_abs_prob: float = Field(1e-4, gt=0)
     max_auroc_drop: float = Field(1e-3, ge=0)
+    max_ood_shift: float = Field(1e-3, gt=0)
 
 
 def _default_tolerances() -> dict[str, Tolerance]:
     return {
-        "torchscript": Tolerance(max_abs_prob=1e-4, max_auroc_drop=1e-3),
-        "onnx": Tolerance(max_abs_prob=1e-4, max_auroc_drop=1e-3),
-        "mobile": Tolerance(max_abs_prob=1e-4, max_auroc_drop=1e-3),
-        "executorch": Tolerance(max_abs_prob=1e-3, max_auroc_drop=1e-3),
-        "int8": Tolerance(max_abs_prob=0.1, max_auroc_drop=0.005),
+        "torchscript": Tolerance(max_abs_prob=1e-4, max_auroc_drop=1e-3, max_ood_shift=1e-3),
+        "onnx": Tolerance(max_abs_prob=1e-4, max_auroc_drop=1e-3, max_ood_shift=1e-3),
+        "mobile": Tolerance(max_abs_prob=1e-4, max_auroc_drop=1e-3, max_ood_shift=1e-3),
+        "executorch": Tolerance(max_abs_prob=1e-3, max_auroc_drop=1e-3, max_ood_shift=1e-2),
+        "int8": Tolerance(max_abs_prob=0.1, max_auroc_drop=0.005, max_ood_shift=0.5),
     }
 
 
@@ -85,8 +91,12 @@ class ExportParams(StageParams):
     Attributes:
         checkpoint: the trained model (``models/best.pt``).
         prepared: the prepared shards (test studies for parity, train for calibration).
-        thresholds: evaluate's validation-chosen thresholds (optional: 0.5 when absent).
+        thresholds: evaluate's validation-chosen thresholds and calibration maps (optional:
+            without them ``cxr predict`` decides nothing).
         evaluation: evaluate's test metrics with CIs (optional; copied into the model card).
+        ood_gate: evaluate's out-of-distribution gate (:mod:`pipelines.ood`), built into every
+            exported model (optional: without it ``cxr predict`` refuses every study).
+        ood_metrics: what evaluate measured of the gate (copied into the model card).
         formats: what to write; ``executorch`` is skipped (and recorded) when not installed.
         tolerances: per format, see :class:`Tolerance`; missing formats take the defaults.
         calibration_studies: training studies for int8 calibration (seeded sample).
@@ -103,6 +113,8 @@ class ExportParams(StageParams):
     prepared: str = "data/prepared"
     thresholds: str = "outputs/evaluation/thresholds.json"
     evaluation: str = "metrics/evaluate.json"
+    ood_gate: str = "outputs/evaluation/ood_gate.npz"
+    ood_metrics: str = "metrics/evaluate_ood.json"
     formats: list[Format] = Field(default_factory=lambda: list(FORMATS))
     tolerances: dict[Format, Tolerance] = Field(default_factory=_default_tolerances)
     calibration_studies: int = Field(128, ge=1)
@@ -243,6 +255,7 @@ def export_all(
     meta: dict[str, Any],
     params: ExportParams,
     seed: int = 0,
+    gate: OodGate | None = None,
 ) -> dict[str, Any]:
     """Write every format, check parity on the test studies, write the card and the metrics.
 
@@ -251,6 +264,7 @@ def export_all(
         meta: the checkpoint's meta (``findings``, ``size``, ``model_params`` ...).
         params: the export params.
         seed: sampling seed for int8 calibration studies.
+        gate: the out-of-distribution gate ``module`` computes (recorded in the card).
 
     Returns:
         The metrics written to ``params.metrics``.
@@ -275,7 +289,12 @@ def export_all(
         for fmt, f in written.files.items()
     }
     figures, summary = run_parity(
-        eager_runner(module), runners, test, params.parity_batch, params.parity_studies
+        eager_runner(module),
+        runners,
+        test,
+        params.parity_batch,
+        params.parity_studies,
+        gate.thresholds() if gate is not None else None,
     )
     metrics = parity_metrics(figures, summary, written, params)
     try:
@@ -298,6 +317,7 @@ def export_all(
         | {"dvc": dvc_hashes([params.checkpoint, params.prepared])},
         n_params=sum(p.numel() for p in module.parameters()),
         no_window=str(index.get("no_window", "bits")),
+        gate=gate_spec(gate, read_test_metrics(Path(params.ood_metrics))),
     )
     write_json(out / CARD_FILE, card)
     write_metrics(params.metrics, metrics)
@@ -345,7 +365,24 @@ def run_export(params: ExportParams, seed: int = 0) -> dict[str, Any]:
             f"{params.checkpoint}: findings {sorted(unknown)} are not in the label space "
             "(pipelines.labels)"
         )
-    return export_all(CXRInference(model, meta.get("size")), meta, params, seed)
+    gate = load_gate(Path(params.ood_gate))
+    return export_all(CXRInference(model, meta.get("size"), gate), meta, params, seed, gate)
+
+
+def load_gate(path: Path) -> OodGate | None:
+    """evaluate's gate, or None (logged: ``cxr predict`` will refuse every study).
+
+    Raises:
+        ExportError: the file exists but is not a gate.
+    """
+    if not path.is_file():
+        log.warning("export: %s not found; the models will have no out-of-distribution gate "
+                    "and cxr predict will refuse every study", path)  # fmt: skip
+        return None
+    try:
+        return OodGate.load(path)
+    except (KeyError, ValueError, OSError) as exc:
+        raise ExportError(f"{path}: not an out-of-distribution gate ({exc})") from exc
 
 
 def main() -> None:

@@ -30,9 +30,14 @@ pixels (rows x columns), then the first path in string order; the **lateral** is
 
 Models are loaded by :mod:`pipelines.runners` (onnxruntime by default, so no PyTorch is needed
 at inference); the model card beside the model gives the image size, the finding names, each
-finding's status and the validation-chosen thresholds. Only a **trained** finding with a
-threshold gets a probability and a yes / no call; the others are reported ``not trained`` with
-the reason (:mod:`pipelines.predict.decisions`), in the table, the JSON and the CSV alike. A model
+finding's status, the calibration maps and the validation-chosen thresholds on their scale, and
+the out-of-distribution gate's thresholds. A study whose pixels the gate finds unlike the
+training images (a CT slice, a photograph, a knee, a radiograph of another kind than the model
+learnt) is **refused**: no probability, no decision, the reason instead; a single refused study
+is an error (exit status 2), in a batch each refused study says so and the others are scored.
+Only a **trained** finding with a threshold gets a probability and a yes / no call; the others
+are reported ``not trained`` with the reason (:mod:`pipelines.predict.decisions`), in the table,
+the JSON and the CSV alike. A model
 trained on the embedded synthetic dataset, or whose card names no data source, says so with
 every output.
 
@@ -53,13 +58,20 @@ studies in one folder, a non-chest study, an unreadable image, a missing model c
 compared, never printed.
 """
 
-from pipelines.predict.decisions import NOT_TRAINED, Decisions, data_notice, decisions_from_card
+from pipelines.predict.decisions import (
+    NOT_TRAINED,
+    REFUSED,
+    Decisions,
+    data_notice,
+    decisions_from_card,
+)
 from pipelines.predict.render import OutputFormat, format_predictions
 from pipelines.predict.run import (
     DEFAULT_MODEL,
     OverlaysFor,
     predict,
     predict_command,
+    refused_studies,
     write_dicom_outputs,
 )
 from pipelines.predict.studies import (
@@ -72,6 +84,7 @@ from pipelines.predict.studies import (
 __all__ = [
     "DEFAULT_MODEL",
     "NOT_TRAINED",
+    "REFUSED",
     "Decisions",
     "OutputFormat",
     "OverlaysFor",
@@ -84,5 +97,6 @@ __all__ = [
     "format_predictions",
     "predict",
     "predict_command",
+    "refused_studies",
     "write_dicom_outputs",
 ]

@@ -2,7 +2,8 @@
 
 Every format carries each finding's ``status``: a ``not trained`` finding has no probability,
 threshold or decision (empty in CSV, null in JSON, ``not trained`` in the table, with its reason
-below the table and in JSON). The model's data notice (:func:`pipelines.predict.data_notice`),
+below the table and in JSON); so has every finding of a ``refused`` study (the gate's reason
+instead of its table). The model's data notice (:func:`pipelines.predict.data_notice`),
 when there is one, heads the table and the JSON.
 """
 
@@ -14,16 +15,18 @@ from typing import Any, Literal
 import pandas as pd
 
 from pipelines.errors import PredictError
-from pipelines.predict.decisions import NOT_TRAINED
+from pipelines.predict.decisions import NOT_TRAINED, REFUSED
+
+NO_DECISION = (NOT_TRAINED, REFUSED)
 
 OutputFormat = Literal["table", "json", "csv"]
 FORMATS: tuple[str, ...] = ("table", "json", "csv")
 
 
 def _finding_json(r: Any) -> dict[str, Any]:
-    if r.status == NOT_TRAINED:
+    if r.status in NO_DECISION:
         return {
-            "status": NOT_TRAINED,
+            "status": r.status,
             "reason": r.reason,
             "probability": None,
             "threshold": None,
@@ -70,7 +73,7 @@ def _table_block(study: str, group: pd.DataFrame) -> str:
         {
             "finding": group["finding"],
             "probability": [
-                NOT_TRAINED if s == NOT_TRAINED else f"{p:.3f}"
+                s if s in NO_DECISION else f"{p:.3f}"
                 for s, p in zip(group["status"], group["probability"], strict=True)
             ],
             "threshold": ["" if t != t else f"{t:.3f}" for t in group["threshold"]],
@@ -79,6 +82,8 @@ def _table_block(study: str, group: pd.DataFrame) -> str:
     )
     text = body.to_string(index=False)
     head = f"study {study} ({first['views']}: {views}; thresholds: {_policy(group)})"
+    if (group["status"] == REFUSED).any():
+        return "\n".join([head, f"  refused, no finding reported: {first['reason']}"])
     untrained = group[group["status"] == NOT_TRAINED]
     notes = [f"  {r.finding}: not trained, no decision: {r.reason}" for r in untrained.itertuples()]
     return "\n".join([head, text, *notes])

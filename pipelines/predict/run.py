@@ -14,7 +14,7 @@ from pipelines.dicom_out import algorithm_from_card, require_dicom, write_study
 from pipelines.errors import DecodeError, PredictError
 from pipelines.imaging import prepare_image
 from pipelines.io import atomic_path
-from pipelines.predict.decisions import Decisions, data_notice, decisions_from_card
+from pipelines.predict.decisions import REFUSED, Decisions, data_notice, decisions_from_card
 from pipelines.predict.explain import (
     DEFAULT_CHECKPOINT,
     OVERLAY_SIZE,
@@ -26,7 +26,7 @@ from pipelines.predict.explain import (
 )
 from pipelines.predict.render import FORMATS, OutputFormat, format_predictions
 from pipelines.predict.studies import StudyInput, collect_studies
-from pipelines.runners import Runner, load_runner, read_model_card
+from pipelines.runners import Runner, Scores, load_runner, read_model_card
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,8 @@ def _decode(path: Path, size: int, no_window: str = "bits") -> np.ndarray:
 
 def _score(
     chunk: list[StudyInput], runner: Runner, card: dict[str, Any], frontal_only: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """(studies, findings) probabilities of one batch and which studies had a lateral view."""
+) -> tuple[Scores, np.ndarray]:
+    """The model's scores of one batch and which studies had a lateral view read."""
     size = int(card["input"]["size"])
     no_window = card["input"].get("photometric", {}).get("no_window", "bits")
     frontal = np.stack([_decode(s.frontal, size, no_window) for s in chunk])[:, None]
@@ -65,7 +65,12 @@ def _score(
 
 
 def _rows(
-    study: StudyInput, probs: np.ndarray, has_lateral: bool, findings: list[str], dec: Decisions
+    study: StudyInput,
+    probs: np.ndarray,
+    has_lateral: bool,
+    findings: list[str],
+    dec: Decisions,
+    refused: str | None,
 ) -> list[dict[str, Any]]:
     base = {
         "study": study.study,
@@ -73,6 +78,8 @@ def _rows(
         "lateral": str(study.lateral) if has_lateral else "",
         "views": "frontal+lateral" if has_lateral else "frontal",
     }
+    if refused is not None:
+        return [base | {"finding": f} | dec.refuse(f, refused) for f in findings]
     return [
         base | {"finding": f} | dec.decide(f, float(probs[j]), has_lateral)
         for j, f in enumerate(findings)
@@ -107,8 +114,11 @@ def predict(
         (``trained`` or ``not trained``), ``reason`` (why not trained), ``probability``,
         ``threshold``, ``positive`` (probability >= threshold; all three empty when not
         trained), ``threshold_policy`` (with `` (frontal-only)`` where a study read without a
-        lateral view took the card's frontal-only thresholds). ``attrs["notice"]``: the
-        model's data notice, if any (:func:`pipelines.predict.data_notice`).
+        lateral view took the card's frontal-only thresholds). ``probability`` is calibrated by
+        the card's maps. A study the out-of-distribution gate refuses has ``status``
+        ``refused`` on every row, the reason in ``reason``, and no probability or decision.
+        ``attrs["notice"]``: the model's data notice, if any
+        (:func:`pipelines.predict.data_notice`).
 
     Raises:
         PredictError: any input, model or card problem (one clear sentence, no PHI).
@@ -121,16 +131,24 @@ def predict(
     rows: list[dict[str, Any]] = []
     for start in range(0, len(studies), max(1, batch_size)):
         chunk = studies[start : start + batch_size]
-        probs, has_lateral = _score(chunk, runner, card, frontal_only)
+        scores, has_lateral = _score(chunk, runner, card, frontal_only)
+        probs = scores.probabilities
         if probs.shape != (len(chunk), len(findings)):
             raise PredictError(
                 f"{model}: output shape {probs.shape}, the card says {len(findings)} findings"
             )
+        refused = decisions.refusals(scores.ood, has_lateral)
         for i, s in enumerate(chunk):
-            rows += _rows(s, probs[i], bool(has_lateral[i]), findings, decisions)
+            rows += _rows(s, probs[i], bool(has_lateral[i]), findings, decisions, refused[i])
     df = pd.DataFrame(rows)
     df.attrs["notice"] = data_notice(card)
     return df
+
+
+def refused_studies(df: pd.DataFrame) -> dict[str, str]:
+    """The studies of :func:`predict`'s output that were refused, with the reason."""
+    rows = df[df["status"] == REFUSED].drop_duplicates("study")
+    return dict(zip(rows["study"].astype(str), rows["reason"].astype(str), strict=True))
 
 
 def write_dicom_outputs(
@@ -139,10 +157,13 @@ def write_dicom_outputs(
     out_dir: str | Path,
     overlays_for: OverlaysFor | None = None,
 ) -> list[Path]:
-    """Each study's SR (and SCs of its overlays) in ``out_dir`` (:mod:`pipelines.dicom_out`)."""
+    """Each scored study's SR (and SCs of its overlays) in ``out_dir``
+    (:mod:`pipelines.dicom_out`); a refused study gets none (it has no result to report)."""
     algorithm = algorithm_from_card(read_model_card(model), model)
     written: list[Path] = []
     for _study, rows in df.groupby("study", sort=False):
+        if (rows["status"] == REFUSED).any():
+            continue
         overlays = overlays_for(rows) if overlays_for is not None else None
         written += write_study(rows, algorithm, out_dir, overlays)
     log.info("wrote %d DICOM object(s) to %s", len(written), out_dir)
@@ -248,6 +269,12 @@ def predict_command(
         frontal_only=frontal_only,
         threshold=threshold,
     )
+    refused = refused_studies(df)
+    if refused and df["study"].nunique() == 1:  # a single study: its refusal is the answer
+        ((study, why),) = refused.items()
+        raise PredictError(f"{study}: refused: {why}")
+    for study, why in refused.items():
+        log.warning("%s: refused: %s", study, why)
     if df.attrs.get("notice"):
         log.warning("%s", df.attrs["notice"])
     explained: dict[str, Overlays] = {}

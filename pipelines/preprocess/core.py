@@ -2,7 +2,7 @@
 
 Every study's frontal and lateral image is decoded once (:mod:`pipelines.imaging`: modality and
 VOI LUT, MONOCHROME1 inverted, aspect kept by black padding, antialiased resize to
-``preprocess.image_size``) and stored with its labels in shards (:mod:`pipelines.data` layout), so
+``preprocess.image_size``) and stored with its labels in shards (:mod:`pipelines.shards` layout), so
 training never decodes an image and every run that changes only training params reuses them.
 
 - Parallel: a process pool (``workers``, 0 = every core; forked on Linux) decodes ``chunk``
@@ -13,7 +13,7 @@ training never decodes an image and every run that changes only training params 
   shards are filled in that order, so the same params give byte-identical shards (the index holds
   no timings), whatever the worker count.
 - Failures are records, not crashes: a frontal that does not decode drops its study; a lateral
-  that does not decode keeps the study frontal-only (``has_lateral`` False, zeros in view 1).
+  that does not decode keeps the study frontal-only (``has_lateral`` False, no lateral stored).
   Both are written to ``rejected`` with the decode reason (:data:`pipelines.imaging.REASONS`).
 """
 
@@ -35,7 +35,6 @@ import pandas as pd
 from pydantic import Field
 
 from pipelines.config import StageParams
-from pipelines.data import INDEX_FILE, shard_name, write_index, write_shard
 from pipelines.errors import DecodeError, UserError
 from pipelines.imaging import cpu_count, prepare_many
 from pipelines.io import REJECTED_COLUMNS
@@ -43,6 +42,7 @@ from pipelines.labels import FINDINGS
 from pipelines.limits import MAX_IMAGE_PIXELS
 from pipelines.preprocess.grid import grid_item
 from pipelines.schema import SOURCES_ATTR, SPLITS, ImageRoots
+from pipelines.shards import INDEX_FILE, shard_name, write_index, write_views
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "study_key",
@@ -54,7 +54,7 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "split",
 )
 REJECTED_EXTRA = ("study_key", "view", "action")
-EXTRA_META = ("source", "frontal_view")
+EXTRA_META = ("source", "frontal_view", "sex", "age_band")  # subgroups of the evaluation
 PARTS_DIR = "parts"  # a sharded run's part folders inside the prepared folder (parts.py)
 
 Decoded = tuple[np.ndarray | None, DecodeError | None]
@@ -66,7 +66,7 @@ class PreprocessParams(StageParams):
     studies: str = "data/studies/studies.parquet"
     data_root: str | None = None  # one image root for every source; None: the table's roots
     size: int = Field(128, ge=8, le=2048, alias="image_size")
-    shard_size: int = Field(512, ge=1)  # studies per shard (buffer: shard_size * 2 * size**2 B)
+    shard_size: int = Field(512, ge=1)  # studies per shard (buffers: 2 * shard_size * size**2 B)
     workers: int = Field(0, ge=0)  # 0 = all cores
     chunk: int = Field(8, ge=1)  # studies per worker task
     no_window: Literal["bits", "minmax"] = "bits"
@@ -168,16 +168,13 @@ def _bits(table: pd.DataFrame, view: str) -> list[int | None]:
 def _jobs(table: pd.DataFrame, roots: ImageRoots, chunk: int) -> Iterator[Job]:
     """Per ``chunk`` studies: image paths (frontal, lateral or '', ...) and their stored bits."""
     frontal_bits, lateral_bits = _bits(table, "frontal"), _bits(table, "lateral")
+    sources = table["source"].astype(str).tolist()
+    frontal, lateral = table["frontal_path"].tolist(), table["lateral_path"].tolist()
     for lo in range(0, len(table), chunk):
         paths: list[str] = []
         bits: list[int | None] = []
-        for i in range(lo, min(lo + chunk, len(table))):
-            row = table.iloc[i]
-            source = str(row["source"])
-            paths += [
-                roots.resolve(source, row["frontal_path"]),
-                roots.resolve(source, row["lateral_path"]),
-            ]
+        for i in range(lo, min(lo + chunk, len(table))):  # columns as lists: no row objects
+            paths += [roots.resolve(sources[i], frontal[i]), roots.resolve(sources[i], lateral[i])]
             bits += [frontal_bits[i], lateral_bits[i]]
         yield paths, bits
 
@@ -276,22 +273,27 @@ def _summary(
 
 
 class _ShardWriter:
-    """Fills one preallocated shard buffer of a split and writes it when full."""
+    """Fills one split's preallocated shard buffers (frontals, laterals) and writes when full."""
 
     def __init__(self, out: Path, split: str, size: int, shard_size: int, entries: list[dict]):
         self.out, self.split, self.size, self.shard_size = out, split, size, shard_size
         self.entries = entries
-        self.buf: np.ndarray | None = None
+        self.frontal: np.ndarray | None = None
+        self.lateral: np.ndarray | None = None
+        self.laterals = 0  # laterals in the shard being filled
         self.meta: list[dict[str, Any]] = []
         self.total = 0
         self.dual = 0
 
     def add(self, frontal: np.ndarray, lateral: np.ndarray | None, row: dict[str, Any]) -> None:
-        if self.buf is None:
-            self.buf = np.empty((self.shard_size, 2, self.size, self.size), dtype=np.uint8)
-        n = len(self.meta)
-        self.buf[n, 0] = frontal
-        self.buf[n, 1] = lateral if lateral is not None else 0
+        if self.frontal is None or self.lateral is None:
+            shape = (self.shard_size, self.size, self.size)
+            self.frontal = np.empty(shape, dtype=np.uint8)
+            self.lateral = np.empty(shape, dtype=np.uint8)
+        self.frontal[len(self.meta)] = frontal
+        if lateral is not None:
+            self.lateral[self.laterals] = lateral
+            self.laterals += 1
         self.meta.append(
             {"study_key": row["study_key"], "patient_key": row["patient_key"]}
             | {"has_lateral": lateral is not None}
@@ -304,18 +306,19 @@ class _ShardWriter:
             self.flush()
 
     def flush(self, release: bool = False) -> None:
-        """Write the filled part of the buffer as a shard; ``release`` frees the buffer."""
+        """Write the filled part of the buffers as a shard; ``release`` frees the buffers."""
         if release:
             self.flush()
-            self.buf = None
+            self.frontal = self.lateral = None
             return
         if not self.meta:
             return
-        assert self.buf is not None
+        assert self.frontal is not None and self.lateral is not None
         name = shard_name(self.split, len(self.entries))
-        meta = pd.DataFrame(self.meta)
-        self.entries.append(write_shard(self.out, name, self.buf[: len(self.meta)], meta))
-        self.meta = []  # the buffer is reused: every row is fully overwritten before a write
+        n, meta = len(self.meta), pd.DataFrame(self.meta)
+        entry = write_views(self.out, name, self.frontal[:n], self.lateral[: self.laterals], meta)
+        self.entries.append(entry)
+        self.meta, self.laterals = [], 0  # the buffers are reused: written rows are overwritten
 
 
 def _record(row: dict[str, Any], view: str, err: DecodeError, action: str) -> dict[str, Any]:
@@ -360,10 +363,11 @@ def _executor(workers: int) -> Executor:
     """A pool of ``workers`` processes (in-process when ``workers`` is 1).
 
     Linux: ``fork``. Workers start at once with every module already imported, and they only run
-    pipelines.imaging (numpy, Pillow, pydicom): they never touch torch or pyarrow, whose threads
-    a fork does not copy. ``forkserver`` / ``spawn`` were measured to cost seconds per worker
-    here, because each worker re-imports the main module (``pipelines.preprocess`` ->
-    ``pipelines.data`` -> torch). Elsewhere: ``spawn`` (macOS, Windows).
+    pipelines.imaging (numpy, Pillow, pydicom): they never touch pyarrow, whose threads a fork
+    does not copy. The stage does not import torch (shards are written by
+    :mod:`pipelines.shards`), which keeps the parent and every forked worker ~0.7 GB smaller.
+    ``forkserver`` / ``spawn`` were measured to cost seconds per worker here, because each
+    worker re-imports the main module. Elsewhere: ``spawn`` (macOS, Windows).
     """
     if workers <= 1:
         return _InlineExecutor()

@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.data import INDEX_FILE, read_index, write_index
 from pipelines.errors import UserError
 from pipelines.io import write_json
 from pipelines.preprocess.core import (
@@ -44,6 +43,7 @@ from pipelines.preprocess.core import (
 )
 from pipelines.preprocess.grid import grid_from
 from pipelines.schema import SPLITS, ImageRoots
+from pipelines.shards import FORMAT_VERSION, INDEX_FILE, open_shard, read_index, write_index
 
 PART_FILE = "part.json"
 # params that change how a run goes, not what it writes: a part may use its own
@@ -199,7 +199,7 @@ def merge_parts(
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     splits = {
         s: [
-            {"name": f"{PARTS_DIR}/{name}/{e['name']}", "n": e["n"]}
+            e | {"name": f"{PARTS_DIR}/{name}/{e['name']}"}
             for name, index in zip(names, indexes, strict=True)
             for e in index["splits"].get(s, [])
         ]
@@ -251,20 +251,23 @@ def _check_part(
         index = read_index(folder)
     except ValueError as exc:
         raise UserError(f"part {name}: {exc}") from exc
-    import pyarrow.parquet as pq
-
+    if index["format"] != FORMAT_VERSION:  # the merged index names one format for every shard
+        raise UserError(f"part {name}: shard format {index['format']} is an older one; rerun it")
     for entries in index["splits"].values():
         for e in entries:
             base = folder / e["name"]
             try:
-                shape = np.load(f"{base}.images.npy", mmap_mode="r").shape
-                n_meta = pq.read_metadata(f"{base}.meta.parquet").num_rows
+                has = pd.read_parquet(f"{base}.meta.parquet", columns=["has_lateral"])
+                open_shard(f"{base}.images.npy", has["has_lateral"], params.size)
             except (OSError, ValueError) as exc:
-                raise UserError(f"part {name}: shard {e['name']} unreadable ({exc})") from exc
-            if shape != (e["n"], 2, params.size, params.size) or n_meta != e["n"]:
                 raise UserError(
-                    f"part {name}: shard {e['name']} holds {shape} images and {n_meta} rows, "
-                    f"its index says {e['n']} studies at {params.size} px; rerun the part"
+                    f"part {name}: shard {e['name']} is unreadable or disagrees with its meta "
+                    f"({exc}); rerun the part"
+                ) from exc
+            if len(has) != e["n"] or int(has["has_lateral"].sum()) != e["laterals"]:
+                raise UserError(
+                    f"part {name}: shard {e['name']} holds {len(has)} studies, its index says "
+                    f"{e['n']}; rerun the part"
                 )
     return record, index
 

@@ -31,12 +31,14 @@ REASONS: dict[str, str] = {
     "decode_failure": "cannot read the image",
 }
 UNTRAINED_MODEL = "untrained_model"
+UNGATED_MODEL = "ungated_model"  # exported without the out-of-distribution gate: nothing scored
+OUT_OF_DISTRIBUTION = "out_of_distribution"  # the gate refused the study (pipelines.ood)
 OTHER = "unscorable"
 
 
 class Unscorable(Exception):
-    """A study the model cannot score; ``reason`` is a code of :data:`REASONS` (or
-    :data:`UNTRAINED_MODEL`)."""
+    """A study the model cannot score; ``reason`` is a code of :data:`REASONS`,
+    :data:`UNTRAINED_MODEL`, :data:`UNGATED_MODEL` or :data:`OUT_OF_DISTRIBUTION`."""
 
     def __init__(self, reason: str) -> None:
         self.reason = reason

@@ -21,10 +21,16 @@ import pydicom
 from pipelines.dicom_out import algorithm_from_card, write_study
 from pipelines.dicom_out.identity import derived_uid, read_source
 from pipelines.errors import PredictError
-from pipelines.predict import decisions_from_card, find_study_views, predict
+from pipelines.predict import decisions_from_card, find_study_views, predict, refused_studies
 from pipelines.predict.studies import StudyInput
 from pipelines.runners import read_model_card
-from pipelines.scoring.reasons import UNTRAINED_MODEL, Unscorable, reason_of
+from pipelines.scoring.reasons import (
+    OUT_OF_DISTRIBUTION,
+    UNGATED_MODEL,
+    UNTRAINED_MODEL,
+    Unscorable,
+    reason_of,
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class Scorer:
         self.algorithm = algorithm_from_card(self.card, self.model)
         decisions = decisions_from_card(self.card)
         self.trained = bool(decisions.dual)
+        self.gated = decisions.gate is not None
         #: 8 hex digits of the model version, as in the SR's file name
         self.model_key = hashlib.sha256(self.algorithm.version.encode()).hexdigest()[:8]
 
@@ -62,11 +69,14 @@ class Scorer:
         """Choose the views of the study in ``folder`` and derive its SR's SOP Instance UID.
 
         Raises:
-            Unscorable: predict refuses the study (its reason), or no finding of the model is
-                trained (:data:`~pipelines.scoring.reasons.UNTRAINED_MODEL`).
+            Unscorable: predict refuses the study (its reason), no finding of the model is
+                trained (:data:`~pipelines.scoring.reasons.UNTRAINED_MODEL`), or the model has
+                no out-of-distribution gate (:data:`~pipelines.scoring.reasons.UNGATED_MODEL`).
         """
         if not self.trained:
             raise Unscorable(UNTRAINED_MODEL)
+        if not self.gated:
+            raise Unscorable(UNGATED_MODEL)
         folder = Path(folder)
         try:
             study = find_study_views(folder)
@@ -81,7 +91,8 @@ class Scorer:
         """Run the model on the prepared study and write its SR into ``out_dir``.
 
         Raises:
-            Unscorable: an image that cannot be decoded (``decode_failure``).
+            Unscorable: an image that cannot be decoded (``decode_failure``), or pixels the
+                out-of-distribution gate refuses (``out_of_distribution``).
         """
         start = time.perf_counter()
         try:
@@ -89,6 +100,8 @@ class Scorer:
         except PredictError as exc:
             raise Unscorable(reason_of(exc)) from None
         timings.add("decode+infer", time.perf_counter() - start)
+        if refused_studies(df):
+            raise Unscorable(OUT_OF_DISTRIBUTION)
         start = time.perf_counter()
         # the algorithm of the run (write_dicom_outputs would hash the model file per study);
         # pipelines.dicom_out keeps highdicom's UID-naming INFO log quiet itself

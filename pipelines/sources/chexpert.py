@@ -2,7 +2,8 @@
 
 Columns used: ``Path``, ``Frontal/Lateral``, ``AP/PA`` and the CheXpert observations mapped by
 :data:`pipelines.labels.CHEXPERT_TO_FINDINGS` (Atelectasis, Cardiomegaly, Consolidation, Edema,
-Pleural Effusion -> Effusion, Pneumonia, Pneumothorax). Sex and age are not read.
+Pleural Effusion -> Effusion, Pneumonia, Pneumothorax), and ``Sex`` / ``Age`` when present (kept
+only as sex and a 10-year age band, :mod:`pipelines.demographics`; ``Unknown`` sex is unknown).
 
 - Image root: ``options.images`` if given. Otherwise ``Path`` values start with the dataset
   folder (``CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg``), and the CSV
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipelines.demographics import age_bands, sexes
 from pipelines.dicom.view import canonical_views
 from pipelines.labels import CHEXPERT_NO_FINDING, CHEXPERT_TO_FINDINGS
 from pipelines.sources import ReadOptions, SourceResult
@@ -41,6 +43,7 @@ from pipelines.sources.tables import find_table, read_table
 
 SOURCE = "chexpert"
 PATH, FRONTAL_LATERAL, AP_PA = "Path", "Frontal/Lateral", "AP/PA"
+SEX, AGE = "Sex", "Age"
 _ID_PATTERN = r"(?:^|/)(?P<image>(?P<patient>patient\d+)/(?P<study>study\d+)/[^/]+)$"
 
 
@@ -71,7 +74,7 @@ def read(input_path: Path, options: ReadOptions) -> SourceResult:
     df = read_table(
         table,
         required,
-        [CHEXPERT_NO_FINDING],
+        [CHEXPERT_NO_FINDING, SEX, AGE],
         what="CheXpert CSV",
         max_line_bytes=options.max_csv_line_bytes,
     )
@@ -117,6 +120,8 @@ def read(input_path: Path, options: ReadOptions) -> SourceResult:
             "height": 0,
             "bits": 0,
             "photometric": "",
+            "sex": sexes(sub[SEX]) if SEX in sub else "",
+            "age_band": age_bands(sub[AGE]) if AGE in sub else "",
         }
     )
     frame = pd.concat([frame, labels.loc[keep].reset_index(drop=True)], axis=1)

@@ -3,7 +3,8 @@
 Input: the CSV (``.csv`` or ``.csv.gz``), or a folder holding exactly one such file.
 
 Required columns: ``path`` (image file, relative to the image root), ``patient``, ``study``,
-``view``. Optional label columns:
+``view``. Optional ``sex`` (F / M / O, Female / Male) and ``age`` (years) columns, kept only as sex
+and a 10-year age band (:mod:`pipelines.demographics`). Optional label columns:
 
 - one column per finding, named exactly as in :data:`pipelines.labels.FINDINGS`, with ``1``,
   ``0``, ``-1`` (uncertain, resolved by ``options.uncertain``) or blank (not annotated -> NaN);
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipelines.demographics import age_bands, sexes
 from pipelines.labels import FINDINGS
 from pipelines.sources import ReadOptions, SourceResult
 from pipelines.sources.common import finish, make_source_keys, view_columns
@@ -39,6 +41,7 @@ from pipelines.sources.tables import find_table, read_table
 SOURCE = "csv"
 REQUIRED = ("path", "patient", "study", "view")
 LABELS = "labels"
+SEX, AGE = "sex", "age"
 _NONE_TERMS = ("no_finding", "normal")
 
 
@@ -73,7 +76,7 @@ def read(input_path: Path, options: ReadOptions) -> SourceResult:
     df = read_table(
         table,
         REQUIRED,
-        [*FINDINGS, LABELS],
+        [*FINDINGS, LABELS, SEX, AGE],
         what="image-list CSV",
         max_line_bytes=options.max_csv_line_bytes,
     )
@@ -112,6 +115,8 @@ def read(input_path: Path, options: ReadOptions) -> SourceResult:
             "height": 0,
             "bits": 0,
             "photometric": "",
+            "sex": sexes(sub[SEX]) if SEX in sub else "",
+            "age_band": age_bands(sub[AGE]) if AGE in sub else "",
         }
     )
     frame = pd.concat([frame, findings.loc[keep].reset_index(drop=True)], axis=1)

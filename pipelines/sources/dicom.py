@@ -19,9 +19,12 @@ Each file is opened once, in a pool of worker processes, and only its header is 
 An optional labels CSV keyed by ``study_uid`` (:func:`read_study_labels`) gives the findings.
 
 PHI: identifying values (PatientID, StudyInstanceUID, SOPInstanceUID) are read only to be hashed
-with the salt (:mod:`pipelines.keys`, values prefixed ``dicom:``); names, dates, accession numbers
-and institutions are never read. Rejection details name tags, sizes and syntaxes only, and
-pydicom's value-validation warnings (which quote values) are switched off while reading.
+with the salt (:mod:`pipelines.keys`, values prefixed ``dicom:``); names, accession numbers and
+institutions are never read. PatientSex, PatientAge, PatientBirthDate and StudyDate are read only
+to keep the sex and a 10-year age band (:mod:`pipelines.demographics`; the age at the study from
+the dates when PatientAge is absent); the dates themselves are dropped. Rejection details name
+tags, sizes and syntaxes only, and pydicom's value-validation warnings (which quote values) are
+switched off while reading.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import pandas as pd
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from pipelines.demographics import dicom_age_band, sex_of
 from pipelines.dicom.header import (
     HEADER_TAGS,
     integer,
@@ -144,6 +148,10 @@ def _inspect_open(
         "height": rows,
         "bits": integer(ds, "BitsStored") or integer(ds, "BitsAllocated") or 0,
         "photometric": text(ds, "PhotometricInterpretation").upper(),
+        "sex": sex_of(text(ds, "PatientSex")),
+        "age_band": dicom_age_band(
+            text(ds, "PatientAge"), text(ds, "PatientBirthDate"), text(ds, "StudyDate")
+        ),
     }
 
 
@@ -447,9 +455,8 @@ def _keep_first(outcomes: Sequence[_Outcome], rejected: list[Rejection]) -> list
 
 def _assemble(rows: list[dict[str, Any]], labels: pd.DataFrame | None, salt: bytes) -> pd.DataFrame:
     columns = ["image_id", "patient_key", "study_key", "path", "view", "view_raw"]
-    frame = pd.DataFrame(rows, columns=[*columns, "width", "height", "bits", "photometric"]).assign(
-        source=SOURCE
-    )
+    columns += ["width", "height", "bits", "photometric", "sex", "age_band"]
+    frame = pd.DataFrame(rows, columns=columns).assign(source=SOURCE)
     if labels is not None and len(labels):
         keyed = labels.set_axis(
             [make_key("study", f"dicom:{uid}", salt) for uid in labels.index], axis=0

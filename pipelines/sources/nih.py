@@ -3,8 +3,10 @@
 Input: the Data_Entry CSV (or a folder holding exactly one ``Data_Entry_2017*.csv``). Columns
 used: ``Image Index``, ``Finding Labels`` (``|``-joined names of the 14 findings, or
 ``No Finding``), ``Patient ID``, ``View Position`` (PA/AP: NIH has no lateral views) and, when
-present, ``OriginalImage[Width`` / ``Height]`` (the header's ``[Width,Height]`` splits in two).
-Age and sex are not read.
+present, ``OriginalImage[Width`` / ``Height]`` (the header's ``[Width,Height]`` splits in two)
+and ``Patient Gender`` / ``Patient Age`` (kept only as sex and a 10-year age band,
+:mod:`pipelines.demographics`; the 2017 release writes ages as ``058Y``, the 2020 one as ``58``,
+and a few ages over 120 are data errors: unknown).
 
 - Images: under ``options.images`` (default: the CSV's folder), found by file name in the root
   itself or in ``images*/`` and ``images*/images/`` (the official release splits them across
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines.demographics import age_bands, sexes, years_of_age_string
 from pipelines.labels import FINDINGS, NIH_NO_FINDING
 from pipelines.sources import ReadOptions, SourceResult
 from pipelines.sources.common import finish, make_source_keys, to_int, view_columns
@@ -36,6 +39,7 @@ from pipelines.sources.tables import find_table, read_table
 SOURCE = "nih"
 IMAGE, LABELS, PATIENT, VIEW = "Image Index", "Finding Labels", "Patient ID", "View Position"
 WIDTH, HEIGHT = "OriginalImage[Width", "Height]"
+SEX, AGE = "Patient Gender", "Patient Age"
 
 
 def read(input_path: Path, options: ReadOptions) -> SourceResult:
@@ -52,7 +56,7 @@ def read(input_path: Path, options: ReadOptions) -> SourceResult:
     df = read_table(
         table,
         [IMAGE, LABELS, PATIENT, VIEW],
-        [WIDTH, HEIGHT],
+        [WIDTH, HEIGHT, SEX, AGE],
         what="NIH CSV",
         max_line_bytes=options.max_csv_line_bytes,
     )
@@ -86,7 +90,14 @@ def read(input_path: Path, options: ReadOptions) -> SourceResult:
             "height": to_int(sub[HEIGHT]) if HEIGHT in sub else 0,
             "bits": 0,
             "photometric": "",
+            "sex": sexes(sub[SEX]) if SEX in sub else "",
+            "age_band": _age_bands(sub[AGE]) if AGE in sub else "",
         }
     )
     frame = pd.concat([frame, labels.loc[keep].reset_index(drop=True)], axis=1)
     return finish(frame, rows, root, options, len(df))
+
+
+def _age_bands(ages: pd.Series) -> pd.Series:
+    """Bands of NIH ages: ``58`` (2020 release) or ``058Y`` / ``006M`` (2017 release)."""
+    return ages.map(years_of_age_string).pipe(age_bands)

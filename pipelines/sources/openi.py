@@ -3,8 +3,9 @@
 Input: the CSV (``.csv`` or ``.csv.gz``), or a folder holding exactly one such file.
 
 Columns read: ``study_uid``, ``image_id``, ``png_name``, ``view_position``, ``mesh_major`` and,
-when present, ``rows`` / ``columns``. The report text (``findings``, ``impression``) and sex are
-never read.
+when present, ``rows`` / ``columns`` and ``sex`` (kept as F / M / unknown,
+:mod:`pipelines.demographics`; the public release leaves it mostly blank, and has no age). The
+report text (``findings``, ``impression``) is never read.
 
 - Path: ``png_name`` relative to ``options.images`` (default: the CSV's folder).
 - Keys: IU has **no patient ids**: patient = study = ``study_uid`` (each report is treated as its
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipelines.demographics import sexes
 from pipelines.labels import (
     FINDINGS,
     OPENI_MESH_QUALIFIED,
@@ -42,7 +44,7 @@ from pipelines.sources.tables import find_table, read_table
 
 SOURCE = "openi"
 STUDY, IMAGE, PNG, VIEW, MESH = "study_uid", "image_id", "png_name", "view_position", "mesh_major"
-ROWS, COLUMNS = "rows", "columns"
+ROWS, COLUMNS, SEX = "rows", "columns", "sex"
 
 
 def mesh_findings(mesh: pd.Series) -> pd.DataFrame:
@@ -79,7 +81,7 @@ def read(input_path: Path, options: ReadOptions) -> SourceResult:
     df = read_table(
         table,
         [STUDY, IMAGE, PNG, VIEW, MESH],
-        [ROWS, COLUMNS],
+        [ROWS, COLUMNS, SEX],
         what="Open-i CSV",
         max_line_bytes=options.max_csv_line_bytes,
     )
@@ -104,6 +106,7 @@ def read(input_path: Path, options: ReadOptions) -> SourceResult:
             "height": to_int(sub[ROWS]) if ROWS in sub else 0,
             "bits": 0,
             "photometric": "",
+            "sex": sexes(sub[SEX]) if SEX in sub else "",
         }
     )
     frame = pd.concat([frame, findings.loc[keep].reset_index(drop=True)], axis=1)

@@ -1,9 +1,10 @@
 """PadChest: ``PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv`` -> manifest rows.
 
 Columns read: ``ImageID``, ``ImageDir``, ``StudyID``, ``PatientID``, ``Projection``, ``Labels``
-and, when present, ``Rows_DICOM`` / ``Columns_DICOM`` / ``BitsStored_DICOM``. Nothing else is
-read: ``PatientBirth``, ``StudyDate_DICOM``, sex and the ``Report`` text never enter memory, let
-alone an output.
+and, when present, ``Rows_DICOM`` / ``Columns_DICOM`` / ``BitsStored_DICOM`` and
+``PatientSex_DICOM``, ``PatientBirth`` (a year) and ``StudyDate_DICOM``: the last two only to
+compute the age band at the study (:mod:`pipelines.demographics`; study year minus birth year),
+then dropped. The ``Report`` text never enters memory, let alone an output.
 
 - Path: ``{ImageDir}/{ImageID}`` relative to ``options.images`` (default: the CSV's folder).
 - Keys: patient = ``PatientID``, study = ``StudyID``, image = ``ImageID``, prefixed ``padchest:``.
@@ -37,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipelines.demographics import age_bands, sexes, years_from_birth_year
 from pipelines.labels import PADCHEST_PLACEHOLDERS, PADCHEST_TERMS, PADCHEST_TO_FINDINGS
 from pipelines.sources import ReadOptions, SourceResult
 from pipelines.sources.common import finish, make_source_keys, to_int, view_columns
@@ -50,6 +52,7 @@ SOURCE = "padchest"
 IMAGE, DIR, STUDY, PATIENT = "ImageID", "ImageDir", "StudyID", "PatientID"
 PROJECTION, LABELS = "Projection", "Labels"
 ROWS, COLUMNS, BITS = "Rows_DICOM", "Columns_DICOM", "BitsStored_DICOM"
+SEX, BIRTH, STUDY_DATE = "PatientSex_DICOM", "PatientBirth", "StudyDate_DICOM"
 
 
 def parse_label_list(text: str) -> list[str] | None:
@@ -131,6 +134,13 @@ def label_counts(
     return counts
 
 
+def _age_bands(sub: pd.DataFrame) -> pd.Series | str:
+    """Age bands at the study from the birth year and the study date ('' when either is absent)."""
+    if BIRTH not in sub or STUDY_DATE not in sub:
+        return ""
+    return age_bands(years_from_birth_year(sub[BIRTH], sub[STUDY_DATE]))
+
+
 def read(input_path: Path, options: ReadOptions) -> SourceResult:
     """Read the PadChest label CSV.
 
@@ -146,7 +156,7 @@ def read(input_path: Path, options: ReadOptions) -> SourceResult:
     df = read_table(
         table,
         required,
-        [ROWS, COLUMNS, BITS],
+        [ROWS, COLUMNS, BITS, SEX, BIRTH, STUDY_DATE],
         what="PadChest CSV",
         max_line_bytes=options.max_csv_line_bytes,
     )
@@ -178,6 +188,8 @@ def read(input_path: Path, options: ReadOptions) -> SourceResult:
             "height": to_int(sub[ROWS]) if ROWS in sub else 0,
             "bits": to_int(sub[BITS]) if BITS in sub else 0,
             "photometric": "",
+            "sex": sexes(sub[SEX]) if SEX in sub else "",
+            "age_band": _age_bands(sub),
         }
     )
     frame = pd.concat([frame, findings.loc[keep].reset_index(drop=True)], axis=1)

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 
 from pipelines.config import StageParams
 from pipelines.labels import FINDINGS
-from pipelines.synthetic.style import EASY, LabelNoise, Realism, Style
+from pipelines.synthetic.style import EASY, LabelNoise, Realism, Style, SubgroupEffect
 
 
 class SynthesizeParams(StageParams):
@@ -35,6 +35,7 @@ class SynthesizeParams(StageParams):
             knobs) or ``easy`` (the original, fast-learning dataset;
             :mod:`pipelines.synthetic.style`).
         realism: the knobs of the realistic preset.
+        subgroup_effect: a planted subgroup gap (:class:`SubgroupEffect`); None: none.
     """
 
     out: Path = Path("data/raw/synthetic")
@@ -52,6 +53,7 @@ class SynthesizeParams(StageParams):
     cr: float = Field(0.4, ge=0.0, le=1.0)
     preset: Literal["realistic", "easy"] = "realistic"
     realism: Realism = Realism()
+    subgroup_effect: SubgroupEffect | None = None
 
     @field_validator("prevalence")
     @classmethod

@@ -7,6 +7,8 @@ the folders and files. A job is a dict::
 
     index, patient, study_uid, anatomy, findings (the truth, drawn in the pixels),
     labels (what a report says: the findings with label errors), has_lateral,
+    attributes ({sex, age_band}: the subgroups, as ingest reads them from the headers),
+    scale (only in a planted subgroup effect's group: (finding, strength factor) pairs),
     images: [{view, file, seed, kw (the write_dicom arguments)}, ...]
 """
 
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 from pydicom.uid import generate_uid
 
+from pipelines.demographics import dicom_age_band, sex_of
 from pipelines.labels import FINDINGS
 from pipelines.synthetic.anatomy import Anatomy, next_study, sample_anatomy
 from pipelines.synthetic.findings import CHRONIC_FINDINGS
@@ -96,6 +99,10 @@ def plan_studies(params: SynthesizeParams) -> list[dict[str, Any]]:
             )
             job = _job(i, patient, study_uid, study, findings, has_lateral, images)
             job["labels"] = report_labels(findings, params.label_noise(), label_rng)
+            job["attributes"] = attributes(phi)
+            effect = params.subgroup_effect
+            if effect is not None and effect.applies(job["attributes"]):
+                job["scale"] = ((effect.finding, effect.strength),)
             jobs.append(job)
         patient += 1
     return jobs
@@ -118,6 +125,14 @@ def _job(
         "findings": tuple(findings),
         "has_lateral": has_lateral,
         "images": images,
+    }
+
+
+def attributes(phi: dict[str, str]) -> dict[str, str]:
+    """A study's subgroup attributes as ingest will read them back from its DICOM headers."""
+    return {
+        "sex": sex_of(phi["PatientSex"]),
+        "age_band": dicom_age_band(None, phi["PatientBirthDate"], phi["StudyDate"]),
     }
 
 

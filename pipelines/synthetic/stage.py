@@ -20,7 +20,9 @@ import csv
 import os
 import shutil
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +57,12 @@ def _write_studies(
     with threadpool_limits(limits=1):  # tiny BLAS calls: threads only add overhead
         for job in jobs:
             findings = frozenset(job["findings"])
+            study_style = replace(style, scale=job["scale"]) if "scale" in job else style
             for k, image in enumerate(job["images"]):
                 rng = np.random.default_rng(image["seed"])
                 view = image["view"]
                 pixels, masks = render_with_regions(
-                    rng, size, view, findings, job["anatomy"], style
+                    rng, size, view, findings, job["anatomy"], study_style
                 )
                 write_dicom(Path(root) / "dicom" / image["file"], pixels, **image["kw"])
                 rows += [
@@ -116,6 +119,18 @@ def _write_labels(path: Path, jobs: list[dict[str, Any]], truth: bool = False) -
             writer.writerow([job["study_uid"], *values])
 
 
+def _effect_summary(params: SynthesizeParams, jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The planted subgroup effect and how many studies (and positives) it touched."""
+    effect = params.subgroup_effect
+    if effect is None:
+        return None
+    touched = [j for j in jobs if "scale" in j]
+    return effect.model_dump() | {
+        "studies": len(touched),
+        "positives": sum(effect.finding in j["findings"] for j in touched),
+    }
+
+
 def synthesize(params: SynthesizeParams) -> dict[str, Any]:
     """Write the synthetic dataset to ``params.out`` (replacing an earlier one).
 
@@ -158,6 +173,9 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
         "positives": {f: sum(f in j["findings"] for j in jobs) for f in FINDINGS},
         "labelled_positive": {f: sum(j["labels"][f] == 1 for j in jobs) for f in FINDINGS},
         "unlabelled": {f: sum(j["labels"][f] != j["labels"][f] for j in jobs) for f in FINDINGS},
+        "sex": dict(sorted(Counter(j["attributes"]["sex"] for j in jobs).items())),
+        "age_band": dict(sorted(Counter(j["attributes"]["age_band"] for j in jobs).items())),
+        "subgroup_effect": _effect_summary(params, jobs),
         "preset": params.preset,
         "size": params.size,
         "seconds": round(time.perf_counter() - start, 3),

@@ -20,10 +20,12 @@ labels): quick to learn, for tests that need a model to learn in one epoch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import Field, field_validator
 
 from pipelines.config import StageParams
+from pipelines.labels import FINDINGS
 
 
 @dataclass(frozen=True)
@@ -35,20 +37,54 @@ class Style:
         nuisance: scales the per-image variation of position, rotation, exposure and noise.
         devices: chance that a study without findings shows monitoring devices (with findings it
             is higher: see :mod:`pipelines.synthetic.devices`).
+        scale: (finding, factor) pairs multiplying those findings' strengths (a planted
+            subgroup effect, set per study: :class:`SubgroupEffect`).
     """
 
     conspicuity: tuple[float, float] = (1.0, 1.0)
     nuisance: float = 1.0
     devices: float = 0.0
+    scale: tuple[tuple[str, float], ...] = ()
 
-    def strength(self, u: float) -> float:
-        """The strength of a finding from a uniform ``u`` in [0, 1)."""
+    def strength(self, u: float, finding: str | None = None) -> float:
+        """The strength of a finding from a uniform ``u`` in [0, 1), times its ``scale``
+        entry (a study of a planted subgroup effect draws that finding fainter)."""
         low, high = self.conspicuity
-        return low + (high - low) * u
+        return (low + (high - low) * u) * dict(self.scale).get(finding or "", 1.0)
 
 
 #: The original dataset: full-strength findings, the original nuisance, no devices.
 EASY = Style()
+
+
+class SubgroupEffect(StageParams):
+    """A planted subgroup gap (``synthesize.subgroup_effect``): in one group of patients a
+    finding is drawn fainter, so a model's AUROC for it is lower there, as the published audits
+    of chest X-ray models found for some groups. Off (null) by default; it exists so that a test
+    can show the evaluation's subgroup analysis finds a gap that is really there.
+
+    Attributes:
+        finding: the finding drawn fainter.
+        attribute: ``sex`` or ``age_band`` (:mod:`pipelines.demographics`).
+        group: the attribute's value that gets the fainter drawing (``F``, ``60-69`` ...).
+        strength: the factor on the finding's strength in that group (1: no effect).
+    """
+
+    finding: str
+    attribute: Literal["sex", "age_band"] = "sex"
+    group: str = "F"
+    strength: float = Field(0.3, ge=0.0, le=1.0)
+
+    @field_validator("finding")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in FINDINGS:
+            raise ValueError(f"unknown finding {v!r}; known: {', '.join(FINDINGS)}")
+        return v
+
+    def applies(self, attributes: dict[str, str]) -> bool:
+        """Whether a study with these ``sex`` / ``age_band`` values is in the planted group."""
+        return attributes.get(self.attribute) == self.group
 
 
 class LabelNoise(StageParams):

@@ -36,6 +36,8 @@ from pipelines.scoring import DicomWebStore, study_key
 from pipelines.scoring.reasons import PacsError
 from pipelines.synthetic.params import SynthesizeParams
 from pipelines.synthetic.stage import synthesize
+from tasks.score import STUDIES, SUMMARY
+from tasks.workspace import scoped
 from tests.conftest import REAL_CXR, ROOT, dicom_phi_values
 from tests.orthanc import Orthanc, orthanc_available
 from tests.pipelines.dicom_out.helpers import sr_findings
@@ -111,8 +113,8 @@ def studies(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def fresh_state(prefect_harness) -> None:
     """No watermark and no skipped record from an earlier test of the session's server."""
-    for name in (WATERMARK, SKIPPED):
-        Variable.unset(name)
+    for kind in (WATERMARK, SKIPPED):
+        Variable.unset(scoped(kind))
 
 
 def _srs(client: DICOMwebClient, study_uid: str) -> list[dict]:
@@ -164,7 +166,7 @@ async def _logs_and_artifacts() -> str:
     text = [r.name for r in runs] + [json.dumps(r.parameters) for r in runs]
     text += [log.message for log in logs] + [json.dumps(a.data, default=str) for a in artifacts]
     text += [t.name for t in tasks]
-    assert any("cxr-score" in a.key for a in artifacts if a.key)
+    assert {scoped(SUMMARY), scoped(STUDIES)} <= {a.key for a in artifacts}  # this workspace's
     return "\n".join(text)
 
 
@@ -196,8 +198,8 @@ def test_scores_each_study_once_and_survives_a_pacs_outage(
             _assert_sr_equals_predict(client, studies[k], model, tmp_path)
         for k in ("knee", "lat_only"):
             assert not _srs(client, _study_uid(studies[k]))
-        assert Variable.get(WATERMARK) == datetime.now(timezone.utc).date().isoformat()
-        skipped = Variable.get(SKIPPED)
+        assert Variable.get(scoped(WATERMARK)) == datetime.now(timezone.utc).date().isoformat()
+        skipped = Variable.get(scoped(SKIPPED))
         assert {v for v in skipped.values()} == {"no_frontal", "not_chest"}
         instances = pacs.count()
 

@@ -43,11 +43,13 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from flows.serve import free_port, local_server
 from tasks.artifacts import (
     ARTIFACT_KEY,
-    EVALUATE_AUROC_KEY,
-    EVALUATE_SUMMARY_KEY,
-    EXPORT_PARITY_KEY,
-    LATERAL_GAIN_KEY,
+    EVALUATE_AUROC,
+    EVALUATE_GATE,
+    EVALUATE_SUMMARY,
+    EXPORT_PARITY,
+    LATERAL_GAIN,
 )
+from tasks.workspace import scoped
 from tests.conftest import dicom_phi_values
 
 pytestmark = pytest.mark.slow
@@ -202,19 +204,18 @@ def test_real_dag_run_has_one_task_per_stage(real_dag_run):
 
 
 def test_real_dag_run_publishes_the_artifacts(real_dag_run):
-    arts = real_dag_run.artifacts
-    assert set(arts) == {
-        EVALUATE_AUROC_KEY,
-        EVALUATE_SUMMARY_KEY,
-        LATERAL_GAIN_KEY,
-        EXPORT_PARITY_KEY,
-    }
-    assert all(ARTIFACT_KEY.match(k) for k in arts)
     repo = real_dag_run.repo
+    # keyed for the served checkout's workspace: the serving process and this one agree on it
+    # (no subgroup table: the toy run's test split has no subgroup with 5 positives to compare)
+    key = {kind: scoped(kind, repo) for kind in (EVALUATE_AUROC, EVALUATE_SUMMARY, LATERAL_GAIN,
+                                                  EVALUATE_GATE, EXPORT_PARITY)}  # fmt: skip
+    arts = {kind: real_dag_run.artifacts[k] for kind, k in key.items()}
+    assert set(real_dag_run.artifacts) == set(key.values())
+    assert all(ARTIFACT_KEY.match(k) for k in key.values())
     headline = json.loads((repo / "metrics" / "evaluate.json").read_text())
     findings = json.loads((repo / "metrics" / "evaluate_findings.json").read_text())["findings"]
 
-    auroc = {r["finding"]: r for r in json.loads(arts[EVALUATE_AUROC_KEY].data)}
+    auroc = {r["finding"]: r for r in json.loads(arts[EVALUATE_AUROC].data)}
     assert set(auroc) == set(findings) | {"macro average"}
     assert len(findings) == 14
     macro = auroc["macro average"]
@@ -228,7 +229,7 @@ def test_real_dag_run_publishes_the_artifacts(real_dag_run):
         else:
             assert row["auroc"] == "not estimable"
 
-    lateral = {r["finding"]: r for r in json.loads(arts[LATERAL_GAIN_KEY].data)}
+    lateral = {r["finding"]: r for r in json.loads(arts[LATERAL_GAIN].data)}
     assert lateral["macro average"]["delta"] == round(headline["lateral_gain"]["macro_delta"], 3)
     assert {r["verdict"] for r in lateral.values()} <= {
         "helps",
@@ -237,13 +238,15 @@ def test_real_dag_run_publishes_the_artifacts(real_dag_run):
         "not estimable",
     }
 
-    summary = arts[EVALUATE_SUMMARY_KEY].data
+    summary = arts[EVALUATE_SUMMARY].data
     assert summary.startswith("# Evaluation summary")
+    gate = json.loads((repo / "metrics" / "evaluate_ood.json").read_text())
+    assert f"refused: {gate['test_refused']} of {gate['test_studies']}" in arts[EVALUATE_GATE].data
     report_html = (repo / "outputs" / "evaluation" / "report.html").resolve()
     assert report_html.as_uri() in summary and report_html.is_file()
 
     export = json.loads((repo / "metrics" / "export.json").read_text())
-    parity = {r["format"]: r for r in json.loads(arts[EXPORT_PARITY_KEY].data)}
+    parity = {r["format"]: r for r in json.loads(arts[EXPORT_PARITY].data)}
     assert set(parity) == set(export["parity"]) | set(export.get("skipped") or {})
     for fmt in export["parity"]:
         assert parity[fmt]["passed"] == "yes"

@@ -18,7 +18,8 @@ from flows.sweep import (
     parse_cli,
     run_cache_blind,
 )
-from tasks.artifacts import SWEEP_KEY, sweep_rows
+from tasks.artifacts import SWEEP, sweep_rows
+from tasks.workspace import scoped
 from tests.conftest import dvc, git
 from tests.flows.repos import clone_pipeline_repo
 
@@ -150,7 +151,7 @@ def test_sweep_of_two_experiments_on_the_real_dag(prefect_harness, pipeline_repo
     assert git(repo, "status", "--porcelain", "--untracked-files=no").stdout == ""
     # the comparison table artifact of this flow run
     mine = asyncio.run(_artifacts(state.state_details.flow_run_id))
-    assert [a.key for a in mine] == [SWEEP_KEY]
+    assert [a.key for a in mine] == [scoped(SWEEP, repo)]  # the clone's own workspace
     table = json.loads(mine[0].data)
     assert [r["experiment"] for r in table] == ["tiny-1", "tiny-2"]
     assert [r["val_macro_auroc"] for r in table] == [round(r["val_macro_auroc"], 4) for r in rows]

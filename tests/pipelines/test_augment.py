@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -70,9 +71,10 @@ def prepared(tmp_path) -> Path:
     make_shards(tmp_path / "prep", {"train": [3, 2], "val": [2]}, size=S)
     # give the shards real structure so the affine has something to move
     for f in (tmp_path / "prep").glob("train-*.images.npy"):
-        arr = np.load(f)
-        arr[:, 0] = np.maximum(arr[:, 0], image())
-        arr[:, 1] = np.where(arr[:, 1] > 0, image().T, 0)
+        arr = np.load(f)  # frontals, then the laterals of the studies that have one
+        n = len(pd.read_parquet(str(f).replace(".images.npy", ".meta.parquet")))
+        arr[:n] = np.maximum(arr[:n], image())
+        arr[n:] = image().T
         np.save(f, arr)
     return tmp_path / "prep"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from pipelines.data import (
+    INDEX_FILE,
     META_COLUMNS,
     ShardDataset,
     make_loader,
@@ -18,6 +20,7 @@ from pipelines.data import (
     shard_name,
     write_index,
     write_shard,
+    write_views,
 )
 from pipelines.labels import FINDINGS
 
@@ -164,3 +167,104 @@ def test_index_may_name_shards_in_subfolders(tmp_path):
     write_index(tmp_path / "prep", S, {"train": [{"name": "../flat/train-00000", "n": 4}]})
     with pytest.raises(ValueError, match="leaves the folder"):
         read_index(tmp_path / "prep")
+
+
+def test_laterals_are_stored_only_where_a_study_has_one(shards):
+    """Format 2: frontals then the present laterals; no bytes for a missing lateral."""
+    index = read_index(shards)
+    assert index["format"] == 2
+    assert [(e["n"], e["laterals"]) for e in index["splits"]["train"]] == [(4, 2), (3, 2)]
+    # studies 0..3: s1 and s2 have a lateral (k % 3 != 0); the file is N + L images, no more
+    arr = np.load(shards / "train-00000.images.npy")
+    assert arr.shape == (4 + 2, S, S)
+    assert [int(a[0, 0]) for a in arr] == [0, 1, 2, 3, 101, 102]
+    size = (shards / "train-00000.images.npy").stat().st_size
+    assert size == 128 + (4 + 2) * S * S  # the .npy header, then pixels: 2 of 8 views saved
+    # the bytes are np.save's of the concatenation (a deterministic, ordinary .npy file)
+    ref = shards.parent / "ref.npy"
+    np.save(ref, arr)
+    assert ref.read_bytes() == (shards / "train-00000.images.npy").read_bytes()
+
+
+def test_a_pair_without_a_lateral_reads_back_zeros_whatever_was_passed(tmp_path):
+    images = np.full((3, 2, S, S), 7, dtype=np.uint8)  # view 1 of study 1 is not a lateral
+    meta = pd.DataFrame(
+        {"study_key": ["a", "b", "c"], "patient_key": ["p", "p", "q"]}
+        | {"has_lateral": [True, False, True]}
+        | {f: [np.nan] * 3 for f in FINDINGS}
+    )
+    entry = write_shard(tmp_path, shard_name("test", 0), images, meta)
+    write_index(tmp_path, S, {"test": [entry]})
+    ds = ShardDataset(tmp_path, "test")
+    batch = ds.get_batch([1, 2, 0, 1])
+    assert batch["has_lateral"].tolist() == [False, True, True, False]
+    assert [int(x.max()) for x in batch["lateral"]] == [0, 7, 7, 0]
+    assert (batch["frontal"] == 7).all()
+    assert int(ds[1]["lateral"].max()) == 0 and not bool(ds[1]["has_lateral"])
+
+
+def test_format_1_folders_read_the_same_samples(shards, tmp_path):
+    """A format-1 folder ((N, 2, S, S), zeros for a missing lateral) serves identical batches."""
+    old = tmp_path / "old"
+    old.mkdir()
+    index = read_index(shards)
+    ds = ShardDataset(shards, ["train", "val"])
+    for entries in index["splits"].values():
+        for e in entries:
+            rows = ds.meta.index[
+                ds.meta["study_key"].isin(
+                    pd.read_parquet(shards / f"{e['name']}.meta.parquet")["study_key"]
+                )
+            ]
+            batch = ds.get_batch(rows)
+            pairs = np.concatenate([batch["frontal"].numpy(), batch["lateral"].numpy()], axis=1)
+            np.save(old / f"{e['name']}.images.npy", pairs)
+            (old / f"{e['name']}.meta.parquet").write_bytes(
+                (shards / f"{e['name']}.meta.parquet").read_bytes()
+            )
+    index["format"] = 1
+    for entries in index["splits"].values():
+        for e in entries:
+            del e["laterals"]
+    (old / INDEX_FILE).write_text(json.dumps(index))
+    a, b = ShardDataset(old, ["train", "val"]), ShardDataset(shards, ["train", "val"])
+    idx = [8, 0, 5, 4, 5, 1, 3]
+    for key, value in a.get_batch(idx).items():
+        np.testing.assert_array_equal(value.numpy(), b.get_batch(idx)[key].numpy())
+    for i in range(len(a)):
+        assert torch.equal(a[i]["lateral"], b[i]["lateral"])
+    both = ShardDataset([old, shards], "train")  # one root of each format
+    assert len(both) == 14 and torch.equal(both[7]["frontal"], both[0]["frontal"])
+
+
+def test_other_formats_and_mismatched_shards_are_refused(shards):
+    index = json.loads((shards / INDEX_FILE).read_text())
+    (shards / INDEX_FILE).write_text(json.dumps(index | {"format": 3}))
+    with pytest.raises(ValueError, match="shard format 3.*re-run the preprocess stage"):
+        ShardDataset(shards, "train")
+    (shards / INDEX_FILE).write_text(json.dumps(index))
+    np.save(shards / "train-00001.images.npy", np.zeros((3, S, S), np.uint8))  # laterals lost
+    with pytest.raises(ValueError, match="train-00001.images.npy: shape .* 2 laterals"):
+        ShardDataset(shards, "train")
+
+
+def test_write_views_validates(tmp_path):
+    meta = shard_meta_of(2, [True, False])
+    frontal = np.zeros((2, S, S), np.uint8)
+    with pytest.raises(ValueError, match="2 laterals for 1 studies"):
+        write_views(tmp_path, "x", frontal, np.zeros((2, S, S), np.uint8), meta)
+    with pytest.raises(ValueError, match="lateral must be uint8"):
+        write_views(tmp_path, "x", frontal, np.zeros((1, S + 1, S), np.uint8), meta)
+    assert write_views(tmp_path, "x", frontal, np.zeros((1, S, S), np.uint8), meta) == {
+        "name": "x",
+        "n": 2,
+        "laterals": 1,
+    }
+
+
+def shard_meta_of(n: int, has_lateral: list[bool]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"study_key": [f"s{i}" for i in range(n)], "patient_key": [f"p{i}" for i in range(n)]}
+        | {"has_lateral": has_lateral}
+        | {f: [np.nan] * n for f in FINDINGS}
+    )

@@ -71,12 +71,17 @@ class TinyDual(torch.nn.Module):
         self.front = torch.nn.Linear(2, len(FINDINGS))
         self.lat = torch.nn.Linear(2, len(FINDINGS))
 
-    def forward(self, frontal, lateral, has_lateral):
+    def view_features(self, frontal, lateral):
         def feats(x):
             return torch.stack([x.mean((1, 2, 3)), x[..., : SIZE // 2, :].std((1, 2, 3))], 1)
 
-        m = has_lateral.float()[:, None]
-        return self.front(feats(frontal)) + self.lat(feats(lateral)) * m
+        return feats(frontal), feats(lateral)
+
+    def fuse(self, f, lat, present):
+        return self.front(f) + self.lat(lat) * present.float()[:, None]
+
+    def forward(self, frontal, lateral, has_lateral):
+        return self.fuse(*self.view_features(frontal, lateral), has_lateral)
 
 
 def _params(tmp, **kw):
@@ -94,6 +99,9 @@ def _params(tmp, **kw):
             "plots": str(tmp / "plots"),
             "saliency": False,  # stand-in models are no DenseNet; the slow tests turn it on
             "localisation_metrics": str(tmp / "metrics" / "evaluate_localisation.json"),
+            "subgroups_metrics": str(tmp / "metrics" / "evaluate_subgroups.json"),
+            "ood_gate": str(tmp / "outputs" / "ood_gate.npz"),
+            "ood_metrics": str(tmp / "metrics" / "evaluate_ood.json"),
             "studies": str(tmp / "studies.parquet"),
             "regions": str(tmp / "regions.csv"),
         }
@@ -286,8 +294,10 @@ def test_score_dataset_without_masking(stage_run):
             x = torch.full((1, SIZE, SIZE), 40 * i, dtype=torch.uint8)
             return {"frontal": x, "lateral": x, "has_lateral": torch.tensor(True)}
 
-    dual, masked = score_dataset(model, Tiny(), SIZE, batch_size=2, frontal_only=False)
-    assert dual.shape == (3, len(FINDINGS)) and masked is None
+    scores = score_dataset(model, Tiny(), SIZE, batch_size=2, frontal_only=False)
+    dual = scores.dual
+    assert dual.shape == (3, len(FINDINGS)) and scores.masked is None
+    assert scores.frontal.shape == scores.lateral.shape == (3, 2)
     assert ((dual > 0) & (dual < 1)).all()
 
 

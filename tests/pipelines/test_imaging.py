@@ -248,7 +248,7 @@ def test_jpeg_draft_keeps_enough_resolution(tmp_path):
     big = np.kron(phantom(bits=8), np.ones((16, 16), dtype=np.uint8))  # 1152 x 960
     Image.fromarray(big).save(tmp_path / "big.jpg", quality=95)
     drafted = read_image(tmp_path / "big.jpg", draft_size=64)
-    assert 128 <= max(drafted.shape) < 1152  # decoded smaller, but >= 2x the target
+    assert 96 <= max(drafted.shape) < 1152  # decoded smaller, but >= 1.5x the target
     full = prepare_image(tmp_path / "big.jpg", 64)
     direct = to_square(read_image(tmp_path / "big.jpg"), 64)
     assert np.abs(full.astype(int) - direct.astype(int)).mean() < 2

@@ -389,3 +389,19 @@ def test_official_split_params(tmp_path):
     )  # the missing list is named before the (also missing) manifest
     with pytest.raises(UserError, match=r"missing_list\.txt: official 'test' list not found"):
         run_pair(params, seed=0)
+
+
+def test_studies_carry_the_frontal_images_sex_and_age_band():
+    rows = [
+        image("a1", "p1", "s1", "PA") | {"sex": "F", "age_band": "60-69"},
+        image("a2", "p1", "s1", "LATERAL") | {"sex": "F", "age_band": "70-79"},  # not the frontal
+        image("b1", "p2", "s2", "AP") | {"sex": "", "age_band": ""},
+        image("c1", "p3", "s3", "PA"),  # a source that gives neither
+    ]
+    studies, _, _ = pair_studies(manifest(rows), PairParams(), seed=0)
+    got = studies.set_index("study_key")[["sex", "age_band"]].to_dict("index")
+    assert got == {
+        "s1": {"sex": "F", "age_band": "60-69"},
+        "s2": {"sex": "", "age_band": ""},
+        "s3": {"sex": "", "age_band": ""},
+    }

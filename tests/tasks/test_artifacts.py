@@ -14,13 +14,18 @@ from tasks import artifacts
 from tasks.artifacts import (
     ARTIFACT_KEY,
     NOT_ESTIMABLE,
+    SWEEP,
     OutputPaths,
     auroc_rows,
+    gate_markdown,
     lateral_rows,
     parity_rows,
     read_json,
+    subgroup_rows,
     summary_markdown,
 )
+from tasks.workspace import WORKSPACE_ENV, scoped, workspace
+from tests.conftest import git
 
 FIXTURE = Path(__file__).parent / "fixtures" / "artifacts"
 FINDINGS = {"Atelectasis", "Cardiomegaly", "Pneumonia", "Hernia"}
@@ -157,6 +162,30 @@ def test_summary_markdown_links_the_html_report(outputs):
     assert f"`{html}`" in md
 
 
+def test_subgroup_table_puts_the_flagged_gaps_first(outputs):
+    rows = subgroup_rows(read_json(outputs.subgroups_metrics))
+    assert rows[0] == {
+        "finding": "Atelectasis",
+        "attribute": "sex",
+        "higher": "M",
+        "lower": "F",
+        "gap": 0.285,
+        "ci_lo": 0.145,
+        "ci_hi": 0.425,
+        "flagged": "FLAGGED",
+    }
+    assert [r["flagged"] for r in rows[1:]] == [""] * (len(rows) - 1)
+    assert {r["finding"] for r in rows} <= FINDINGS
+
+
+def test_gate_markdown_says_what_is_refused(outputs):
+    text = gate_markdown(read_json(outputs.ood_metrics))
+    assert "In-distribution test studies refused: 2 of 175" in text
+    assert "Real non-chest images refused: 14 of 14" in text and "CT 3/3" in text
+    assert "Mahalanobis 1.0" in text
+    assert gate_markdown({"fitted": False, "reason": "no validation studies"}).startswith("No ")
+
+
 def test_parity_table():
     rows = parity_rows(read_json(FIXTURE / "metrics" / "export.json"))
     by = {r["format"]: r for r in rows}
@@ -199,6 +228,7 @@ def captured(monkeypatch) -> list[dict]:
 
     monkeypatch.setattr(artifacts, "create_table_artifact", table)
     monkeypatch.setattr(artifacts, "create_markdown_artifact", markdown)
+    monkeypatch.delenv(WORKSPACE_ENV, raising=False)
     return calls
 
 
@@ -225,11 +255,14 @@ def _repo_with_planted_phi(tmp_path: Path) -> Path:
 def test_publishers_use_valid_keys_and_carry_no_phi(captured, tmp_path):
     repo = _repo_with_planted_phi(tmp_path)
     keys = artifacts.publish_evaluation(repo) + artifacts.publish_export(repo)
+    ns = workspace(repo)
     assert keys == [
-        "cxr-evaluate-auroc",
-        "cxr-evaluate-summary",
-        "cxr-evaluate-lateral-gain",
-        "cxr-export-parity",
+        f"cxr-{ns}-evaluate-auroc",
+        f"cxr-{ns}-evaluate-summary",
+        f"cxr-{ns}-evaluate-lateral-gain",
+        f"cxr-{ns}-evaluate-subgroups",
+        f"cxr-{ns}-evaluate-ood-gate",
+        f"cxr-{ns}-export-parity",
     ]
     assert [c["key"] for c in captured] == keys
     assert all(ARTIFACT_KEY.match(k) for k in keys)
@@ -250,8 +283,9 @@ def test_publishers_use_valid_keys_and_carry_no_phi(captured, tmp_path):
             "yes",
             "NO",
             *("int8", "mobile", "onnx", "torchscript", "executorch"),
+            *("F", "M", "FLAGGED", "sex"),
         }
-        extra = {w for w in words if w not in allowed and not re.fullmatch(r"[a-z_0-9]+", w)}
+        extra = {w for w in words if w not in allowed and not re.fullmatch(r"[a-z_0-9]*", w)}
         extra -= {"3 findings estimable", "skipped: the executorch package is not installed"}
         assert not extra, f"unexpected text in {table['key']}: {extra}"
 
@@ -270,3 +304,32 @@ def test_a_missing_output_raises_for_the_flow_to_warn(captured, tmp_path):
     with pytest.raises(FileNotFoundError):
         artifacts.publish_export(repo)
     assert captured == []
+
+
+def _checkout(path: Path, source: Path | None = None, message: str = "outputs") -> Path:
+    """The fixture outputs as a committed git repository, or a clone of ``source``."""
+    if source is not None:
+        git(source.parent, "clone", "-q", str(source), str(path))
+        return path
+    shutil.copytree(FIXTURE, path)
+    git(path, "init", "-q")
+    git(path, "add", "-A")
+    git(path, "commit", "-qm", message)
+    return path
+
+
+def test_two_workspaces_on_one_server_keep_their_own_histories(captured, tmp_path):
+    """Two clones of one repository publish under different keys (one server keeps both
+    histories apart); each keeps its keys run after run, and the repository part is shared."""
+    first = _checkout(tmp_path / "first")
+    second = _checkout(tmp_path / "second", source=first)
+    other = _checkout(tmp_path / "other", message="another project")  # the same files
+    keys = {r: artifacts.publish_evaluation(r) for r in (first, second, other)}
+    assert not set(keys[first]) & set(keys[second])
+    assert not set(keys[first]) & set(keys[other])
+    assert artifacts.publish_evaluation(first) == keys[first]
+    n = len(keys[first])  # the next run: new versions, same keys
+    assert [c["key"] for c in captured[-n:]] == keys[first]
+    assert workspace(first)[:6] == workspace(second)[:6] != workspace(other)[:6]
+    assert artifacts.publish_sweep([], None, "val", repo=first) == [scoped(SWEEP, first)]
+    assert all(ARTIFACT_KEY.match(k) for ks in keys.values() for k in ks)

@@ -82,7 +82,7 @@ class Finding:
         u = r.random(16).tolist()
         side = -1 if u[0] < 0.5 else 1  # -1: patient right (image left on PA)
         p = self.draw(u, side, r)
-        p["strength"] = style.strength(u[15])
+        p["strength"] = style.strength(u[15], self.name)
         return self.soften(p) if p["strength"] != 1.0 else p
 
     def soften(self, p: Params) -> Params:

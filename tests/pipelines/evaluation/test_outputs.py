@@ -38,6 +38,7 @@ def test_render_report_files_and_metrics(rendered):
         "metrics",
         "findings_metrics",
         "thresholds",
+        "subgroups",
         "plots",
     }
     headline = json.loads((out / "metrics.json").read_text())
@@ -74,8 +75,9 @@ def test_thresholds_are_chosen_on_validation(predictions):
     t = thresholds_dict(ev)
     val = predictions[(predictions["split"] == "val") & (predictions["mode"] == "dual")]
     val = val.sort_values("study_key")
+    mass = ev.modes["dual"].calibration.maps["Mass"]  # thresholds are on the calibrated scale
     assert t["youden"]["Mass"] == youden_threshold(
-        val["y_Mass"].to_numpy(), val["p_Mass"].to_numpy()
+        val["y_Mass"].to_numpy(), mass.apply(val["p_Mass"].to_numpy())
     )
     assert t["youden"]["Hernia"] is None  # one class on validation too
     assert t["validation"]["n_pos"]["Hernia"] == 0

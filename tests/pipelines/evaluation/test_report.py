@@ -68,8 +68,8 @@ def test_html_layout_one_line_per_block(rendered):
     assert html.startswith("<!DOCTYPE html><html lang=en>") and html.endswith("</html>")
     lines = html.split("\n")
     tables = [line for line in lines if "<table>" in line]
-    # findings, not trained, lateral view, two operating points, versions, params
-    assert len(tables) == 7
+    # findings, not trained, lateral view, two operating points, calibration, versions, params
+    assert len(tables) == 8
     assert all(line.startswith("<table>") and line.endswith("</table>") for line in tables)
     assert not any(line.strip() == "" for line in lines)
 

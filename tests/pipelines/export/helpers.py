@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from pipelines.data import shard_meta, shard_name, write_index, write_shard
+from pipelines.data import ShardDataset, shard_meta, shard_name, write_index, write_shard
 from pipelines.labels import FINDINGS
+from pipelines.model import to_model_input
+from pipelines.ood import OodGate, fit_gate
 
 ROOT = Path(__file__).resolve().parents[3]
 SIZE = 32
@@ -44,10 +47,35 @@ class TinyNet(nn.Module):
                 bn.running_var.uniform_(0.5, 1.5)
         self.eval()
 
-    def forward(self, frontal, lateral, has_lateral):
-        m = has_lateral.to(torch.bool).to(frontal.dtype).unsqueeze(1)
-        f, lat = self.frontal_encoder(frontal), self.lateral_encoder(lateral)
+    def view_features(self, frontal, lateral):
+        return self.frontal_encoder(frontal), self.lateral_encoder(lateral)
+
+    def fuse(self, f, lat, present):
+        m = present.to(torch.bool).to(f.dtype).unsqueeze(1)
         return self.head(torch.cat([f, lat * m, m], dim=1))
+
+    def forward(self, frontal, lateral, has_lateral):
+        return self.fuse(*self.view_features(frontal, lateral), has_lateral)
+
+
+def fitted_gate(net: nn.Module, prepared: Path, widen: float = 1.0) -> OodGate:
+    """The out-of-distribution gate of ``net`` fitted as evaluate fits it, on the train and
+    val shards of ``prepared``; ``widen`` multiplies its thresholds (a wide-open gate for
+    tests about something else)."""
+
+    def feats(split):
+        ds = ShardDataset(prepared, split)
+        b = ds.get_batch(np.arange(len(ds)))
+        with torch.no_grad():
+            f, lat = net.view_features(
+                to_model_input(b["frontal"], None), to_model_input(b["lateral"], None)
+            )
+        has = b["has_lateral"].numpy().astype(bool)
+        return {"frontal": f.numpy(), "lateral": lat.numpy()[has]}
+
+    gate = fit_gate(feats("train"), feats("val"), 0.005)
+    views = {v: replace(g, threshold=g.threshold * widen) for v, g in gate.views.items()}
+    return OodGate(views, gate.fit_refusal)
 
 
 def make_prepared(root: Path, size: int = SIZE, counts: dict | None = None) -> Path:
@@ -81,7 +109,7 @@ def fresh_process_probs(model: Path, runtime: str, batch: dict) -> tuple[np.ndar
         "from pipelines.runners import load_runner\n"
         "d = np.load(sys.argv[1])\n"
         "run = load_runner(sys.argv[2], sys.argv[3], threads=1)\n"
-        "np.save(sys.argv[4], run(d['frontal'], d['lateral'], d['has_lateral']))\n"
+        "np.save(sys.argv[4], run(d['frontal'], d['lateral'], d['has_lateral']).probabilities)\n"
         "print('torch' in sys.modules)\n"
     )
     out = work.with_suffix(".npy")

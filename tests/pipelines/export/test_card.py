@@ -95,7 +95,7 @@ def test_model_card_assembles_the_pieces():
         n_params=7,
     )
     assert card["schema"] == "cxr-dag-model-card/1" and card["input"] == input_spec(SIZE)
-    assert card["output"] == output_spec(list(FINDINGS), {}, "youden")
+    assert card["output"] == output_spec(list(FINDINGS), {}, "youden") | {"ood_gate": None}
     assert card["model"]["parameters"] == 7 and card["model"]["epoch"] == 3
     assert card["parity"] == {"test": {}, "studies": 0}
     assert card["notice"] == NO_SOURCE_NOTICE  # no data summary: nothing says what it learned

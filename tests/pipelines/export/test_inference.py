@@ -8,8 +8,8 @@ import torch
 from pipelines.data import ShardDataset
 from pipelines.export.inference import CXRInference, eager_runner, example_inputs, stack_studies
 from pipelines.labels import FINDINGS
-from pipelines.model import PIXEL_MEAN, PIXEL_STD
-from tests.pipelines.export.helpers import SIZE, TinyNet, make_prepared
+from pipelines.model import PIXEL_MEAN, PIXEL_STD, to_model_input
+from tests.pipelines.export.helpers import SIZE, TinyNet, fitted_gate, make_prepared
 
 
 def test_inference_module_normalises_inside_and_applies_sigmoid():
@@ -73,4 +73,27 @@ def test_eager_runner_is_the_module_on_numpy(tmp_path):
     assert frontal.dtype == np.uint8 and has.dtype == bool and labels.shape == (5, len(FINDINGS))
     with torch.no_grad():
         want = module(*(torch.from_numpy(v) for v in (frontal, lateral, has))).numpy()
-    np.testing.assert_array_equal(eager_runner(module)(frontal, lateral, has), want)
+    got = eager_runner(module)(frontal, lateral, has)
+    np.testing.assert_array_equal(got.probabilities, want)
+    assert got.ood is None  # no gate, no second output
+
+
+def test_the_gate_inside_the_module_gives_the_gates_own_distances(tmp_path):
+    net = TinyNet(seed=1)
+    prepared = make_prepared(tmp_path)
+    gate = fitted_gate(net, prepared)
+    plain, gated = CXRInference(net).eval(), CXRInference(net, gate=gate).eval()
+    frontal, lateral, has, _ = stack_studies(ShardDataset(prepared, "test"), np.arange(20))
+    out = eager_runner(gated)(frontal, lateral, has)
+    np.testing.assert_array_equal(
+        out.probabilities, eager_runner(plain)(frontal, lateral, has).probabilities
+    )
+    with torch.no_grad():
+        f, lat = net.view_features(
+            to_model_input(torch.from_numpy(frontal), None),
+            to_model_input(torch.from_numpy(lateral), None),
+        )
+    want = gate.distances(f.numpy(), lat.numpy())
+    want[~has, 1] = 0  # an unread lateral is never measured
+    np.testing.assert_allclose(out.ood, want, rtol=1e-4)
+    assert (out.ood[has, 1] > 0).all() and out.ood.shape == (20, 2)

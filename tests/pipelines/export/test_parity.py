@@ -12,6 +12,7 @@ from pipelines.evaluation.metrics import macro_auroc
 from pipelines.export.parity import check_parity, parity_figures, run_parity
 from pipelines.export.stage import Tolerance
 from pipelines.labels import FINDINGS
+from pipelines.runners import Scores
 from tests.pipelines.export.helpers import make_prepared
 
 
@@ -46,6 +47,10 @@ def test_check_parity_names_the_format_and_the_figure():
         check_parity({"onnx": ok, "int8": {"max_abs_prob": 0.01, "auroc_drop": 0.01}}, tol)
     with pytest.raises(ParityError, match="onnx: max"):  # NaN never passes
         check_parity({"onnx": {"max_abs_prob": float("nan"), "auroc_drop": 0.0}}, tol)
+    gated = ok | {"max_ood_shift": 0.002}  # the gate's distances: 1e-3 by default
+    with pytest.raises(ParityError, match=r"onnx: max Δ of the out-of-distribution distance"):
+        check_parity({"onnx": gated}, tol)
+    check_parity({"int8": gated}, tol | {"int8": Tolerance(max_abs_prob=0.05, max_ood_shift=0.5)})
 
 
 def test_run_parity_compares_every_runner_with_the_reference_on_the_same_studies(tmp_path):
@@ -53,16 +58,28 @@ def test_run_parity_compares_every_runner_with_the_reference_on_the_same_studies
     ds = ShardDataset(tmp_path, "test")
 
     def reference(frontal, lateral, has_lateral):
-        return np.tile(frontal.mean(axis=(1, 2, 3))[:, None] / 255, (1, len(FINDINGS)))
+        probs = np.tile(frontal.mean(axis=(1, 2, 3))[:, None] / 255, (1, len(FINDINGS)))
+        return Scores(probs, np.stack([frontal.std(axis=(1, 2, 3)), has_lateral * 2.0], 1))
 
     def shifted(frontal, lateral, has_lateral):
-        return reference(frontal, lateral, has_lateral) + 0.01
+        ref = reference(frontal, lateral, has_lateral)
+        return Scores(ref.probabilities + 0.01, ref.ood * 1.05)
 
-    figures, summary = run_parity(reference, {"same": reference, "off": shifted}, ds, batch=4)
+    runners = {"same": reference, "off": shifted}
+    figures, summary = run_parity(reference, runners, ds, 4, thresholds={"frontal": 50.0})
     assert figures["same"]["max_abs_prob"] == 0.0 and figures["same"]["auroc_drop"] == 0.0
     assert figures["off"]["max_abs_prob"] == pytest.approx(0.01, abs=1e-6)
+    assert figures["same"]["max_ood_shift"] == 0.0  # as a share of the frontal threshold, 50:
+    want = (0.05 * np.array([ds_std(ds), 0.0])).max() / 50  # the lateral view is not gated here
+    assert figures["off"]["max_ood_shift"] == pytest.approx(want, rel=1e-4)
     assert summary["studies"] == 9 and summary["with_lateral"] == int(ds.has_lateral.sum())
     assert set(summary["seconds_per_study"]) == {"eager", "same", "off"}
     assert run_parity(reference, {}, ds, batch=4, limit=5)[1]["studies"] == 5
     with pytest.raises(ExportError, match="no test studies"):
         run_parity(reference, {}, ShardDataset(tmp_path, "val"), batch=4)
+
+
+def ds_std(ds):
+    """The largest per-study standard deviation of the frontal views (the stand-in distance)."""
+    f = ds.get_batch(np.arange(len(ds)))["frontal"].numpy().astype(np.float64)
+    return f.std(axis=(1, 2, 3)).max()

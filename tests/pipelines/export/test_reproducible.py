@@ -16,7 +16,7 @@ import torch
 from pipelines.export.formats import export_mobile, export_onnx, export_torchscript, trace
 from pipelines.export.inference import CXRInference, example_inputs
 from pipelines.runners import load_runner
-from tests.pipelines.export.helpers import ROOT, SIZE, TinyNet
+from tests.pipelines.export.helpers import ROOT, SIZE, TinyNet, fitted_gate, make_prepared
 
 pytestmark = pytest.mark.slow
 
@@ -62,17 +62,20 @@ def test_two_copies_of_the_code_in_other_folders_export_the_same_bytes(tmp_path:
 
 
 def test_stripped_files_still_run_and_agree(tmp_path: Path) -> None:
-    module = CXRInference(TinyNet(seed=3), SIZE)
+    """Every format carries both outputs: the probabilities and the gate's distances."""
+    net = TinyNet(seed=3)
+    module = CXRInference(net, SIZE, fitted_gate(net, make_prepared(tmp_path / "prepared")))
     traced = trace(module, SIZE)
     export_torchscript(traced, tmp_path / "m.ts.pt")
     export_mobile(traced, tmp_path / "m.ptl")
     export_onnx(module, tmp_path / "m.onnx", SIZE)
     frontal, lateral, has = (t.numpy() for t in example_inputs(SIZE, batch=3))
     with torch.inference_mode():
-        want = module(*map(torch.from_numpy, (frontal, lateral, has))).numpy()
+        probs, ood = (x.numpy() for x in module(*map(torch.from_numpy, (frontal, lateral, has))))
     for name, runtime in (("m.ts.pt", "torchscript"), ("m.ptl", "lite"), ("m.onnx", "onnxruntime")):
         got = load_runner(tmp_path / name, runtime)(frontal, lateral, has)
-        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(got.probabilities, probs, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(got.ood, ood, rtol=1e-4, err_msg=name)
     records = torch._C.PyTorchFileReader(str(tmp_path / "m.ts.pt")).get_all_records()
     assert not [r for r in records if r.endswith(".debug_pkl")]  # (its id is now from content)
     model = onnx.load(str(tmp_path / "m.onnx"))

@@ -21,9 +21,12 @@ from tests.pipelines.export.helpers import (
     PLANTED,
     SIZE,
     TinyNet,
+    fitted_gate,
     fresh_process_probs,
     make_prepared,
 )
+
+CAL = {"method": "platt", "a": 0.5, "b": -0.2}
 
 # --------------------------------------------------------------------------- params
 
@@ -32,7 +35,9 @@ def test_params_defaults_and_partial_tolerances():
     p = parse_section(
         ExportParams, "export", {"export": {"tolerances": {"int8": {"max_abs_prob": 0.2}}}}
     )
-    assert p.tolerances["int8"] == Tolerance(max_abs_prob=0.2, max_auroc_drop=0.005)
+    assert p.tolerances["int8"] == Tolerance(
+        max_abs_prob=0.2, max_auroc_drop=0.005, max_ood_shift=0.5
+    )
     assert p.tolerances["onnx"] == Tolerance(max_abs_prob=1e-4, max_auroc_drop=1e-3)
     assert p.formats == ["torchscript", "onnx", "int8", "mobile", "executorch"]
 
@@ -66,6 +71,7 @@ def exported(tmp_path_factory):
                 "sensitivity": {"Edema": 0.1},
                 "frontal_only": {"youden": dict.fromkeys(FINDINGS, 0.35)},
                 "chosen_on": "val",
+                "calibration": {"dual": {"method": "platt", "maps": {"Edema": CAL}}},
             }
         )
     )
@@ -78,13 +84,18 @@ def exported(tmp_path_factory):
         evaluation=str(tmp / "evaluate.json"),
         calibration_studies=16,
         parity_batch=7,
+        # the stand-in's 16 random features cluster tightly, so int8 moves its gate distances
+        # by about its threshold (the demo DenseNet: 0.41, within the default 0.5)
+        tolerances={"int8": {"max_ood_shift": 5.0}},
         out=str(tmp / "export"),
         metrics=str(tmp / "metrics" / "export.json"),
     )
-    module = CXRInference(TinyNet()).eval()
+    net = TinyNet()
+    gate = fitted_gate(net, prepared)
+    module = CXRInference(net, gate=gate).eval()
     meta = {"findings": list(FINDINGS), "size": SIZE, "model_params": {"fusion": "concat"}}
-    metrics = export_all(module, meta, params, seed=1)
-    return {"module": module, "params": params, "metrics": metrics, "tmp": tmp}
+    metrics = export_all(module, meta, params, seed=1, gate=gate)
+    return {"module": module, "params": params, "metrics": metrics, "tmp": tmp, "gate": gate}
 
 
 @pytest.mark.slow
@@ -106,6 +117,9 @@ def test_stage_writes_every_format_card_and_metrics(exported):
     for fmt in ("torchscript", "onnx", "mobile"):
         assert metrics["parity"][fmt]["max_abs_prob"] < 1e-5
     assert 0 < metrics["parity"]["int8"]["max_abs_prob"] < 0.1  # int8 really is different
+    for fmt in made:  # every file carries the gate, and computes its distances as eager does
+        assert metrics["parity"][fmt]["max_ood_shift"] <= params.tolerances[fmt].max_ood_shift
+    assert metrics["parity"]["onnx"]["max_ood_shift"] < 1e-4
 
     card = json.loads((out / "metadata.json").read_text())
     assert card["input"]["size"] == SIZE and card["input"]["dtype"] == "uint8"
@@ -116,6 +130,10 @@ def test_stage_writes_every_format_card_and_metrics(exported):
     assert card["output"]["findings"] == list(FINDINGS)
     assert card["output"]["thresholds"]["youden"]["Edema"] == 0.4
     assert card["output"]["thresholds"]["sensitivity"] == {"Edema": 0.1}
+    assert card["output"]["calibration"]["dual"]["maps"]["Edema"] == CAL
+    gate = card["output"]["ood_gate"]
+    assert gate["thresholds"] == pytest.approx(exported["gate"].thresholds())
+    assert gate["output"] == "ood_distance" and gate["method"] == "mahalanobis"
     assert card["output"]["thresholds_frontal_only"]["youden"]["Edema"] == 0.35
     assert card["output"]["threshold_notes"] == {"chosen_on": "val"}
     assert card["metrics"]["test"]["test"]["macro_auroc"]["ci"] == [0.78, 0.84]
@@ -170,7 +188,7 @@ def test_each_format_loads_in_a_fresh_process_and_agrees(exported, fmt):
         "has_lateral": np.array([True, False, True, True, False]),
     }
     with torch.no_grad():
-        want = exported["module"](*(torch.from_numpy(v) for v in batch.values())).numpy()
+        want = exported["module"](*(torch.from_numpy(v) for v in batch.values()))[0].numpy()
     runtime = {"onnx": "onnxruntime", "int8": "onnxruntime", "mobile": "lite"}.get(fmt, fmt)
     got, used_torch = fresh_process_probs(path, runtime, batch)
     assert got.shape == (5, len(FINDINGS))

@@ -54,6 +54,7 @@ def model(model_dir) -> Path:  # noqa: F811
         test_metrics=None,
         data_summary=None,
         n_params=0,
+        gate=json.loads((model_dir / "metadata.json").read_text())["output"]["ood_gate"],
     )
     write_json(out / "metadata.json", card)
     return out / "model.onnx"

@@ -15,9 +15,11 @@ from PIL import Image
 
 from pipelines.errors import PredictError
 from pipelines.export import CXRInference, export_onnx, export_torchscript, model_card, trace
+from pipelines.export.card import gate_spec
 from pipelines.imaging import prepare_image
 from pipelines.io import write_json
 from pipelines.labels import FINDINGS
+from pipelines.ood import OodGate
 from pipelines.predict import (
     collect_studies,
     find_study_views,
@@ -26,7 +28,7 @@ from pipelines.predict import (
     predict_command,
 )
 from pipelines.synthetic import write_dicom
-from tests.pipelines.export.helpers import TinyNet
+from tests.pipelines.export.helpers import TinyNet, fitted_gate, make_prepared
 
 SIZE = 32
 PATIENT_ID = "PHI-ID-4417"
@@ -80,11 +82,10 @@ def write_view(
     return path
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """model.onnx + model.ts.pt of the stand-in, with a model card written by export."""
-    out = tmp_path_factory.mktemp("model")
-    module = CXRInference(TinyNet(seed=2)).eval()
+def write_model(out: Path, net: torch.nn.Module, gate: OodGate | None, **extra) -> Path:
+    """model.onnx + model.ts.pt of ``net`` (with ``gate`` inside), and a card written by the
+    export's own code; ``extra`` entries join the thresholds (e.g. ``calibration``)."""
+    module = CXRInference(net, gate=gate).eval()
     export_onnx(module, out / "model.onnx", SIZE)
     export_torchscript(trace(module, SIZE), out / "model.ts.pt")
     thresholds = {
@@ -94,7 +95,7 @@ def model_dir(tmp_path_factory) -> Path:
         },
         "thresholds_frontal_only": {"youden": dict.fromkeys(FINDINGS, 0.45)},
         "notes": {"chosen_on": "val"},
-    }
+    } | extra
     card = model_card(
         meta={"findings": list(FINDINGS)},
         input_size=SIZE,
@@ -106,15 +107,28 @@ def model_dir(tmp_path_factory) -> Path:
         test_metrics=None,
         data_summary=None,
         n_params=0,
+        gate=gate_spec(gate, None),
     )
     write_json(out / "metadata.json", card)
     return out
 
 
 @pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """The stand-in exported with a wide-open out-of-distribution gate (fitted, then widened a
+    million times: these tests are about decoding and decisions; tests/pipelines/predict/
+    test_gate.py tests the gate) and no calibration."""
+    tmp = tmp_path_factory.mktemp("model")
+    net = TinyNet(seed=2)
+    gate = fitted_gate(net, make_prepared(tmp / "prepared"), widen=1e6)
+    (tmp / "model").mkdir()
+    return write_model(tmp / "model", net, gate)
+
+
+@pytest.fixture(scope="module")
 def reference(model_dir):
     """Independent probabilities: the eager stand-in on prepare_image's arrays."""
-    module = CXRInference(TinyNet(seed=2)).eval()
+    module = CXRInference(TinyNet(seed=2)).eval()  # the probabilities only
 
     def probs(frontal: Path, lateral: Path | None) -> np.ndarray:
         f = torch.from_numpy(prepare_image(frontal, SIZE))[None, None]

@@ -53,8 +53,14 @@ def test_end_to_end(dataset, tmp_path):
 
     index = read_index(out)
     assert index["size"] == SIZE and [e["n"] for e in index["splits"]["train"]] == [2, 1]
+    # laterals stored only where decoded: s0's in the first shard, none in the second (s2's failed)
+    assert [e["laterals"] for e in index["splits"]["train"]] == [1, 0]
+    assert np.load(out / "train-00000.images.npy").shape == (2 + 1, SIZE, SIZE)
+    assert np.load(out / "train-00001.images.npy").shape == (1, SIZE, SIZE)
     ds = ShardDataset(out, "train")
     assert list(ds.meta["study_key"]) == ["s0", "s1", "s2"]  # sorted by key within the split
+    assert list(ds.meta["sex"]) == ["M", "F", "M"]  # evaluate's subgroups ride in the meta
+    assert list(ds.meta["age_band"]) == ["10-19", "20-29", "30-39"]
     # pixels: exactly what prepare_image gives, lateral zeros where missing or failed
     for i, (f, lat) in enumerate([("f0.dcm", "l0.png"), ("f1.dcm", None), ("f2.dcm", None)]):
         sample = ds[i]
@@ -173,3 +179,36 @@ def test_each_source_reads_from_its_own_root_and_bits_come_from_the_metadata(tmp
     no_bits = table.drop(columns=["frontal_bits", "lateral_bits"])
     preprocess_studies(no_bits, roots, out, params(size=64))
     assert abs(int(ShardDataset(out, "train")[0]["frontal"].numpy().max()) - 128) <= 1
+
+
+def _many_studies(root, n: int) -> pd.DataFrame:
+    """``n`` train studies of 64 px PNGs (one file per view, written once), half with a lateral."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(phantom(64, 64, bits=8).astype(np.uint8)).save(buf, format="PNG")
+    root.mkdir(exist_ok=True)
+    (root / "f.png").write_bytes(buf.getvalue())
+    (root / "l.png").write_bytes(buf.getvalue())
+    rows = [study(f"s{i:05d}", "train", "f.png", "l.png" if i % 2 else "") for i in range(n)]
+    return pd.DataFrame(rows).astype({f: "float32" for f in FINDINGS})
+
+
+@pytest.mark.slow  # tracemalloc slows the decoding loop about 4x: ~5 s on 2 cores
+def test_memory_does_not_grow_with_the_number_of_studies(tmp_path):
+    """Pixels stream through one shard buffer per split: 10x the studies, the same peak
+    allocation up to the studies table itself (~0.2 KB a study, against 6 KB of pixels)."""
+    import tracemalloc
+
+    peaks = {}
+    for n in (40, 400):
+        studies = _many_studies(tmp_path / "raw", n)
+        p = params(size=64, shard_size=20, grid=2)
+        tracemalloc.start()
+        result = preprocess_studies(studies, tmp_path / "raw", tmp_path / f"out{n}", p)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert result.summary["studies_out"]["train"] == n
+    per_study = (peaks[400] - peaks[40]) / 360
+    assert per_study < 1_500, (peaks, per_study)  # pixels kept would add 6 KB a study
+    assert peaks[400] < 4 * 2**20  # two 20-study buffers of 64 px are 0.16 MB

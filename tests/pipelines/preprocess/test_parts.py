@@ -91,8 +91,8 @@ def test_merge_names_missing_incomplete_and_foreign_parts(dataset, tmp_path):
     with pytest.raises(UserError, match="part 0-of-3 covers other rows"):
         merge_parts(other, out, params(), 3)
     shard = next((out / PARTS_DIR / "1-of-3").glob("*.images.npy"))
-    np.save(shard, np.zeros((1, 2, 4, 4), np.uint8))
-    with pytest.raises(UserError, match="part 1-of-3: shard .* holds"):
+    np.save(shard, np.zeros((1, 4, 4), np.uint8))
+    with pytest.raises(UserError, match="part 1-of-3: shard .* disagrees with its meta"):
         merge_parts(studies, out, params(), 3)
     assert not (out / "index.json").exists()  # nothing written on a failed check
 
@@ -105,7 +105,7 @@ def test_a_part_is_atomic(dataset, tmp_path, monkeypatch):
     out = tmp_path / "sharded"
     preprocess_part(studies, root, out, params(), 0, 2)
     before = digest(out / PARTS_DIR / "0-of-2")
-    real = pp.write_shard
+    real = pp.write_views
     calls = []
 
     def dies_on_second_shard(*args, **kwargs):
@@ -114,7 +114,7 @@ def test_a_part_is_atomic(dataset, tmp_path, monkeypatch):
             raise OSError("disk full")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pp, "write_shard", dies_on_second_shard)
+    monkeypatch.setattr(pp, "write_views", dies_on_second_shard)
     with pytest.raises(OSError, match="disk full"):
         preprocess_part(studies, root, out, params(shard_size=1), 0, 2)
     with pytest.raises(OSError, match="disk full"):

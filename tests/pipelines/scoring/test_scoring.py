@@ -9,7 +9,9 @@ import pytest
 import requests
 
 from pipelines.errors import PredictError
+from pipelines.evaluation.gate import reference_path
 from pipelines.export import model_card
+from pipelines.imaging import read_image
 from pipelines.io import write_json
 from pipelines.labels import FINDINGS
 from pipelines.scoring import (
@@ -25,6 +27,9 @@ from pipelines.scoring import (
     summarize,
     with_retries,
 )
+from pipelines.scoring.reasons import OUT_OF_DISTRIBUTION, UNGATED_MODEL
+from pipelines.synthetic import write_dicom
+from tests.pipelines.predict.test_gate import setup  # noqa: F401 (fixture)
 from tests.pipelines.predict.test_run import model_dir, write_view  # noqa: F401 (fixture)
 
 
@@ -130,3 +135,24 @@ def test_folder_store_scores_once_and_summarizes(model_dir, tmp_path):  # noqa: 
     summary = summarize(outcomes, found=2, search_s=0.01)
     assert (summary["scored"], summary["skipped_by_reason"]) == (1, {"not_chest": 1})
     assert summary["latency_s"]["p50"] > 0 and "decode+infer" in summary["seconds_by_step"]
+
+
+def test_pixels_the_gate_refuses_and_a_model_without_a_gate_are_skipped_with_their_reason(
+    setup,  # noqa: F811
+    tmp_path,
+):
+    """A CT slice stored as a chest DX passes every header rule; the gate refuses its pixels."""
+    ct = read_image(reference_path("pydicom.data", "test_files/CT_small.dcm"))
+    for view in ("PA", "LL"):
+        write_dicom(tmp_path / "in" / "ct" / f"{view}.dcm", ct, photometric="MONOCHROME2",
+                    bits_stored=12, view_position=view, modality="DX",
+                    uids={"StudyInstanceUID": "1.2.3.77", "SeriesInstanceUID": f"1.2.3.77.{view}",
+                          "SOPInstanceUID": f"1.2.3.77.{view}.1"},
+                    phi={"PatientID": "PHI-ID-77"})  # fmt: skip
+    store = FolderStore(tmp_path / "in", tmp_path / "out")
+    (uid,) = store.find(None)
+    gated = score_study(store, Scorer(setup["gated"]), uid)
+    assert (gated.status, gated.reason) == (SKIPPED, OUT_OF_DISTRIBUTION)
+    bare = score_study(store, Scorer(setup["bare"]), uid)
+    assert (bare.status, bare.reason) == (SKIPPED, UNGATED_MODEL)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

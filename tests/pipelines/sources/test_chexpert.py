@@ -224,3 +224,12 @@ def test_nan_unless_no_finding_needs_the_column(tmp_path):
     with pytest.raises(SourceError) as err:
         read(table, opts(blank="nan_unless_no_finding"))
     assert str(table) in str(err.value) and "'No Finding'" in str(err.value)
+
+
+def test_real_sample_sex_and_age_bands():
+    table, raw = sample()
+    m = read(table, opts()).manifest
+    assert m["sex"].tolist() == [{"Female": "F", "Male": "M"}[r["Sex"]] for r in raw]
+    assert dict(Counter(m["sex"])) == {"F": 37, "M": 13}
+    decade = [int(r["Age"]) // 10 * 10 for r in raw]
+    assert m["age_band"].tolist() == [f"{d}-{d + 9}" if d < 90 else "90+" for d in decade]

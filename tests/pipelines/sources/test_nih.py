@@ -165,3 +165,25 @@ def test_images_option_sets_root(tmp_path):
     missing = read(copy, opts(verify_files=True))  # images not beside the copy
     check_invariant(missing)
     assert [r.reason for r in missing.rejected] == ["missing_file", "missing_file"]
+
+
+def test_real_sample_sex_and_age_bands():
+    table = need(SAMPLE)
+    with table.open(newline="") as fh:
+        raw = list(csv.DictReader(fh))
+    m = read(table, opts()).manifest
+    assert m["sex"].tolist() == [r["Patient Gender"] for r in raw]
+    assert dict(Counter(m["sex"])) == {"M": 30, "F": 20}
+    want = [
+        f"{int(r['Patient Age']) // 10 * 10}-{int(r['Patient Age']) // 10 * 10 + 9}" for r in raw
+    ]
+    assert m["age_band"].tolist() == want
+
+
+def test_age_formats_of_both_releases_and_impossible_ages(tmp_path):
+    rows = [("a.png", "58"), ("b.png", "058Y"), ("c.png", "006M"), ("d.png", "412"), ("e.png", "")]
+    text = HEADER + "".join(f"{n},No Finding,0,{i},{age},F,PA,1,1,0.1,0.1\n"
+                            for i, (n, age) in enumerate(rows))  # fmt: skip
+    (tmp_path / "Data_Entry_2017.csv").write_text(text)
+    m = read(tmp_path / "Data_Entry_2017.csv", opts()).manifest
+    assert m["age_band"].tolist() == ["50-59", "50-59", "0-9", "", ""]

@@ -251,3 +251,16 @@ def test_effusion_family_and_unknown_terms(tmp_path, caplog):
     assert "1 images carry terms outside PadChest's vocabulary (e.g. 'pleural efusion')" in (
         caplog.text
     )
+
+
+def test_real_sample_sex_and_age_at_the_study_only():
+    table, raw = sample()
+    m = read(table, opts()).manifest
+    assert m["sex"].tolist() == [r["PatientSex_DICOM"] for r in raw]
+    ages = [int(r["StudyDate_DICOM"][:4]) - int(float(r["PatientBirth"])) for r in raw]
+    want = [f"{a // 10 * 10}-{a // 10 * 10 + 9}" if a < 90 else "90+" for a in ages]
+    assert m["age_band"].tolist() == want and "90+" in want
+    # the dates gave the band and went: no column, no value of either in the manifest
+    text = m.to_csv()
+    assert not {"PatientBirth", "StudyDate_DICOM"} & set(m.columns)
+    assert not any(r["StudyDate_DICOM"] in text for r in raw)

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,16 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
+from pipelines.keys import make_key
 from pipelines.labels import FINDINGS
+from pipelines.sources import ReadOptions
+from pipelines.sources.dicom import read
 from pipelines.synthetic.dicom_writer import SOP_CLASS
 from pipelines.synthetic.params import SynthesizeParams
+from pipelines.synthetic.plan import plan_studies
+from pipelines.synthetic.render import render_view
 from pipelines.synthetic.stage import main, synthesize
+from pipelines.synthetic.style import SubgroupEffect
 
 PHI_KEYWORDS = (
     "PatientName",
@@ -228,3 +235,44 @@ def test_report_labels_make_the_planted_errors_at_their_rates() -> None:
     assert abs(sum(absent) / len(absent) - 0.05) < 0.012  # spurious
     exact = report_labels(present, LabelNoise(), np.random.default_rng(1))
     assert exact == {f: float(f in present) for f in FINDINGS}
+
+
+def test_ingest_reads_back_each_studys_planned_sex_and_age_band(dataset):
+
+    out, _ = dataset
+    m = read(out / "dicom", ReadOptions(salt=b"s", workers=1)).manifest
+    planned = {
+        make_key("study", f"dicom:{j['study_uid']}", b"s"): j["attributes"]
+        for j in plan_studies(small_params(out))
+    }
+    got = {k: {"sex": s, "age_band": a} for k, s, a in m[["study_key", "sex", "age_band"]].values}
+    assert got == planned
+    assert {a["sex"] for a in got.values()} <= {"F", "M"} and "" not in {
+        a["age_band"] for a in got.values()
+    }
+
+
+def test_a_planted_subgroup_effect_draws_the_finding_fainter_in_that_group_only():
+
+    effect = SubgroupEffect(finding="Effusion", attribute="sex", group="F", strength=0.3)
+    base = small_params(Path("unused"), studies=60, preset="easy")
+    plain, planted = (
+        plan_studies(base),
+        plan_studies(base.model_copy(update={"subgroup_effect": effect})),
+    )
+    for a, b in zip(plain, planted, strict=True):  # the effect draws nothing: same plan otherwise
+        assert a["findings"] == b["findings"] and a["labels"] == b["labels"]
+        assert a["images"] == b["images"] and a["attributes"] == b["attributes"]
+        assert ("scale" in b) == (b["attributes"]["sex"] == "F") and "scale" not in a
+    job = next(j for j in planted if j["attributes"]["sex"] == "F")
+    style = base.style()
+    seed = job["images"][0]["seed"]
+
+    def image(findings, st):
+        rng = np.random.default_rng(seed)
+        return render_view(rng, 64, "PA", frozenset(findings), job["anatomy"], st)
+
+    none = image([], style)
+    full = np.abs(image(["Effusion"], style) - none).sum()
+    faint = np.abs(image(["Effusion"], replace(style, scale=job["scale"])) - none).sum()
+    assert 0 < faint < 0.6 * full
