@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.params_sections import params_sections
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipelines", "tasks", "flows")
 
@@ -182,34 +184,6 @@ def test_import_walls(package: str, forbidden: tuple[str, ...]) -> None:
 
 
 # --------------------------------------------------------------------------- the defaults
-
-
-def params_sections() -> list[tuple[str, type]]:
-    from flows.serve import ScheduleParams
-    from pipelines.augment import AugmentParams
-    from pipelines.config import BaseParams
-    from pipelines.evaluate import EvaluateParams
-    from pipelines.export import ExportParams
-    from pipelines.ingest import IngestParams
-    from pipelines.pair import PairParams
-    from pipelines.preprocess import PreprocessParams
-    from pipelines.scoring import ScoreParams
-    from pipelines.synthetic import SynthesizeParams
-    from pipelines.train import TrainParams
-
-    return [
-        ("base", BaseParams),
-        ("schedule", ScheduleParams),
-        ("score", ScoreParams),
-        ("synthesize", SynthesizeParams),
-        ("ingest", IngestParams),
-        ("pair", PairParams),
-        ("preprocess", PreprocessParams),
-        ("augment", AugmentParams),
-        ("train", TrainParams),
-        ("evaluate", EvaluateParams),
-        ("export", ExportParams),
-    ]
 
 
 def test_every_params_section_has_a_schema() -> None:
