@@ -29,9 +29,9 @@ maximum of a couple of hundred validation studies, which is all an empirical 99.
 would be.
 
 The gate runs inside the exported models (:class:`pipelines.export.inference.CXRInference`
-computes the distances as a second output, ``ood_distance``); the model card carries the
-thresholds, and :func:`refusals` is the one decision rule that evaluate, ``cxr predict`` and the
-scoring flow apply. This module needs numpy only (scikit-learn to fit).
+computes the distances as a second output, :data:`pipelines.runners.OOD_OUTPUT`); the model
+card carries the thresholds, and :func:`refusals` is the one decision rule that evaluate,
+``cxr predict`` and the scoring flow apply. This module needs numpy only (scikit-learn to fit).
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ from pipelines.io import atomic_path
 
 VIEWS: tuple[str, str] = ("frontal", "lateral")
 METHOD = "mahalanobis"
-OUTPUT_NAME = "ood_distance"  # the exported models' second output: (B, 2) squared distances
 
 
 @dataclass(frozen=True)
