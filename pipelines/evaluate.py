@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,8 @@ import numpy as np
 import pandas as pd
 import torch
 from pydantic import Field
-from torch.utils.data import DataLoader
 
+from pipelines.augment import AugmentParams
 from pipelines.config import BaseParams, load_params, parse_section
 from pipelines.data import ShardDataset
 from pipelines.errors import UserError
@@ -50,13 +51,14 @@ from pipelines.evaluation.gate import gate_metrics, reference_images
 from pipelines.evaluation.outputs import write_outputs
 from pipelines.evaluation.provenance import collect_versions
 from pipelines.evaluation.saliency import SaliencyParams, saliency_results
-from pipelines.evaluation.summary import (
-    FRONTAL_ONLY_METHOD,
-    OPTIONAL_COLUMNS,
-    Evaluation,
-    ReportParams,
-    summarize,
+from pipelines.evaluation.scoring import (
+    SplitScores,
+    predictions_frame,
+    probabilities,
+    score_dataset,
 )
+from pipelines.evaluation.summary import Evaluation, ReportParams, summarize
+from pipelines.evaluation.table import FRONTAL_ONLY_METHOD
 from pipelines.explain import Explainer
 from pipelines.io import write_json, write_parquet
 from pipelines.labels import FINDINGS
@@ -64,6 +66,7 @@ from pipelines.model import load_model, to_model_input
 from pipelines.ood import OodGate, fit_gate
 from pipelines.runtime import resolve_device
 from pipelines.stage import run_stage
+from pipelines.tta import ViewDraws, draws_to_json, tta_draws
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,8 @@ class EvaluateParams(ReportParams, SaliencyParams):
         ood_gate: where the fitted out-of-distribution gate goes (for the export stage).
         ood_metrics: the gate's DVC metrics JSON (thresholds, refusal rates, AUROCs).
         ood_fit_refusal: the share of validation studies the gate's thresholds aim to refuse.
+        tta_views: test-time augmentation: the probabilities are the mean over the study as it
+            is and this many seeded views of the augment policy (:mod:`pipelines.tta`); 0: off.
     """
 
     checkpoint: str = "models/best.pt"
@@ -105,114 +110,7 @@ class EvaluateParams(ReportParams, SaliencyParams):
     ood_metrics: str = "metrics/evaluate_ood.json"
     ood_fit_refusal: float = Field(0.005, gt=0.0, lt=0.5)
     ood_shrinkage: float = Field(0.1, ge=0.0, le=1.0)
-
-
-@dataclass
-class SplitScores:
-    """A split scored by the checkpoint: probabilities and each view's pooled features.
-
-    Attributes:
-        dual: (N, F) probabilities with both views.
-        masked: (N, F) probabilities with the lateral view hidden (None: not asked for).
-        frontal, lateral: (N, D) features of each view's trunk (lateral None for a model
-            without a lateral branch; rows of studies without a lateral hold the blank image's).
-        has_lateral: (N,) which studies have a lateral view.
-    """
-
-    dual: np.ndarray
-    masked: np.ndarray | None
-    frontal: np.ndarray
-    lateral: np.ndarray | None
-    has_lateral: np.ndarray
-
-
-def _probabilities(
-    model: torch.nn.Module, f: torch.Tensor, lat: torch.Tensor | None, present: torch.Tensor
-) -> np.ndarray:
-    return torch.sigmoid(model.fuse(f, lat, present).float()).cpu().numpy()
-
-
-@torch.inference_mode()
-def score_dataset(
-    model: torch.nn.Module,
-    dataset: ShardDataset,
-    size: int | None,
-    batch_size: int = 32,
-    device: torch.device | str = "cpu",
-    workers: int = 0,
-    frontal_only: bool = True,
-) -> SplitScores:
-    """Probabilities of every study, with both views and with the lateral view masked, and
-    each view's features.
-
-    One trunk pass per view and batch: the masked mode is the fusion of the same features with
-    the lateral marked absent, which in eval mode is exactly the model's output for a blank
-    lateral image it is told is absent (the fusion zeroes an absent lateral's features).
-
-    Args:
-        model: in eval mode, with ``view_features(frontal, lateral)`` and
-            ``fuse(f, lat, present) -> logits`` (:class:`pipelines.model.DualViewDenseNet`).
-        dataset: the studies (uint8 views).
-        size: input size of the model (views are resized when the shards differ).
-        batch_size: studies per pass.
-        device: where to run.
-        workers: DataLoader workers.
-        frontal_only: also score with the lateral view masked.
-    """
-    device = torch.device(device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("dual", "masked", "f", "lat", "has")}
-    for batch in loader:
-        frontal = to_model_input(batch["frontal"].to(device), size)
-        lateral = to_model_input(batch["lateral"].to(device), size)
-        has_lateral = batch["has_lateral"].to(device=device, dtype=torch.bool)
-        f, lat = model.view_features(frontal, lateral)
-        parts["dual"].append(_probabilities(model, f, lat, has_lateral))
-        if frontal_only:
-            parts["masked"].append(_probabilities(model, f, lat, torch.zeros_like(has_lateral)))
-        parts["f"].append(f.float().cpu().numpy())
-        if lat is not None:
-            parts["lat"].append(lat.float().cpu().numpy())
-        parts["has"].append(has_lateral.cpu().numpy())
-    width = len(dataset.findings)
-
-    def stack(key: str, w: int = width) -> np.ndarray:
-        return np.concatenate(parts[key]) if parts[key] else np.zeros((0, w), np.float32)
-
-    return SplitScores(
-        dual=stack("dual"),
-        masked=stack("masked") if frontal_only else None,
-        frontal=stack("f", 0),
-        lateral=stack("lat", 0) if parts["lat"] else None,
-        has_lateral=np.concatenate(parts["has"]) if parts["has"] else np.zeros(0, bool),
-    )
-
-
-def predictions_frame(
-    dataset: ShardDataset, split: str, dual: np.ndarray, masked: np.ndarray | None
-) -> pd.DataFrame:
-    """The predictions rows of one split: one per study and mode (keys, source, labels and
-    probabilities of the dataset's findings)."""
-    meta, findings = dataset.meta, dataset.findings
-    base = pd.DataFrame(
-        {
-            "split": split,
-            "study_key": meta["study_key"].astype(str).to_numpy(),
-            "patient_key": meta["patient_key"].astype(str).to_numpy(),
-            "has_lateral": dataset.has_lateral,
-        }
-    )
-    for column in OPTIONAL_COLUMNS:  # the source and the subgroup attributes, where recorded
-        if column in meta:
-            base[column] = meta[column].astype(str).to_numpy()
-    labels = pd.DataFrame(dataset.labels, columns=[f"y_{f}" for f in findings])
-    frames = []
-    for mode, probs in (("dual", dual), ("frontal_only", masked)):
-        if probs is None:
-            continue
-        scores = pd.DataFrame(probs, columns=[f"p_{f}" for f in findings])
-        frames.append(pd.concat([base.assign(mode=mode), labels, scores], axis=1))
-    return pd.concat(frames, ignore_index=True)
+    tta_views: int = Field(0, ge=0, le=32)
 
 
 def _model_summary(meta: dict[str, Any]) -> dict[str, Any]:
@@ -242,8 +140,11 @@ class Scored:
     findings: list[str]
 
 
-def score_splits(params: EvaluateParams, device: torch.device) -> Scored:
-    """Load the checkpoint and score the val and test splits (both modes).
+def score_splits(
+    params: EvaluateParams, device: torch.device, draws: Sequence[ViewDraws] = ()
+) -> Scored:
+    """Load the checkpoint and score the val and test splits (both modes; with the
+    test-time augmentation ``draws``, if any: :mod:`pipelines.tta`).
 
     Raises:
         CheckpointError: the checkpoint is missing or unusable.
@@ -269,7 +170,7 @@ def score_splits(params: EvaluateParams, device: torch.device) -> Scored:
             continue
         start = time.perf_counter()
         splits[split] = scores = score_dataset(
-            model, dataset, size, params.batch_size, device, params.workers, masked
+            model, dataset, size, params.batch_size, device, params.workers, masked, draws
         )
         log.info(
             "evaluate: scored %d %s studies in %.1f s",
@@ -277,7 +178,8 @@ def score_splits(params: EvaluateParams, device: torch.device) -> Scored:
             split,
             time.perf_counter() - start,
         )
-        frames.append(predictions_frame(dataset, split, scores.dual, scores.masked))
+        single = (scores.single, scores.single_masked) if draws else None
+        frames.append(predictions_frame(dataset, split, scores.dual, scores.masked, single))
     predictions = pd.concat(frames, ignore_index=True)
     predictions.attrs["model"] = _model_summary(meta)
     predictions.attrs["untrained"] = dict(meta.get("untrained") or {})
@@ -285,6 +187,8 @@ def score_splits(params: EvaluateParams, device: torch.device) -> Scored:
     predictions.attrs["frontal_only"] = (
         FRONTAL_ONLY_METHOD if masked else "not scored: the model has no lateral branch"
     )
+    if draws:
+        predictions.attrs["tta"] = {"views": len(draws), "draws": draws_to_json(draws)}
     return Scored(predictions, splits, model, size, findings)
 
 
@@ -314,7 +218,7 @@ def _reference_scores(
     return {
         "distances": distances,
         "frontal_distances": distances[:, 0],
-        "probs": _probabilities(scored.model, f, lat, present),
+        "probs": probabilities(scored.model, f, lat, present),
         "kinds": [r.kind for r in images],
         "names": [r.name for r in images],
         "skipped": skipped,
@@ -406,6 +310,8 @@ def evaluate(
     params: EvaluateParams,
     run_params: dict[str, Any] | None = None,
     versions: dict[str, Any] | None = None,
+    augment: AugmentParams | None = None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """Score with the checkpoint, save the predictions, and write metrics, plots and report.
 
@@ -414,6 +320,8 @@ def evaluate(
         run_params: params shown in the report (default: ``params``).
         versions: shown in the report (default: git commit and the DVC hashes of the
             checkpoint and the prepared data from ``dvc.lock``).
+        augment, seed: the augment policy and ``base.seed`` the test-time augmentation draws
+            from (``params.tta_views`` > 0; defaults: the params' defaults).
 
     Returns:
         The full metrics dict (``params.metrics`` and ``params.findings_metrics`` together).
@@ -422,7 +330,9 @@ def evaluate(
         CheckpointError, UserError, FileNotFoundError: unusable inputs (see :func:`score_splits`).
     """
     device = resolve_device(params.device, "evaluate.device")
-    scored = score_splits(params, device)
+    seed = BaseParams().seed if seed is None else seed
+    draws = tta_draws(augment or AugmentParams(), seed, params.tta_views)
+    scored = score_splits(params, device, draws)
     predictions = scored.predictions
     out = Path(params.out)
     write_parquet(predictions, out / "predictions.parquet")
@@ -473,7 +383,9 @@ def main() -> None:
         raw = load_params()
         base = parse_section(BaseParams, "base", raw, "params.yaml")
         params = parse_section(EvaluateParams, "evaluate", raw, "params.yaml")
-        return evaluate(params, run_params={"base": base.model_dump(), **params.model_dump()})
+        augment = parse_section(AugmentParams, "augment", raw, "params.yaml")
+        shown = {"base": base.model_dump(), **params.model_dump()}
+        return evaluate(params, run_params=shown, augment=augment, seed=base.seed)
 
     run_stage(go)
 

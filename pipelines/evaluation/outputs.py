@@ -21,7 +21,7 @@ import pandas as pd
 
 from pipelines.errors import ReportError
 from pipelines.evaluation.bootstrap import Estimate
-from pipelines.evaluation.metrics import NOT_ESTIMABLE, FindingScore
+from pipelines.evaluation.metrics import NOT_ESTIMABLE, FindingScore, PairedDifference
 from pipelines.evaluation.report import render_html, render_markdown
 from pipelines.evaluation.summary import RULES, Evaluation, ReportParams, summarize
 from pipelines.io import atomic_path, write_json
@@ -65,6 +65,10 @@ def _finding_metrics(ev: Evaluation, row: FindingScore) -> dict[str, Any]:
     if name in paired:
         _put(f, "lateral_delta", paired[name].delta)
         f["lateral_verdict"] = paired[name].verdict
+    tta = {d.finding: d for d in ev.tta or []}
+    if name in tta:
+        _put(f, "tta_delta", tta[name].delta)
+        f["tta_verdict"] = tta[name].verdict
     for rule, points in dual.operating_points.items():
         op = next(o for o in points if o.finding == name)
         if op.threshold is None:
@@ -109,11 +113,10 @@ def metrics_dict(ev: Evaluation) -> dict[str, Any]:
         _put(fo, "micro_auroc", ev.modes["frontal_only"].discrimination.micro_auroc)
         out["frontal_only"] = fo
     if ev.paired is not None:
-        gain: dict[str, Any] = {"subset": ev.params.paired_subset, **ev.paired_counts}
-        _put(gain, "macro_delta", ev.paired_macro)
-        for verdict in ("helps", "hurts", "neutral"):
-            gain[f"n_{verdict}"] = sum(d.verdict == verdict for d in ev.paired)
-        out["lateral_gain"] = gain
+        gain = {"subset": ev.params.paired_subset, **ev.paired_counts}
+        out["lateral_gain"] = _paired_block(gain, ev.paired, ev.paired_macro)
+    if ev.tta is not None:
+        out["tta"] = _paired_block({"views": len(ev.tta_draws)}, ev.tta, ev.tta_macro)
     out["findings"] = {
         row.finding: _finding_metrics(ev, row) for row in dual.discrimination.findings
     }
@@ -121,6 +124,17 @@ def metrics_dict(ev: Evaluation) -> dict[str, Any]:
         out["not_trained"] = dict(ev.not_trained)
     if ev.sources:
         out["by_source"] = source_metrics(ev)
+    return out
+
+
+def _paired_block(
+    head: dict[str, Any], diffs: list[PairedDifference], macro: Estimate | None
+) -> dict[str, Any]:
+    """A paired comparison's summary: ``head``, the macro delta and the verdict counts."""
+    out = dict(head)
+    _put(out, "macro_delta", macro)
+    for verdict in ("helps", "hurts", "neutral"):
+        out[f"n_{verdict}"] = sum(d.verdict == verdict for d in diffs)
     return out
 
 
@@ -230,6 +244,8 @@ def split_metrics(full: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
         headline["lateral_delta"] = {
             k: f.get("lateral_delta", NOT_ESTIMABLE) for k, f in findings.items()
         }
+    if "tta" in full:
+        headline["tta_delta"] = {k: f.get("tta_delta", NOT_ESTIMABLE) for k, f in findings.items()}
     details = {"bootstrap": full.get("bootstrap", {}), "findings": findings}
     for key in ("by_source", "calibration"):
         if key in full:
@@ -276,6 +292,8 @@ def thresholds_dict(ev: Evaluation) -> dict[str, Any]:
     out["calibration"] = {  # the thresholds are on this scale: the card and predict apply it
         mode: r.calibration.to_json() for mode, r in ev.modes.items() if r.calibration is not None
     }
+    if ev.tta_draws:  # the scores they were fitted on: the card and predict apply them too
+        out["tta"] = {"views": len(ev.tta_draws), "draws": ev.tta_draws}
     return out
 
 

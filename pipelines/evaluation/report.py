@@ -29,7 +29,7 @@ from pipelines.evaluation.figures import (
     figure_reliability,
     figure_roc,
 )
-from pipelines.evaluation.metrics import NOT_ESTIMABLE
+from pipelines.evaluation.metrics import NOT_ESTIMABLE, PairedDifference, verdict_of
 from pipelines.evaluation.operating_points import OperatingPoint
 from pipelines.evaluation.report_sections import (
     Cell,
@@ -38,7 +38,8 @@ from pipelines.evaluation.report_sections import (
     subgroup_section,
 )
 from pipelines.evaluation.report_sections import estimate_cell as _estimate
-from pipelines.evaluation.summary import FRONTAL_ONLY_METHOD, Evaluation
+from pipelines.evaluation.summary import Evaluation
+from pipelines.evaluation.table import FRONTAL_ONLY_METHOD
 
 TEMPLATE = "report.html.j2"
 
@@ -130,10 +131,8 @@ def _source_table(ev: Evaluation) -> dict[str, Any] | None:
     return {"columns": [f"{r.split}: {r.source}" for r in ev.sources], "rows": rows}
 
 
-def _paired(ev: Evaluation) -> dict[str, Any] | None:
-    """The dual vs frontal-only section: counts, subset and table rows (None: not compared)."""
-    if ev.paired is None:
-        return None
+def _paired_rows(diffs: list[PairedDifference], macro: Estimate | None) -> list[list[Any]]:
+    """A paired comparison's table: per finding both AUROCs, the difference and its verdict."""
     rows: list[list[Any]] = [
         [
             d.finding,
@@ -142,18 +141,32 @@ def _paired(ev: Evaluation) -> dict[str, Any] | None:
             _estimate(d.delta),
             _verdict(d.verdict),
         ]
-        for d in ev.paired
+        for d in diffs
     ]
-    rows.append(
-        [
-            Cell("Macro mean", "bold"),
-            "",
-            "",
-            _estimate(ev.paired_macro),
-            _verdict(ev.macro_verdict()),
-        ]
-    )
+    verdict = verdict_of(macro) if macro is not None else NOT_ESTIMABLE
+    rows.append([Cell("Macro mean", "bold"), "", "", _estimate(macro), _verdict(verdict)])
+    return rows
+
+
+def _paired(ev: Evaluation) -> dict[str, Any] | None:
+    """The dual vs frontal-only section: counts, subset and table rows (None: not compared)."""
+    if ev.paired is None:
+        return None
+    rows = _paired_rows(ev.paired, ev.paired_macro)
     return {**ev.paired_counts, "subset": ev.params.paired_subset, "rows": rows}
+
+
+def _tta(ev: Evaluation) -> dict[str, Any] | None:
+    """The test-time augmentation section (None: the scores are single passes)."""
+    if ev.tta is None:
+        return None
+    verdict = verdict_of(ev.tta_macro) if ev.tta_macro is not None else NOT_ESTIMABLE
+    return {
+        "views": len(ev.tta_draws),
+        "rows": _paired_rows(ev.tta, ev.tta_macro),
+        "macro": _estimate(ev.tta_macro),
+        "verdict": verdict,
+    }
 
 
 def _operating_rows(points: list[OperatingPoint]) -> list[list[Any]]:
@@ -311,6 +324,7 @@ def render_html(
             calibration=calibration_section(ev),
             subgroups=subgroup_section(ev),
             gate=gate_section(gate),
+            tta=_tta(ev),
         )
     )
 
@@ -320,7 +334,7 @@ def _md(est: Estimate | None, digits: int = 3) -> str:
 
 
 def _markdown_extras(ev: Evaluation) -> list[str]:
-    """Calibration and flagged subgroup gaps, one line each."""
+    """Calibration, test-time augmentation and flagged subgroup gaps, one line each."""
     lines = []
     dual = ev.modes["dual"]
     if dual.ece_compare is not None and dual.calibration is not None:
@@ -328,6 +342,11 @@ def _markdown_extras(ev: Evaluation) -> list[str]:
         lines.append(
             f"- Calibration ({dual.calibration.method}, fitted on validation): macro ECE "
             f"{_md(c.before['macro'])} -> {_md(c.after['macro'])} (change {_md(c.change['macro'])})"
+        )
+    if ev.tta is not None:
+        lines.append(
+            f"- Test-time augmentation ({len(ev.tta_draws)} views), macro AUROC change: "
+            f"{_md(ev.tta_macro)} ({verdict_of(ev.tta_macro) if ev.tta_macro else NOT_ESTIMABLE})"
         )
     if ev.subgroups is not None:
         flagged = ev.subgroups.flagged()

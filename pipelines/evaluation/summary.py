@@ -1,14 +1,13 @@
 """The evaluation's numbers, computed from a predictions table alone (no model needed).
 
-Input: a predictions table (``outputs/evaluation/predictions.parquet``), one row per
-(split, study, mode) with the columns of :data:`PREDICTION_COLUMNS` plus ``y_<finding>``
-(1 / 0 / NaN) and ``p_<finding>`` (probability) for every finding. ``mode`` is ``dual`` (both
-views) or ``frontal_only`` (the same model with the lateral view masked).
+Input: a predictions table (``outputs/evaluation/predictions.parquet``; its columns and
+checks: :mod:`pipelines.evaluation.table`).
 
-:func:`summarize` checks the table (:func:`validate_predictions`) and computes, with
-:mod:`pipelines.evaluation.metrics`: per-finding AUROC / AUPRC with patient-bootstrap CIs on the
-test split, macro and micro AUROC, validation-chosen operating points applied to test,
-calibration, and the paired dual vs frontal-only AUROC differences. The result is an
+:func:`summarize` checks the table (:func:`~pipelines.evaluation.table.validate_predictions`)
+and computes, with :mod:`pipelines.evaluation.metrics`: per-finding AUROC / AUPRC with
+patient-bootstrap CIs on the test split, macro and micro AUROC, validation-chosen operating
+points applied to test, calibration, the paired dual vs frontal-only AUROC differences and,
+with test-time augmentation, the paired TTA vs single-pass differences. The result is an
 :class:`Evaluation`, which :mod:`pipelines.evaluation.outputs` writes out.
 
 No PHI: unknown columns of the predictions are dropped on input, and an :class:`Evaluation`
@@ -54,20 +53,14 @@ from pipelines.evaluation.operating_points import (
 )
 from pipelines.evaluation.sources import SourceResult, by_source
 from pipelines.evaluation.subgroups import SubgroupAnalysis, subgroup_analysis
-from pipelines.labels import FINDINGS
-
-PREDICTION_COLUMNS: tuple[str, ...] = ("split", "study_key", "patient_key", "has_lateral", "mode")
-#: Optional columns kept when present: the study's source (a multi-source manifest's name) and
-#: its subgroup attributes (:mod:`pipelines.evaluation.subgroups`).
-OPTIONAL_COLUMNS: tuple[str, ...] = ("source", "frontal_view", "sex", "age_band")
-#: The predictions' attrs the evaluation reads (what evaluate records of the model).
-ATTRS: tuple[str, ...] = ("model", "frontal_only", "untrained", "label_coverage")
-MODES: tuple[str, ...] = ("dual", "frontal_only")
-FRONTAL_ONLY_METHOD = (
-    "the same trained model scores each study a second time with its lateral view hidden "
-    "(has_lateral = False and a blank lateral image), exactly as it sees a study that has no "
-    "lateral view"
+from pipelines.evaluation.table import (
+    FRONTAL_ONLY_METHOD,
+    SINGLE_PREFIX,
+    prediction_findings,
+    split_rows,
+    validate_predictions,
 )
+
 #: How operating-point thresholds are chosen on validation (see :class:`ModeResult`).
 RULES: tuple[str, ...] = ("youden", "sensitivity_target")
 
@@ -131,95 +124,6 @@ def report_params(params: ReportParams | Mapping[str, Any] | None) -> ReportPara
 
 
 # --------------------------------------------------------------------------------------------
-# Input
-# --------------------------------------------------------------------------------------------
-
-
-def prediction_findings(predictions: pd.DataFrame) -> list[str]:
-    """Findings with both ``y_<f>`` and ``p_<f>`` columns, in :data:`FINDINGS` order first."""
-    ys = {c[2:] for c in predictions.columns if c.startswith("y_")}
-    ps = {c[2:] for c in predictions.columns if c.startswith("p_")}
-    both = ys & ps
-    return [f for f in FINDINGS if f in both] + sorted(both - set(FINDINGS))
-
-
-def validate_predictions(predictions: pd.DataFrame, source: str = "predictions") -> pd.DataFrame:
-    """Check a predictions table and keep only the columns the report uses.
-
-    Args:
-        predictions: see the module docstring.
-        source: name of the table in error messages (its file path).
-
-    Returns:
-        A copy with the known columns only (and the attrs of :data:`ATTRS`).
-
-    Raises:
-        ReportError: missing columns, no dual-mode test rows, duplicate rows, probabilities
-            outside [0, 1], labels other than 1 / 0 / NaN, or modes that cover different studies.
-    """
-    missing = [c for c in PREDICTION_COLUMNS if c not in predictions.columns]
-    if missing:
-        raise ReportError(f"{source}: missing columns {missing}")
-    findings = prediction_findings(predictions)
-    if not findings:
-        raise ReportError(f"{source}: no y_<finding> / p_<finding> column pairs")
-    optional = [c for c in OPTIONAL_COLUMNS if c in predictions.columns]
-    cols = [*PREDICTION_COLUMNS, *optional]
-    cols += [*(f"y_{f}" for f in findings), *(f"p_{f}" for f in findings)]
-    df = predictions[cols].copy()
-    if "source" in df:
-        df["source"] = df["source"].fillna("").astype(str)
-    df["split"] = df["split"].astype(str)
-    df["mode"] = df["mode"].astype(str)
-    df["has_lateral"] = df["has_lateral"].astype(bool)
-    _check_rows(df, source)
-    _check_values(df, findings, source)
-    _check_modes_match(df, source)
-    df.attrs = {k: v for k, v in predictions.attrs.items() if k in ATTRS}
-    return df
-
-
-def _check_rows(df: pd.DataFrame, source: str) -> None:
-    """Known modes, dual test rows, one row per (split, mode, study), keys present."""
-    unknown = sorted(set(df["mode"]) - set(MODES))
-    if unknown:
-        raise ReportError(f"{source}: unknown mode(s) {unknown}; expected {list(MODES)}")
-    if not ((df["split"] == "test") & (df["mode"] == "dual")).any():
-        raise ReportError(f"{source}: no dual-mode rows of the test split to evaluate")
-    dup = df.duplicated(["split", "mode", "study_key"])
-    if dup.any():
-        raise ReportError(f"{source}: {int(dup.sum())} duplicate (split, mode, study_key) rows")
-    if df[["study_key", "patient_key"]].isna().any().any():
-        raise ReportError(f"{source}: missing study_key or patient_key values")
-
-
-def _check_values(df: pd.DataFrame, findings: list[str], source: str) -> None:
-    """Probabilities finite and within [0, 1]; labels 1, 0 or NaN."""
-    p = df[[f"p_{f}" for f in findings]].to_numpy(dtype=np.float64)
-    if not np.isfinite(p).all() or (p < 0).any() or (p > 1).any():
-        raise ReportError(f"{source}: probabilities must be finite and within [0, 1]")
-    y = df[[f"y_{f}" for f in findings]].to_numpy(dtype=np.float64)
-    if (~np.isnan(y) & (y != 0) & (y != 1)).any():
-        raise ReportError(f"{source}: labels must be 1, 0 or empty (NaN)")
-
-
-def _check_modes_match(df: pd.DataFrame, source: str) -> None:
-    """Where a split has rows of both modes, they cover the same studies."""
-    for split, part in df.groupby("split"):
-        sets = [set(part.loc[part["mode"] == m, "study_key"]) for m in MODES]
-        if all(sets) and sets[0] != sets[1]:
-            raise ReportError(f"{source}: split {split}: dual and frontal_only rows differ")
-
-
-def _split(df: pd.DataFrame, split: str, mode: str, order: pd.Index | None = None) -> pd.DataFrame:
-    """The rows of one split and mode indexed by study, sorted or in ``order``'s study order."""
-    part = df[(df["split"] == split) & (df["mode"] == mode)].set_index("study_key")
-    if order is not None and len(part):
-        part = part.loc[order]
-    return part.sort_index() if order is None else part
-
-
-# --------------------------------------------------------------------------------------------
 # Summary
 # --------------------------------------------------------------------------------------------
 
@@ -276,6 +180,12 @@ class Evaluation:
     label_coverage: dict[str, Any] = field(default_factory=dict)
     sources: list[SourceResult] = field(default_factory=list)
     subgroups: SubgroupAnalysis | None = None
+    #: test-time augmentation against the single pass (dual view, test split): per finding
+    #: and macro; None without TTA
+    tta: list[PairedDifference] | None = None
+    tta_macro: Estimate | None = None
+    #: the test-time augmentation the scores are means over (:func:`pipelines.tta.draws_to_json`)
+    tta_draws: list[dict[str, Any]] = field(default_factory=list)
 
     def macro_verdict(self) -> str:
         """Verdict of the paired macro AUROC difference (``not estimable`` if not compared)."""
@@ -404,6 +314,25 @@ def _compare_modes(
     ev.paired_counts = {"studies": int(subset.sum()), "patients": sub_boot.n_patients}
 
 
+def _compare_tta(
+    ev: Evaluation, test: pd.DataFrame, boot: PatientBootstrap, info: Mapping[str, Any] | None
+) -> None:
+    """Record the test-time augmentation of the scores (``info``: the predictions' ``tta``
+    attr) and, where the table has the single-pass columns, the paired TTA vs single-pass AUROC
+    differences (dual view, test split)."""
+    ev.tta_draws = list((info or {}).get("draws") or [])
+    if not all(f"{SINGLE_PREFIX}{f}" in test.columns for f in ev.findings):
+        return
+    ev.tta, ev.tta_macro = paired_auroc_difference(
+        _arrays(test, ev.findings, "y"),
+        _arrays(test, ev.findings, "p"),
+        _arrays(test, ev.findings, SINGLE_PREFIX.rstrip("_")),
+        boot,
+        ev.findings,
+        ev.params.ci_level,
+    )
+
+
 def _scored_findings(
     df: pd.DataFrame, val: pd.DataFrame, source: str
 ) -> tuple[list[str], dict[str, str]]:
@@ -450,8 +379,8 @@ def summarize(
     """
     params = report_params(params)
     df = validate_predictions(predictions, source)
-    test = _split(df, "test", "dual")
-    val = _split(df, "val", "dual")
+    test = split_rows(df, "test", "dual")
+    val = split_rows(df, "val", "dual")
     findings, not_trained = _scored_findings(df, val, source)
     boot = PatientBootstrap(test["patient_key"].to_numpy(), params.bootstrap_resamples, params.seed)
     counts = {
@@ -475,11 +404,12 @@ def summarize(
         params.ci_level,
         params.subgroup_min_positives,
     )
+    _compare_tta(ev, test, boot, df.attrs.get("tta"))
     if not len(val):
         ev.notes.append("No validation predictions: operating points were not chosen.")
-    front = _split(df, "test", "frontal_only", test.index)
+    front = split_rows(df, "test", "frontal_only", test.index)
     if len(front):
-        front_val = _split(df, "val", "frontal_only", val.index if len(val) else None)
+        front_val = split_rows(df, "val", "frontal_only", val.index if len(val) else None)
         modes["frontal_only"] = _mode_result(front, front_val, findings, boot, params)
         _compare_modes(ev, test, front, boot)
     else:

@@ -29,6 +29,8 @@ from pipelines.model import PIXEL_MEAN, PIXEL_STD
 from pipelines.notices import data_notice
 from pipelines.ood import METHOD, OodGate
 from pipelines.runners import INPUT_NAMES, OOD_OUTPUT, OUTPUT_NAME
+from pipelines.tta import RULE as TTA_RULE
+from pipelines.tta import draws_from_json
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,8 @@ def read_thresholds(path: Path) -> dict[str, Any]:
 
     Returns:
         ``{"thresholds": {policy: {finding: t}}, "thresholds_frontal_only": {...},
-        "not_trained": {finding: reason}, "notes": {...}}``, all empty when the file is absent.
+        "not_trained": {finding: reason}, "notes": {...}, "calibration": {mode: maps},
+        "tta": [draws]}``, all empty when the file is absent.
 
     Raises:
         ExportError: the file exists but is not a JSON object.
@@ -88,6 +91,7 @@ def read_thresholds(path: Path) -> dict[str, Any]:
         "not_trained": {},
         "notes": {},
         "calibration": {},
+        "tta": [],
     }
     if not path.is_file():
         log.warning("export: %s not found; the model card will carry no thresholds", path)
@@ -107,7 +111,20 @@ def read_thresholds(path: Path) -> dict[str, Any]:
         "not_trained": {str(k): str(v) for k, v in (data.get("not_trained") or {}).items()},
         "notes": {k: v for k, v in data.items() if isinstance(v, str | int | float | bool)},
         "calibration": _calibration(path, data.get("calibration")),
+        "tta": _tta(path, data.get("tta")),
     }
+
+
+def _tta(path: Path, data: Any) -> list[dict[str, Any]]:
+    """The test-time augmentation draws the thresholds were fitted with (checked: they load)."""
+    if data is None:
+        return []
+    draws = data.get("draws") if isinstance(data, dict) else data
+    try:
+        draws_from_json(draws)
+    except ValueError as exc:
+        raise ExportError(f"{path}: {exc}") from exc
+    return list(draws)
 
 
 def _calibration(path: Path, data: Any) -> dict[str, Any]:
@@ -289,6 +306,7 @@ def output_spec(
         "calibration_rule": "each finding's raw probability goes through its map (calibration"
         "[dual] for studies read with a lateral view, calibration[frontal_only] without one) "
         "before the threshold",
+        **({"tta": thresholds["tta"], "tta_rule": TTA_RULE} if thresholds.get("tta") else {}),
     }
 
 

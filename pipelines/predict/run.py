@@ -26,7 +26,8 @@ from pipelines.predict.explain import (
 )
 from pipelines.predict.render import FORMATS, OutputFormat, format_predictions
 from pipelines.predict.studies import StudyInput, collect_studies
-from pipelines.runners import Runner, Scores, load_runner, read_model_card
+from pipelines.runners import CARD_FILE, Runner, Scores, load_runner, read_model_card
+from pipelines.tta import draws_from_json, tta_runner
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,18 @@ def _score(
             lateral[i, 0] = _decode(s.lateral, size, no_window)
             has_lateral[i] = True
     return runner(frontal, lateral, has_lateral), has_lateral
+
+
+def _with_tta(runner: Runner, card: dict[str, Any], model: str | Path) -> Runner:
+    """The runner with the card's test-time augmentation (:mod:`pipelines.tta`), if any: the
+    calibration and thresholds were fitted on those means, so predict scores the same way."""
+    draws = card["output"].get("tta")
+    if not draws:
+        return runner
+    try:
+        return tta_runner(runner, draws_from_json(draws))
+    except ValueError as exc:
+        raise PredictError(f"{Path(model).parent / CARD_FILE}: {exc}") from None
 
 
 def _rows(
@@ -127,7 +140,7 @@ def predict(
     findings = list(card["output"]["findings"])
     decisions = decisions_from_card(card, threshold)
     studies = collect_studies(path)
-    runner = load_runner(model, runtime, threads)
+    runner = _with_tta(load_runner(model, runtime, threads), card, model)
     rows: list[dict[str, Any]] = []
     for start in range(0, len(studies), max(1, batch_size)):
         chunk = studies[start : start + batch_size]

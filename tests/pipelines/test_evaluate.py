@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from pipelines.augment import AugmentParams
 from pipelines.data import ShardDataset, shard_meta, shard_name, write_index, write_shard
 from pipelines.errors import CheckpointError, UserError
 from pipelines.evaluate import (
@@ -20,9 +21,10 @@ from pipelines.evaluate import (
 )
 from pipelines.evaluation.metrics import auroc_per_finding
 from pipelines.evaluation.outputs import render_report
-from pipelines.evaluation.summary import FRONTAL_ONLY_METHOD
+from pipelines.evaluation.table import FRONTAL_ONLY_METHOD
 from pipelines.labels import FINDINGS
 from pipelines.model import ModelParams, build_model, to_model_input
+from pipelines.tta import augment_views, draws_to_json, tta_draws
 
 SIZE = 32  # eval-mode batch norm uses running statistics: 32 px is enough
 
@@ -226,6 +228,60 @@ def test_report_rerendered_from_saved_predictions_matches_the_stage(stage_run, t
     assert out["metrics"] == json.loads(json.dumps(metrics))
     html = (tmp_path / "report.html").read_text()
     assert "epoch" in html  # model summary carried in the predictions' attrs
+
+
+def test_test_time_augmentation_scores_are_the_mean_and_the_report_says_if_it_helps(
+    stage_run, tmp_path
+):
+    plain_dir, _params0, model, _ = stage_run
+    augment = AugmentParams(noise_std=0.0, rotation_deg=8.0)
+    draws = tta_draws(augment, 11, 2)
+    params = _params(tmp_path, tta_views=2)
+    (tmp_path / "prepared").symlink_to(plain_dir / "prepared")
+    meta = {"findings": list(FINDINGS), "size": SIZE, "epoch": 3, "model_params": {}}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("pipelines.evaluate.load_model", lambda path, map_location: (model, meta))
+        metrics = evaluate(params, versions={}, augment=augment, seed=11)
+    pred = pd.read_parquet(tmp_path / "outputs" / "predictions.parquet")
+    plain = pd.read_parquet(plain_dir / "outputs" / "predictions.parquet")
+    p_cols = [f"p_{f}" for f in FINDINGS]
+    s_cols = [f"s_{f}" for f in FINDINGS]
+    # the single pass is exactly the plain evaluation; the TTA mean is not
+    np.testing.assert_allclose(pred[s_cols].to_numpy(), plain[p_cols].to_numpy(), rtol=1e-6)
+    assert np.abs(pred[p_cols].to_numpy() - plain[p_cols].to_numpy()).max() > 1e-4
+    # the mean over the study as it is and both draws, by hand
+    ds = ShardDataset(params.prepared, "test", list(FINDINGS))
+    f = torch.stack([ds[i]["frontal"] for i in range(len(ds))])
+    lat = torch.stack([ds[i]["lateral"] for i in range(len(ds))])
+    has = torch.as_tensor(ds.has_lateral)
+    passes = [(f, lat)] + [
+        (augment_views(f, d["frontal"]), augment_views(lat, d["lateral"])) for d in draws
+    ]
+    with torch.no_grad():
+        want = np.mean(
+            [
+                torch.sigmoid(model(to_model_input(a, SIZE), to_model_input(b, SIZE), has)).numpy()
+                for a, b in passes
+            ],
+            0,
+        )
+    test = pred[(pred["split"] == "test") & (pred["mode"] == "dual")]
+    np.testing.assert_allclose(test[p_cols].to_numpy(), want, rtol=1e-5, atol=1e-6)
+    # metrics, thresholds (what the card and cxr predict apply) and the report
+    assert metrics["tta"]["views"] == 2 and "macro_delta" in metrics["tta"]
+    n = sum(metrics["tta"][f"n_{v}"] for v in ("helps", "hurts", "neutral"))
+    assert n == len(FINDINGS)
+    headline = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
+    assert set(headline["tta_delta"]) == set(FINDINGS)
+    thresholds = json.loads((tmp_path / "outputs" / "thresholds.json").read_text())
+    assert thresholds["tta"] == {"views": 2, "draws": draws_to_json(draws)}
+    assert "Test-time augmentation" in (tmp_path / "outputs" / "report.html").read_text()
+    assert "Test-time augmentation (2 views)" in (tmp_path / "outputs" / "report.md").read_text()
+    again = render_report(tmp_path / "outputs" / "predictions.parquet", tmp_path / "again",
+                          {"bootstrap_resamples": 60, "seed": 3})  # fmt: skip
+    assert again["metrics"]["tta"] == json.loads(json.dumps(metrics["tta"]))
+    assert json.loads((tmp_path / "again" / "thresholds.json").read_text())["tta"]["views"] == 2
+    assert "tta" not in json.loads((plain_dir / "outputs" / "thresholds.json").read_text())
 
 
 @pytest.mark.slow

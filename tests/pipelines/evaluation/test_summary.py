@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -50,6 +51,41 @@ def test_no_lateral_view_on_test_means_no_comparison(predictions):
     assert ev.counts["test_studies_with_lateral"] == 0
     everyone = summarize(frontal_only_studies, {"bootstrap_resamples": 20, "paired_subset": "all"})
     assert everyone.paired_counts["studies"] == 240 and not everyone.notes
+
+
+def with_single_pass(predictions: pd.DataFrame, noise: float, seed: int = 5) -> pd.DataFrame:
+    """The table as TTA scores: ``p_`` as given, ``s_`` a noisier single pass of them."""
+    rng = np.random.default_rng(seed)
+    df = predictions.copy()
+    for f in FINDINGS:
+        logit = np.log(df[f"p_{f}"] / (1 - df[f"p_{f}"]))
+        df[f"s_{f}"] = 1 / (1 + np.exp(-(logit + noise * rng.normal(size=len(df)))))
+    df.attrs["tta"] = {"views": 4, "draws": [{"frontal": {}, "lateral": {}}] * 4}
+    return df
+
+
+def test_test_time_augmentation_is_compared_with_the_single_pass(predictions):
+    ev = summarize(with_single_pass(predictions, noise=1.5), PARAMS)
+    assert len(ev.tta_draws) == 4 and ev.tta_macro.lower > 0
+    helps = {d.finding for d in ev.tta if d.verdict == "helps"}
+    assert len(helps) >= 8  # of 13 estimable: the noise costs every finding some AUROC
+    assert all(d.verdict != "hurts" for d in ev.tta)
+    m = metrics_dict(ev)
+    assert m["tta"]["views"] == 4 and m["tta"]["macro_delta_lo"] > 0
+    assert {f for f, row in m["findings"].items() if row.get("tta_verdict") == "helps"} == helps
+    same = summarize(with_single_pass(predictions, noise=0.0), PARAMS)
+    assert same.tta_macro.value == 0 and {d.verdict for d in same.tta} <= {
+        "neutral",
+        "not estimable",
+    }
+    plain = summarize(predictions, PARAMS)  # no single-pass columns: nothing to compare
+    assert plain.tta is None and "tta" not in metrics_dict(plain)
+
+
+def test_single_pass_probabilities_are_checked(predictions):
+    bad = with_single_pass(predictions, noise=0.5).assign(s_Mass=1.5)
+    with pytest.raises(ReportError, match=r"within \[0, 1\]"):
+        summarize(bad, {"bootstrap_resamples": 5})
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from pipelines.augment import AugmentParams
 from pipelines.errors import ExportError
 from pipelines.export.card import (
     input_spec,
@@ -18,6 +19,7 @@ from pipelines.export.card import (
 from pipelines.labels import FINDINGS
 from pipelines.model import PIXEL_MEAN
 from pipelines.notices import NO_SOURCE_NOTICE, SYNTHETIC_NOTICE
+from pipelines.tta import draws_to_json, tta_draws
 from tests.pipelines.export.helpers import SIZE, make_prepared
 
 
@@ -63,6 +65,22 @@ def test_unreadable_evaluate_outputs_are_export_errors(tmp_path):
     with pytest.raises(ExportError, match="expected a JSON object"):
         read_thresholds(tmp_path / "list.json")
     assert read_test_metrics(tmp_path / "absent.json") is None
+
+
+def test_test_time_augmentation_reaches_the_card_checked(tmp_path):
+    draws = draws_to_json(tta_draws(AugmentParams(), 3, 2))
+    path = tmp_path / "thresholds.json"
+    path.write_text(json.dumps({"youden": {"Edema": 0.3}, "tta": {"views": 2, "draws": draws}}))
+    got = read_thresholds(path)
+    assert got["tta"] == draws and "tta" not in got["thresholds"]
+    out = output_spec(list(FINDINGS), got, "youden")
+    assert out["tta"] == draws and "mean over" in out["tta_rule"]
+    plain = output_spec(list(FINDINGS), {"thresholds": {"youden": {"Edema": 0.3}}}, "youden")
+    assert "tta" not in plain
+    broken = [dict(draws[0], lateral={"angle": 1.0})]
+    path.write_text(json.dumps({"youden": {"Edema": 0.3}, "tta": {"views": 1, "draws": broken}}))
+    with pytest.raises(ExportError, match="thresholds.json: test-time augmentation: draw 0"):
+        read_thresholds(path)
 
 
 def test_card_pieces_describe_inputs_and_outputs():

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pipelines.augment import AugmentParams
 from pipelines.errors import PredictError
 from pipelines.export import CXRInference, export_onnx, export_torchscript, model_card, trace
 from pipelines.export.card import gate_spec
@@ -28,6 +29,7 @@ from pipelines.predict import (
     predict_command,
 )
 from pipelines.synthetic import write_dicom
+from pipelines.tta import augment_views, draws_to_json, tta_draws
 from tests.pipelines.export.helpers import TinyNet, fitted_gate, make_prepared
 
 SIZE = 32
@@ -192,6 +194,32 @@ def test_frontal_only_ignores_the_lateral_view(study, model_dir, reference):
     assert set(df["threshold"]) == {0.45}  # the card's frontal-only thresholds
     assert set(df["threshold_policy"]) == {"youden (frontal-only)"}
     np.testing.assert_allclose(probabilities(df), reference(study / "pa.dcm", None), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_card_with_test_time_augmentation_scores_the_mean_of_the_passes(tmp_path, study):
+    draws = tta_draws(AugmentParams(noise_std=0.0, rotation_deg=10.0), 4, 2)
+    net = TinyNet(seed=2)
+    gate = fitted_gate(net, make_prepared(tmp_path / "prepared"), widen=1e6)
+    (tmp_path / "tta").mkdir()
+    model = write_model(tmp_path / "tta", net, gate, tta=draws_to_json(draws)) / "model.onnx"
+    got = probabilities(predict(study, model=model))
+    module = CXRInference(net).eval()
+    f = torch.from_numpy(prepare_image(study / "pa.dcm", SIZE))[None, None]
+    lat = torch.from_numpy(prepare_image(study / "series2" / "lat.dcm", SIZE))[None, None]
+    passes = [(f, lat)] + [
+        (augment_views(f, d["frontal"]), augment_views(lat, d["lateral"])) for d in draws
+    ]
+    with torch.no_grad():
+        want = np.mean([module(a, b, torch.tensor([True])).numpy()[0] for a, b in passes], 0)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    single = module(f, lat, torch.tensor([True])).detach().numpy()[0]
+    assert np.abs(got - single).max() > 1e-4  # the passes were really averaged
+    card = json.loads((tmp_path / "tta" / "metadata.json").read_text())
+    card["output"]["tta"] = [{"frontal": {}}]
+    (tmp_path / "tta" / "metadata.json").write_text(json.dumps(card))
+    with pytest.raises(PredictError, match="metadata.json: test-time augmentation: draw 0"):
+        predict(study, model=model)
 
 
 @pytest.mark.slow
