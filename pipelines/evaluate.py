@@ -24,6 +24,11 @@ Outputs (paths from the ``evaluate`` params section):
   (:mod:`pipelines.evaluation.saliency`; ``measurable: false`` with the reason on real data).
   The report also shows, per finding, a gallery of test studies with their Grad-CAM overlays.
 
+With ``tta_views: K`` > 0 (test-time augmentation, :mod:`pipelines.tta`), every probability is
+the mean over the study as it is and ``K`` seeded views of the augment policy; the predictions
+keep the single pass beside it (``s_<finding>``), the report compares the two (paired AUROC
+difference), and ``thresholds.json`` carries the draws for the card and ``cxr predict``.
+
 Everything after scoring is :func:`pipelines.evaluation.summary.summarize` on the saved
 predictions, so ``cxr report --predictions outputs/evaluation/predictions.parquet --out DIR``
 reproduces it without the model.
