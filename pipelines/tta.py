@@ -66,10 +66,7 @@ def tta_draws(params: AugmentParams, seed: int, views: int) -> list[ViewDraws]:
 
 def draws_to_json(draws: Sequence[ViewDraws]) -> list[dict[str, dict[str, Any]]]:
     """The draws as JSON-ready dicts (``noise_seed`` dropped: TTA adds no noise)."""
-    out = []
-    for d in draws:
-        out.append({v: _draw_json(d[v]) for v in VIEWS})
-    return out
+    return [{v: _draw_json(d[v]) for v in VIEWS} for d in draws]
 
 
 def _draw_json(draw: Draw) -> dict[str, Any]:

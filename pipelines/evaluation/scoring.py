@@ -129,10 +129,8 @@ def score_dataset(
             parts.setdefault(key, []).append(value)
     width = len(dataset.findings)
 
-    def stack(key: str, w: int = width) -> np.ndarray | None:
-        if key not in parts:
-            return None if len(dataset) else np.zeros((0, w), np.float32)
-        return np.concatenate(parts[key])
+    def stack(key: str, w: int = width) -> np.ndarray:  # no batch (an empty split): no rows
+        return np.concatenate(parts[key]) if key in parts else np.zeros((0, w), np.float32)
 
     return SplitScores(
         dual=stack("dual"),
