@@ -19,6 +19,7 @@ from pipelines.data import ShardDataset
 from pipelines.errors import ExportError, ParityError
 from pipelines.evaluation.metrics import macro_auroc
 from pipelines.export.inference import stack_studies
+from pipelines.ood import refusals
 from pipelines.runners import Runner, Scores
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ def parity_figures(
     labels: np.ndarray,
     ood: tuple[np.ndarray, np.ndarray] | None = None,
     thresholds: dict[str, float] | None = None,
+    has_lateral: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Agreement of ``probs`` with ``reference`` on the same studies.
 
@@ -39,6 +41,8 @@ def parity_figures(
         labels: (N, F) test labels.
         ood: the gate's distances (N, 2) of the eager and the exported model, if gated.
         thresholds: the gate's thresholds (frontal, lateral), the scale of ``ood``'s figures.
+        has_lateral: (N,) which studies were read with a lateral view (the refusal rule gates
+            the lateral distance only there); None: all.
 
     Returns:
         ``max_abs_prob``, ``mean_abs_prob``, ``macro_auroc`` (exported), ``macro_auroc_eager``
@@ -60,7 +64,10 @@ def parity_figures(
         ref, got = (np.asarray(x, dtype=np.float64) for x in ood)
         scale = np.array([thresholds.get(v, np.inf) for v in ("frontal", "lateral")])
         out["max_ood_shift"] = float((np.abs(got - ref) / scale).max()) if ref.size else 0.0
-        refused = [(d > scale).any(axis=1) for d in (ref, got)]
+        read = np.ones(len(ref), bool) if has_lateral is None else np.asarray(has_lateral)
+        refused = [
+            np.array([r is not None for r in refusals(d, read, thresholds)]) for d in (ref, got)
+        ]
         out["ood_refusals_changed"] = int((refused[0] != refused[1]).sum())
     return out
 
@@ -115,26 +122,28 @@ def run_parity(
         raise ExportError("export: no test studies in the prepared data to check parity on")
     outputs: dict[str, list[Scores]] = {k: [] for k in ["eager", *runners]}
     seconds = dict.fromkeys(outputs, 0.0)
-    labels, lateral_count = [], 0
+    labels, read = [], []
     for start in range(0, n, batch):
         f, lat, has, y = stack_studies(dataset, np.arange(start, min(start + batch, n)))
         labels.append(y)
-        lateral_count += int(has.sum())
+        read.append(has)
         for name, runner in [("eager", reference), *runners.items()]:
             t0 = time.perf_counter()
             outputs[name].append(runner(f, lat, has))
             seconds[name] += time.perf_counter() - t0
-    y_all = np.concatenate(labels)
+    y_all, has_lateral = np.concatenate(labels), np.concatenate(read)
     ref = _joined(outputs.pop("eager"))
     figures = {}
     for k, v in outputs.items():
         got = _joined(v)
         gated = ref.ood is not None and got.ood is not None
         ood = (ref.ood, got.ood) if gated else None
-        figures[k] = parity_figures(ref.probabilities, got.probabilities, y_all, ood, thresholds)
+        figures[k] = parity_figures(
+            ref.probabilities, got.probabilities, y_all, ood, thresholds, has_lateral
+        )
     summary = {
         "studies": n,
-        "with_lateral": lateral_count,
+        "with_lateral": int(has_lateral.sum()),
         "seconds_per_study": {k: v / n for k, v in seconds.items()},
     }
     return figures, summary

@@ -83,3 +83,15 @@ def ds_std(ds):
     """The largest per-study standard deviation of the frontal views (the stand-in distance)."""
     f = ds.get_batch(np.arange(len(ds)))["frontal"].numpy().astype(np.float64)
     return f.std(axis=(1, 2, 3)).max()
+
+
+def test_changed_refusals_follow_the_gates_rule():
+    """Only a lateral that was read is gated: a blank lateral's distance moving past its
+    threshold changes no decision (the rule of pipelines.ood.refusals)."""
+    probs, labels = np.full((2, 3), 0.5), np.array([[1, 0, 1], [0, 1, 0]], float)
+    ref = np.array([[10.0, 10.0], [10.0, 10.0]])
+    got = np.array([[10.0, 30.0], [10.0, 30.0]])  # both laterals now past 20
+    thresholds = {"frontal": 20.0, "lateral": 20.0}
+    fig = parity_figures(probs, probs, labels, (ref, got), thresholds, np.array([True, False]))
+    assert fig["ood_refusals_changed"] == 1
+    assert parity_figures(probs, probs, labels, (ref, got), thresholds)["ood_refusals_changed"] == 2
