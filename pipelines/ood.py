@@ -12,7 +12,7 @@ Why this score: on the demo model it separated the in-distribution test studies 
 out-of-distribution image tried (CT, MR, ultrasound, nuclear medicine, photographs) with AUROC
 1.0, where the energy and max-logit scores of the outputs reached about 0.5: a model trained on
 chest radiographs gives a CT slice unremarkable logits, but not unremarkable features. The
-evaluate stage measures all three on every run (:mod:`pipelines.evaluation.ood_reference`).
+evaluate stage measures all three on every run (:mod:`pipelines.evaluation.gate`).
 
 The shrinkage is a parameter (``evaluate.ood_shrinkage``, 0.1): Ledoit-Wolf's estimate (0.008
 on the demo model) fits the training studies so closely that held-out studies lie 2.5 times
@@ -37,7 +37,7 @@ card carries the thresholds, and :func:`refusals` is the one decision rule that 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -159,10 +159,8 @@ def fit_gate(
         held = val.get(view)
         if len(feats) < 2 or held is None or len(held) < 2:
             raise ValueError(f"ood gate: too few studies with a {view} view to fit it")
-        mean, factor = _statistics(feats, shrinkage)
-        gate = ViewGate(mean, factor, 0.0, len(feats))
-        threshold = tail_threshold(gate.distances(held), per_view)
-        views[view] = ViewGate(mean, factor, threshold, len(feats))
+        gate = ViewGate(*_statistics(feats, shrinkage), threshold=0.0, n_train=len(feats))
+        views[view] = replace(gate, threshold=tail_threshold(gate.distances(held), per_view))
     return OodGate(views, fit_refusal)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.augment import AugmentParams, AugmentPolicy, Draw
+from pipelines.augment import AugmentParams, AugmentPolicy
 from pipelines.runners import Scores
 from pipelines.tta import (
     VIEWS,
@@ -16,18 +16,9 @@ from pipelines.tta import (
     tta_draws,
     tta_runner,
 )
+from tests.pipelines.test_augment import draw
 
 S = 24
-IDENTITY = Draw(
-    angle=0.0,
-    translate=(0.0, 0.0),
-    scale=1.0,
-    flip=False,
-    brightness=1.0,
-    contrast=1.0,
-    gamma=1.0,
-    noise_seed=0,
-)
 
 
 def images(n: int = 3, seed: int = 0) -> torch.Tensor:
@@ -91,7 +82,7 @@ def test_pixels_are_those_the_offline_augment_stage_writes():
 
 def test_identity_draw_keeps_the_image_and_blank_views_stay_blank():
     x = images()
-    assert torch.equal(augment_views(x, IDENTITY), x)
+    assert torch.equal(augment_views(x, draw()), x)  # test_augment.draw(): the identity
     blank = torch.zeros_like(x)
     for d in tta_draws(AugmentParams(), 1, 4):
         assert int(augment_views(blank, d["lateral"]).max()) == 0
