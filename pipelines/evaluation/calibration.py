@@ -174,16 +174,12 @@ def _fit_one(method: str, y: np.ndarray, p: np.ndarray) -> CalibrationMap:
     return CalibrationMap(method, float(fit.coef_[0, 0]), float(fit.intercept_[0]))
 
 
-def _log_loss(y: np.ndarray, q: np.ndarray) -> float:
-    q = np.clip(q, _EPS, 1 - _EPS)
-    return float(-(y * np.log(q) + (1 - y) * np.log1p(-q)).sum())
-
-
 def cross_validated_loss(
     method: str, y: np.ndarray, p: np.ndarray, groups: np.ndarray, folds: int = 5
 ) -> float:
     """Summed held-out log loss of ``method`` over patient-grouped folds (one finding,
     annotated rows; NaN when a fold's training part lacks a class)."""
+    from sklearn.metrics import log_loss
     from sklearn.model_selection import GroupKFold
 
     total = 0.0
@@ -191,7 +187,8 @@ def cross_validated_loss(
     for train, held in splitter.split(p, y, groups):
         if len(np.unique(y[train])) < 2:
             return float("nan")
-        total += _log_loss(y[held], _fit_one(method, y[train], p[train]).apply(p[held]))
+        q = _fit_one(method, y[train], p[train]).apply(p[held])
+        total += log_loss(y[held], q, normalize=False, labels=[0, 1])
     return total
 
 
